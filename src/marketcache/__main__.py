@@ -1,0 +1,5 @@
+"""python -m marketcache"""
+
+from marketcache.cli.app import main
+
+raise SystemExit(main())

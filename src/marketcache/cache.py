@@ -1,0 +1,1096 @@
+"""UnifiedCache: the one way bars get into and out of the cache folder.
+
+Each (symbol, timeframe, UTC year) is a `YEAR.csv.gz` plus its `YEAR.metadata.json` commit
+record. A commit goes: pending metadata → data (atomic rename, or an appended gzip member) →
+metadata → drop pending. Whatever instant a crash hits, `_recover` turns what is on disk back
+into the old or the new state: a pending record that matches the data is promoted, any other
+is dropped, and bytes past the committed size are a torn tail that readers ignore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from marketcache.calendars import calendar_for
+from marketcache.config import Settings, load_settings
+from marketcache.errors import CorruptFile, StorageError, UsageError
+from marketcache.models import parse_date
+from marketcache.storage import csvgz
+from marketcache.storage.atomic import append_durable, write_atomic
+from marketcache.storage.layout import (
+    DATA_SUFFIX,
+    LOCK_NAME,
+    META_SUFFIX,
+    QUARANTINE_MARK,
+    TEMP_MARK,
+    CacheLayout,
+)
+from marketcache.storage.lock import hold
+from marketcache.storage.metadata import (
+    SCHEMA_VERSION,
+    read_json,
+    read_metadata,
+    write_json,
+    write_metadata,
+)
+from marketcache.symbols import AssetClass, classify, normalize_symbol
+from marketcache.timeframes import parse_timeframe
+from marketcache.validate import OHLCVValidator, TailContext, ValidationCounts, score_counts
+
+MAX_MEMBERS = 64  # compact a year file once this many appended gzip members pile up
+PENDING_SUFFIX = ".pending"
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso(ts: Any) -> str:
+    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass
+class YearWrite:
+    """What one put did to one year file."""
+
+    year: int
+    mode: str  # new | append | rewrite | unchanged
+    rows_before: int
+    rows_after: int
+    rows_added: int
+    rows_updated: int
+    quality: float
+
+
+@dataclass
+class PutResult:
+    symbol: str
+    timeframe: str
+    years: list[YearWrite] = field(default_factory=list)
+
+    @property
+    def rows_added(self) -> int:
+        return sum(y.rows_added for y in self.years)
+
+    @property
+    def rows_updated(self) -> int:
+        return sum(y.rows_updated for y in self.years)
+
+
+@dataclass
+class CleanupAction:
+    path: str
+    action: str  # delete-year | trim-year | remove-leftover
+    symbol: str = ""
+    timeframe: str = ""
+    year: int | None = None
+    rows_removed: int = 0
+    reason: str = ""
+
+
+@dataclass
+class YearCheck:
+    """validate's verdict on one year file."""
+
+    symbol: str
+    timeframe: str
+    year: int
+    path: str
+    status: str  # ok | low-score | corrupt | fixed
+    score: float | None = None
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SymbolProfile:
+    symbol: str
+    asset_class: AssetClass
+    calendar: str
+
+
+class UnifiedCache:
+    """Read and write OHLCV bars under `root` (see the module docstring for the commit order)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "data-cache",
+        *,
+        settings: Settings | None = None,
+        lock_wait: float | None = None,
+    ) -> None:
+        self.layout = CacheLayout(root)
+        self.root = self.layout.root
+        self.settings = settings if settings is not None else load_settings(None)
+        self.lock_wait = lock_wait if lock_wait is not None else self.settings.options.lock_wait
+
+    # ---- symbols -------------------------------------------------------------------------
+
+    def profile(self, symbol: str) -> SymbolProfile:
+        sym = normalize_symbol(symbol)
+        conf = self.settings.symbol(sym)
+        asset = classify(sym, conf.type.value if conf.type else None)
+        return SymbolProfile(sym, asset, calendar_for(sym, asset, conf.calendar))
+
+    def validator(self, symbol: str, timeframe: str) -> OHLCVValidator:
+        prof = self.profile(symbol)
+        return OHLCVValidator(parse_timeframe(timeframe), prof.calendar, prof.asset_class)
+
+    def lock(self, symbol: str, timeframe: str) -> contextlib.AbstractContextManager[None]:
+        """The per symbol/timeframe lock (re-entrant in this process)."""
+        sym = normalize_symbol(symbol)
+        return hold(
+            self.layout.lock_path(sym, timeframe), wait=self.lock_wait, what=f"{sym} {timeframe}"
+        )
+
+    # ---- write ---------------------------------------------------------------------------
+
+    def put(
+        self,
+        df: pd.DataFrame,
+        symbol: str,
+        timeframe: str,
+        provider: str = "unknown",
+    ) -> PutResult:
+        """Merge `df` into the cache: new values win at equal timestamps; nothing cached is lost."""
+        sym = normalize_symbol(symbol)
+        tf = parse_timeframe(timeframe).name
+        frame = normalize_frame(df)
+        result = PutResult(sym, tf)
+        if frame.empty:
+            return result
+        years = frame["timestamp"].dt.year.to_numpy()
+        with self.lock(sym, tf):
+            for year in np.unique(years):
+                part = frame[years == year].reset_index(drop=True)
+                result.years.append(self._put_year(sym, tf, int(year), part, provider))
+            self._refresh_index(sym, tf)
+        return result
+
+    def _put_year(
+        self, sym: str, tf: str, year: int, part: pd.DataFrame, provider: str
+    ) -> YearWrite:
+        self._recover(sym, tf, year)
+        meta_path = self.layout.meta_path(sym, tf, year)
+        meta = read_metadata(meta_path) if meta_path.exists() else None
+        if meta is not None and self._can_append(sym, tf, year, meta, part):
+            return self._append(sym, tf, year, meta, part, provider)
+        old = self.read_year(sym, tf, year) if meta is not None else None
+        return self._rewrite(sym, tf, year, meta, old, part, provider)
+
+    def _can_append(
+        self, sym: str, tf: str, year: int, meta: dict[str, Any], part: pd.DataFrame
+    ) -> bool:
+        info = meta["file_info"]
+        data_path = self.layout.data_path(sym, tf, year)
+        try:
+            on_disk = data_path.stat().st_size
+        except FileNotFoundError:
+            return False
+        part_columns = set(csvgz.columns_for(part))
+        return (
+            int(info.get("rows", 0)) > 0
+            and part_columns <= set(info["columns"])
+            and on_disk >= int(info["size_bytes"])
+            and int(info.get("members", 1)) < MAX_MEMBERS
+            and pd.Timestamp(meta["end_date"]) < part["timestamp"].iloc[0]
+        )
+
+    def _append(
+        self,
+        sym: str,
+        tf: str,
+        year: int,
+        meta: dict[str, Any],
+        part: pd.DataFrame,
+        provider: str,
+    ) -> YearWrite:
+        info = meta["file_info"]
+        columns: list[str] = info["columns"]
+        part = part.reindex(columns=columns)
+        member, raw_len = csvgz.encode(part, columns, header=False)
+        data_path = self.layout.data_path(sym, tf, year)
+        committed = int(info["size_bytes"])
+        sha = _sha256_prefix(data_path, committed)
+        sha.update(member)
+        dq = meta["data_quality"]
+        tail = TailContext(**dq["tail"]) if dq.get("tail") else None
+        check = self.validator(sym, tf).validate(part, tail)
+        counts = ValidationCounts.from_json(dq.get("counts", {})) + check.counts
+        new_meta = self._build_meta(
+            sym,
+            tf,
+            year,
+            previous=meta,
+            start=meta["start_date"],
+            end=part["timestamp"].iloc[-1],
+            size=committed + len(member),
+            raw_bytes=int(info.get("raw_bytes", 0)) + raw_len,
+            rows=int(info["rows"]) + len(part),
+            columns=columns,
+            sha256=sha.hexdigest(),
+            members=int(info.get("members", 1)) + 1,
+            counts=counts,
+            errors=(dq.get("validation_errors", []) + check.errors)[-20:],
+            tail=check.tail,
+            provider=provider,
+            new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]),
+        )
+        pending = self._write_pending(sym, tf, year, new_meta)
+        append_durable(data_path, member, committed)
+        self._finish_commit(sym, tf, year, new_meta, pending)
+        return YearWrite(
+            year, "append", int(info["rows"]), int(info["rows"]) + len(part), len(part), 0,
+            new_meta["data_quality"]["score"],
+        )  # fmt: skip
+
+    def _rewrite(
+        self,
+        sym: str,
+        tf: str,
+        year: int,
+        meta: dict[str, Any] | None,
+        old: pd.DataFrame | None,
+        part: pd.DataFrame,
+        provider: str,
+        *,
+        allow_shrink: bool = False,
+    ) -> YearWrite:
+        rows_before = 0 if old is None else len(old)
+        added = updated = 0
+        if old is None or old.empty:
+            merged = part
+            added = len(part)
+        else:
+            if allow_shrink:
+                merged = part
+            else:
+                merged = _merge(old, part)
+            old_ts = old["timestamp"].to_numpy()
+            new_ts = part["timestamp"].to_numpy()
+            added = int((~np.isin(new_ts, old_ts)).sum())
+            updated = _count_changed(old, part)
+            if not allow_shrink and added == 0 and updated == 0 and meta is not None:
+                return YearWrite(
+                    year, "unchanged", rows_before, rows_before, 0, 0,
+                    meta["data_quality"]["score"],
+                )  # fmt: skip
+        columns = csvgz.columns_for(merged)
+        merged = merged.reindex(columns=columns)
+        data, raw_len = csvgz.encode(merged, columns, header=True)
+        check = self.validator(sym, tf).validate(merged)
+        new_meta = self._build_meta(
+            sym,
+            tf,
+            year,
+            previous=meta,
+            start=merged["timestamp"].iloc[0] if len(merged) else None,
+            end=merged["timestamp"].iloc[-1] if len(merged) else None,
+            size=len(data),
+            raw_bytes=raw_len,
+            rows=len(merged),
+            columns=columns,
+            sha256=hashlib.sha256(data).hexdigest(),
+            members=1,
+            counts=check.counts,
+            errors=check.errors,
+            tail=check.tail,
+            provider=provider,
+            new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]) if len(part) else None,
+        )
+        pending = self._write_pending(sym, tf, year, new_meta)
+        write_atomic(self.layout.data_path(sym, tf, year), data)
+        self._finish_commit(sym, tf, year, new_meta, pending)
+        mode = "new" if meta is None else "rewrite"
+        return YearWrite(
+            year, mode, rows_before, len(merged), added, updated, new_meta["data_quality"]["score"]
+        )
+
+    def _build_meta(
+        self,
+        sym: str,
+        tf: str,
+        year: int,
+        *,
+        previous: dict[str, Any] | None,
+        start: Any,
+        end: Any,
+        size: int,
+        raw_bytes: int,
+        rows: int,
+        columns: list[str],
+        sha256: str,
+        members: int,
+        counts: ValidationCounts,
+        errors: list[str],
+        tail: TailContext | None,
+        provider: str,
+        new_span: tuple[Any, Any] | None,
+    ) -> dict[str, Any]:
+        score, breakdown = score_counts(counts)
+        prov = self.settings.providers.get(provider)
+        coverage = dict((previous or {}).get("coverage") or {})
+        coverage.setdefault("missing_ranges", [])
+        coverage.setdefault("verified_empty", [])
+        coverage["calendar"] = self.profile(sym).calendar
+        sources = list(coverage.get("sources") or [])
+        if new_span is not None:
+            sources = _merge_sources(sources, provider, _iso(new_span[0]), _iso(new_span[1]))
+        coverage["sources"] = sources
+        now = _now()
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "symbol": sym,
+            "timeframe": tf,
+            "year": year,
+            "data_source": provider,
+            "created_at": (previous or {}).get("created_at", now),
+            "last_updated": now,
+            "start_date": _iso(start) if start is not None else None,
+            "end_date": _iso(end) if end is not None else None,
+            "data_quality": {
+                "score": score,
+                "breakdown": breakdown,
+                "validation_errors": errors,
+                "gaps": counts.gap_runs,
+                "duplicates": counts.duplicates,
+                "missing_bars": counts.missing_bars,
+                "counts": asdict(counts),
+                "tail": asdict(tail) if tail else None,
+            },
+            "file_info": {
+                "format": "csv.gz",
+                "size_bytes": size,
+                "raw_bytes": raw_bytes,
+                "rows": rows,
+                "columns": columns,
+                "sha256": sha256,
+                "members": members,
+            },
+            "provider_info": {
+                "name": provider,
+                "reliability": prov.reliability if prov else None,
+                "rate_limit": prov.rate_limit.describe() if prov else None,
+            },
+            "coverage": {
+                "calendar": coverage["calendar"],
+                "missing_ranges": coverage["missing_ranges"],
+                "verified_empty": coverage["verified_empty"],
+                "sources": coverage["sources"],
+            },
+        }
+
+    def _pending_path(self, sym: str, tf: str, year: int) -> Path:
+        meta_path = self.layout.meta_path(sym, tf, year)
+        return meta_path.with_name(meta_path.name + PENDING_SUFFIX)
+
+    def _write_pending(self, sym: str, tf: str, year: int, meta: dict[str, Any]) -> Path:
+        pending = self._pending_path(sym, tf, year)
+        write_metadata(pending, meta)
+        return pending
+
+    def _finish_commit(
+        self, sym: str, tf: str, year: int, meta: dict[str, Any], pending: Path
+    ) -> None:
+        write_metadata(self.layout.meta_path(sym, tf, year), meta)
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+
+    def _recover(self, sym: str, tf: str, year: int) -> None:
+        """Finish or roll back a commit a crash interrupted (caller holds the lock)."""
+        pending = self._pending_path(sym, tf, year)
+        if not pending.exists():
+            return
+        try:
+            new_meta = read_metadata(pending)
+        except CorruptFile:
+            pending.unlink()
+            return
+        data_path = self.layout.data_path(sym, tf, year)
+        info = new_meta["file_info"]
+        try:
+            matches = (
+                data_path.stat().st_size >= info["size_bytes"]
+                and _sha256_prefix(data_path, info["size_bytes"]).hexdigest() == info["sha256"]
+            )
+        except FileNotFoundError:
+            matches = False
+        if matches:
+            write_metadata(self.layout.meta_path(sym, tf, year), new_meta)
+        pending.unlink()
+
+    def _recover_if_needed(self, sym: str, tf: str, year: int) -> None:
+        if self._pending_path(sym, tf, year).exists():
+            with self.lock(sym, tf):
+                self._recover(sym, tf, year)
+
+    # ---- read ----------------------------------------------------------------------------
+
+    def metadata(self, symbol: str, timeframe: str, year: int) -> dict[str, Any]:
+        sym = normalize_symbol(symbol)
+        return read_metadata(self.layout.meta_path(sym, timeframe, year))
+
+    def read_year(self, symbol: str, timeframe: str, year: int) -> pd.DataFrame:
+        """One year's rows as committed; CorruptFile if the bytes do not match the metadata."""
+        sym = normalize_symbol(symbol)
+        self._recover_if_needed(sym, timeframe, year)
+        meta = self.metadata(sym, timeframe, year)
+        path = self.layout.data_path(sym, timeframe, year)
+        return _read_committed(path, meta)
+
+    def get(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: Any = None,
+        end: Any = None,
+    ) -> pd.DataFrame:
+        """Bars in [start, end) across years, sorted, with a `timestamp` column."""
+        sym = normalize_symbol(symbol)
+        tf = parse_timeframe(timeframe).name
+        lo = parse_date(start, option="start") if start is not None else None
+        hi = parse_date(end, option="end") if end is not None else None
+        if lo is not None and hi is not None and lo >= hi:
+            raise UsageError(f"start {lo} is not before end {hi}")
+        frames = []
+        for year in self.layout.years(sym, tf):
+            if (lo is not None and year < lo.year) or (hi is not None and year > hi.year):
+                continue
+            frames.append(self.read_year(sym, tf, year))
+        if not frames:
+            return csvgz.empty_frame()
+        df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if lo is not None or hi is not None:
+            ts = df["timestamp"]
+            mask = np.ones(len(df), dtype=bool)
+            if lo is not None:
+                mask &= (ts >= lo).to_numpy()
+            if hi is not None:
+                mask &= (ts < hi).to_numpy()
+            df = df[mask].reset_index(drop=True)
+        return df
+
+    def list_symbols(self) -> list[str]:
+        return [s for s in self.layout.symbols() if self.list_timeframes(s)]
+
+    def list_timeframes(self, symbol: str) -> list[str]:
+        sym = normalize_symbol(symbol)
+        return [tf for tf in self.layout.timeframes(sym) if self.layout.years(sym, tf)]
+
+    def list_years(self, symbol: str, timeframe: str) -> list[int]:
+        return self.layout.years(normalize_symbol(symbol), parse_timeframe(timeframe).name)
+
+    def iter_metadata(
+        self, symbol: str | None = None, timeframe: str | None = None
+    ) -> Iterator[tuple[str, str, int, dict[str, Any] | CorruptFile]]:
+        """Every (symbol, tf, year, metadata-or-error) in scope; reads metadata files only."""
+        symbols = [normalize_symbol(symbol)] if symbol else self.layout.symbols()
+        for sym in symbols:
+            tfs = [parse_timeframe(timeframe).name] if timeframe else self.layout.timeframes(sym)
+            for tf in tfs:
+                for year in self.layout.years(sym, tf):
+                    try:
+                        yield sym, tf, year, read_metadata(self.layout.meta_path(sym, tf, year))
+                    except CorruptFile as exc:
+                        yield sym, tf, year, exc
+
+    def get_data_info(self, symbol: str, timeframe: str | None = None) -> dict[str, Any]:
+        """Per timeframe and year: rows, range, provider, quality, gaps, size (metadata only)."""
+        sym = normalize_symbol(symbol)
+        out: dict[str, Any] = {"symbol": sym, "timeframes": {}}
+        for _, tf, year, meta in self.iter_metadata(sym, timeframe):
+            entry = out["timeframes"].setdefault(tf, {"years": []})
+            if isinstance(meta, CorruptFile):
+                entry["years"].append({"year": year, "error": str(meta)})
+                continue
+            dq, info = meta["data_quality"], meta["file_info"]
+            entry["years"].append(
+                {
+                    "year": year,
+                    "rows": info["rows"],
+                    "start": meta["start_date"],
+                    "end": meta["end_date"],
+                    "provider": meta.get("data_source"),
+                    "providers": sorted({s["provider"] for s in meta["coverage"]["sources"]}),
+                    "quality": dq["score"],
+                    "gaps": dq.get("gaps", 0),
+                    "missing_bars": dq.get("missing_bars", 0),
+                    "size_bytes": info["size_bytes"],
+                    "last_updated": meta.get("last_updated"),
+                    "missing_ranges": meta["coverage"].get("missing_ranges", []),
+                }
+            )
+        for entry in out["timeframes"].values():
+            good = [y for y in entry["years"] if "error" not in y]
+            entry["rows"] = sum(y["rows"] for y in good)
+            entry["size_bytes"] = sum(y["size_bytes"] for y in good)
+            entry["start"] = min((y["start"] for y in good if y["start"]), default=None)
+            entry["end"] = max((y["end"] for y in good if y["end"]), default=None)
+            scores = [y["quality"] for y in good]
+            entry["quality_min"] = min(scores, default=None)
+            entry["quality_mean"] = round(sum(scores) / len(scores), 4) if scores else None
+        return out
+
+    def get_stats(self) -> dict[str, Any]:
+        """Cache-wide totals from metadata only."""
+        symbols: set[str] = set()
+        timeframes: set[str] = set()
+        providers: set[str] = set()
+        files = rows = size = raw = 0
+        scores: list[float] = []
+        starts: list[str] = []
+        ends: list[str] = []
+        corrupt: list[str] = []
+        for sym, tf, _year, meta in self.iter_metadata():
+            if isinstance(meta, CorruptFile):
+                corrupt.append(str(meta.path))
+                continue
+            info = meta["file_info"]
+            symbols.add(sym)
+            timeframes.add(tf)
+            files += 1
+            rows += int(info["rows"])
+            size += int(info["size_bytes"])
+            raw += int(info.get("raw_bytes", 0))
+            scores.append(float(meta["data_quality"]["score"]))
+            providers.update(s["provider"] for s in meta["coverage"].get("sources", []))
+            if meta.get("start_date"):
+                starts.append(meta["start_date"])
+            if meta.get("end_date"):
+                ends.append(meta["end_date"])
+        return {
+            "cache_dir": str(self.root),
+            "symbols": len(symbols),
+            "timeframes": sorted(timeframes, key=lambda t: parse_timeframe(t).minutes),
+            "files": files,
+            "rows": rows,
+            "bytes_on_disk": size,
+            "bytes_uncompressed": raw,
+            "compression_ratio": round(raw / size, 2) if size else None,
+            "start": min(starts, default=None),
+            "end": max(ends, default=None),
+            "quality_mean": round(sum(scores) / len(scores), 4) if scores else None,
+            "quality_min": min(scores, default=None),
+            "providers": sorted(providers),
+            "corrupt_metadata": corrupt,
+        }
+
+    # ---- cleanup -------------------------------------------------------------------------
+
+    def cleanup_old_data(
+        self,
+        *,
+        before: Any = None,
+        keep_years: int | None = None,
+        symbol: str | None = None,
+        timeframe: str | None = None,
+        dry_run: bool = False,
+        now: pd.Timestamp | None = None,
+    ) -> list[CleanupAction]:
+        """Drop rows before a cutoff (`before`, or Jan 1 of the last `keep_years` years)."""
+        cutoffs = []
+        if before is not None:
+            cutoffs.append(parse_date(before, option="--before"))
+        if keep_years is not None:
+            if keep_years < 1:
+                raise UsageError("--keep-years must be at least 1")
+            this_year = (now or pd.Timestamp.now(tz="UTC").tz_localize(None)).year
+            cutoffs.append(pd.Timestamp(this_year - keep_years + 1, 1, 1))
+        if not cutoffs:
+            raise UsageError("give --before, --older-than or --keep-years")
+        cutoff = max(cutoffs)
+        actions: list[CleanupAction] = []
+        touched: set[tuple[str, str]] = set()
+        for sym, tf, year, meta in list(self.iter_metadata(symbol, timeframe)):
+            if year > cutoff.year:
+                continue
+            path = self.layout.data_path(sym, tf, year)
+            if isinstance(meta, CorruptFile):
+                continue
+            if year < cutoff.year or cutoff <= pd.Timestamp(year, 1, 1):
+                if year < cutoff.year:
+                    actions.append(
+                        CleanupAction(str(path), "delete-year", sym, tf, year,
+                                      int(meta["file_info"]["rows"]), f"before {cutoff.date()}")
+                    )  # fmt: skip
+                    if not dry_run:
+                        with self.lock(sym, tf):
+                            self._delete_year(sym, tf, year)
+                        touched.add((sym, tf))
+                continue
+            if pd.Timestamp(meta["start_date"]) >= cutoff:
+                continue
+            with self.lock(sym, tf):
+                df = self.read_year(sym, tf, year)
+                keep = df[df["timestamp"] >= cutoff].reset_index(drop=True)
+                removed = len(df) - len(keep)
+                if not removed:
+                    continue
+                kind = "delete-year" if keep.empty else "trim-year"
+                actions.append(
+                    CleanupAction(str(path), kind, sym, tf, year, removed, f"before {cutoff}")
+                )
+                if dry_run:
+                    continue
+                if keep.empty:
+                    self._delete_year(sym, tf, year)
+                else:
+                    self._rewrite(
+                        sym, tf, year, meta, df, keep, meta.get("data_source", "unknown"),
+                        allow_shrink=True,
+                    )  # fmt: skip
+                touched.add((sym, tf))
+        for sym, tf in touched:
+            self._refresh_index(sym, tf)
+        return actions
+
+    def _delete_year(self, sym: str, tf: str, year: int) -> None:
+        # metadata first: a crash in between leaves data without metadata, a known leftover
+        for path in (self.layout.meta_path(sym, tf, year), self.layout.data_path(sym, tf, year)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def cleanup_leftovers(self, *, dry_run: bool = False) -> list[CleanupAction]:
+        """Remove temp files, metadata without data, data without metadata and empty folders."""
+        actions: list[CleanupAction] = []
+        if not self.root.is_dir():
+            return actions
+        for sym in self.layout.symbols():
+            for tf in self.layout.timeframes(sym):
+                for year in {*self.layout.years(sym, tf), *self._data_years(sym, tf)}:
+                    self._recover_if_needed(sym, tf, year)
+        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+            here = Path(dirpath)
+            if here == self.layout.index_dir:
+                continue
+            for name in filenames:
+                path = here / name
+                reason = _leftover_reason(path)
+                if reason:
+                    actions.append(CleanupAction(str(path), "remove-leftover", reason=reason))
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+            if here == self.root:
+                continue
+            removed = {Path(a.path) for a in actions}
+            remaining = [p for p in here.iterdir() if p.name != LOCK_NAME and p not in removed]
+            if not remaining:
+                actions.append(CleanupAction(str(here), "remove-leftover", reason="empty folder"))
+                if not dry_run:
+                    with contextlib.suppress(OSError):
+                        (here / LOCK_NAME).unlink(missing_ok=True)
+                        here.rmdir()
+        if not dry_run:
+            for sym in self.layout.symbols():
+                for tf in self.layout.timeframes(sym):
+                    self._refresh_index(sym, tf)
+            self._prune_index()
+        return actions
+
+    def years_on_disk(
+        self, symbol: str | None = None, timeframe: str | None = None
+    ) -> list[tuple[str, str, int]]:
+        """Every (symbol, tf, year) that has a data or a metadata file, in scope."""
+        out = []
+        symbols = [normalize_symbol(symbol)] if symbol else self.layout.symbols()
+        for sym in symbols:
+            tfs = [parse_timeframe(timeframe).name] if timeframe else self.layout.timeframes(sym)
+            for tf in tfs:
+                years = {*self.layout.years(sym, tf), *self._data_years(sym, tf)}
+                out.extend((sym, tf, y) for y in sorted(years))
+        return out
+
+    def _data_years(self, sym: str, tf: str) -> list[int]:
+        base = self.layout.timeframe_dir(sym, tf)
+        out = []
+        for p in base.iterdir() if base.is_dir() else []:
+            stem = p.name.removesuffix(DATA_SUFFIX)
+            if p.name.endswith(DATA_SUFFIX) and stem.isdigit():
+                out.append(int(stem))
+        return out
+
+    # ---- verification (validate command) -------------------------------------------------
+
+    def check_year(
+        self,
+        symbol: str,
+        timeframe: str,
+        year: int,
+        *,
+        min_score: float,
+        fix: bool = False,
+    ) -> YearCheck:
+        """Re-read one year, verify it against its metadata, re-score it, optionally repair.
+
+        Repairs (with `fix`): cut a torn tail; salvage the readable rows of a damaged file
+        (the original is kept aside) and rebuild its metadata; drop invalid and duplicate
+        rows and sort. Without `fix` nothing is written but the refreshed quality score.
+        """
+        sym = normalize_symbol(symbol)
+        tf = parse_timeframe(timeframe).name
+        data_path = self.layout.data_path(sym, tf, year)
+        check = YearCheck(sym, tf, year, str(data_path), "ok")
+        validator = self.validator(sym, tf)
+        with self.lock(sym, tf):
+            self._recover(sym, tf, year)
+            meta: dict[str, Any] | None = None
+            rewrite = False
+            try:
+                meta = read_metadata(self.layout.meta_path(sym, tf, year))
+                df = _read_committed(data_path, meta)
+            except CorruptFile as exc:
+                check.problems.append(str(exc))
+                check.path = str(exc.path)
+                if not fix:
+                    check.status = "corrupt"
+                    return check
+                salvaged = self._salvage(data_path, check)
+                if salvaged is None:
+                    check.status = "corrupt"
+                    return check
+                df, meta, rewrite = salvaged, None, True
+            if meta is not None and data_path.stat().st_size > meta["file_info"]["size_bytes"]:
+                check.problems.append(f"{data_path}: torn tail after the committed size")
+                if fix:
+                    with open(data_path, "r+b") as fh:
+                        fh.truncate(meta["file_info"]["size_bytes"])
+                    check.repairs.append("cut the torn tail")
+            result = validator.validate(df)
+            if fix and not result.is_valid:
+                cleaned = clean_frame(df, validator)
+                check.repairs.append(
+                    f"dropped {len(df) - len(cleaned)} invalid or duplicate rows and sorted"
+                )
+                df, rewrite = cleaned, True
+            provider = (meta or {}).get("data_source", "unknown")
+            if rewrite and df.empty:
+                self._delete_year(sym, tf, year)
+                check.repairs.append("no valid rows left: year removed (original kept aside)")
+            elif rewrite:
+                self._rewrite(sym, tf, year, meta, None, df, provider, allow_shrink=True)
+                result = validator.validate(df)
+            elif meta is not None:
+                self._store_quality(sym, tf, year, meta, result.counts, result.errors, result.tail)
+            self._refresh_index(sym, tf)
+        check.score = result.score
+        check.rows = len(df)
+        if check.repairs:
+            check.status = "fixed"
+        elif check.problems:
+            check.status = "corrupt"
+        if result.score < min_score and not df.empty:
+            check.problems.append(f"quality {result.score:.4f} below {min_score:g}")
+            if check.status == "ok":
+                check.status = "low-score"
+        return check
+
+    def _store_quality(
+        self,
+        sym: str,
+        tf: str,
+        year: int,
+        meta: dict[str, Any],
+        counts: ValidationCounts,
+        errors: list[str],
+        tail: TailContext | None,
+    ) -> None:
+        score, breakdown = score_counts(counts)
+        dq = meta["data_quality"]
+        if dq.get("counts") == asdict(counts) and dq.get("score") == score:
+            return
+        dq.update(
+            score=score,
+            breakdown=breakdown,
+            validation_errors=errors,
+            gaps=counts.gap_runs,
+            duplicates=counts.duplicates,
+            missing_bars=counts.missing_bars,
+            counts=asdict(counts),
+            tail=asdict(tail) if tail else None,
+        )
+        meta["last_validated"] = _now()
+        write_metadata(self.layout.meta_path(sym, tf, year), meta)
+
+    def _salvage(self, data_path: Path, check: YearCheck) -> pd.DataFrame | None:
+        """Read what can be read of a damaged year file; the original is kept aside."""
+        if not data_path.exists():
+            check.problems.append(f"{data_path}: data file is missing")
+            return None
+        df, note = salvage_bytes(data_path.read_bytes())
+        aside = self._quarantine(data_path, copy=True)
+        if df is None:
+            check.problems.append(f"{data_path}: no readable rows ({note})")
+            check.repairs.append(f"kept the unreadable original as {aside.name}")
+            return csvgz.empty_frame()
+        check.repairs.append(f"salvaged {len(df)} rows ({note}); original kept as {aside.name}")
+        return df
+
+    def _quarantine(self, path: Path, *, copy: bool = False) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}{QUARANTINE_MARK}{stamp}")
+        if copy:
+            write_atomic(aside, path.read_bytes())
+        else:
+            os.replace(path, aside)
+        return aside
+
+    def quarantine_year(self, symbol: str, timeframe: str, year: int) -> Path | None:
+        """Move a corrupt year (data and metadata) aside so it can be fetched again."""
+        sym = normalize_symbol(symbol)
+        with self.lock(sym, timeframe):
+            data = self.layout.data_path(sym, timeframe, year)
+            aside = self._quarantine(data) if data.exists() else None
+            meta = self.layout.meta_path(sym, timeframe, year)
+            if meta.exists():
+                self._quarantine(meta)
+            self._refresh_index(sym, timeframe)
+        return aside
+
+    # ---- _metadata/ index ----------------------------------------------------------------
+
+    def _refresh_index(self, sym: str, tf: str) -> None:
+        """Keep _metadata/symbols.json, quality_scores.json and providers.json current."""
+        index = self.layout.index_dir
+        with hold(index / LOCK_NAME, wait=self.lock_wait, what="the cache index"):
+            symbols = read_json(index / "symbols.json", {})
+            quality = read_json(index / "quality_scores.json", {})
+            entry: dict[str, Any] = {"years": [], "rows": 0, "providers": []}
+            scores: dict[str, float] = {}
+            provs: set[str] = set()
+            for _, _, year, meta in self.iter_metadata(sym, tf):
+                if isinstance(meta, CorruptFile):
+                    continue
+                entry["years"].append(year)
+                entry["rows"] += int(meta["file_info"]["rows"])
+                entry.setdefault("start", meta["start_date"])
+                entry["end"] = meta["end_date"]
+                scores[str(year)] = meta["data_quality"]["score"]
+                provs.update(s["provider"] for s in meta["coverage"].get("sources", []))
+            entry["providers"] = sorted(provs)
+            sym_entry = symbols.setdefault(sym, {"timeframes": {}})
+            sym_entry["asset_class"] = self.profile(sym).asset_class.value
+            if entry["years"]:
+                sym_entry["timeframes"][tf] = entry
+                quality.setdefault(sym, {})[tf] = scores
+            else:
+                sym_entry["timeframes"].pop(tf, None)
+                quality.get(sym, {}).pop(tf, None)
+            if not sym_entry["timeframes"]:
+                symbols.pop(sym, None)
+                quality.pop(sym, None)
+            write_json(index / "symbols.json", symbols)
+            write_json(index / "quality_scores.json", quality)
+            write_json(index / "providers.json", _providers_index(symbols, self.settings))
+
+    def _prune_index(self) -> None:
+        index = self.layout.index_dir
+        with hold(index / LOCK_NAME, wait=self.lock_wait, what="the cache index"):
+            symbols = read_json(index / "symbols.json", {})
+            present = set(self.layout.symbols())
+            stale = [s for s in symbols if s not in present]
+            if not stale:
+                return
+            quality = read_json(index / "quality_scores.json", {})
+            for s in stale:
+                symbols.pop(s, None)
+                quality.pop(s, None)
+            write_json(index / "symbols.json", symbols)
+            write_json(index / "quality_scores.json", quality)
+            write_json(index / "providers.json", _providers_index(symbols, self.settings))
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical columns and dtypes, UTC-naive timestamps, unique (last wins) and sorted."""
+    if not isinstance(df, pd.DataFrame):
+        raise UsageError("put() takes a pandas DataFrame")
+    frame = df
+    if "timestamp" not in frame.columns:
+        if isinstance(frame.index, pd.DatetimeIndex):
+            frame = frame.rename_axis("timestamp").reset_index()
+        else:
+            raise UsageError("frame has no 'timestamp' column or DatetimeIndex")
+    missing = [c for c in csvgz.BASE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UsageError(f"frame lacks columns: {', '.join(missing)}")
+    columns = csvgz.columns_for(frame)
+    ts = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True)
+    out = pd.DataFrame({"timestamp": ts.dt.tz_localize(None).astype("datetime64[ns]")})
+    for col in columns[1:]:
+        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
+    out = out[out["timestamp"].notna().to_numpy()]
+    ts_values = out["timestamp"].to_numpy()
+    if len(ts_values) > 1 and not (np.diff(ts_values.astype("int64")) > 0).all():
+        out = out.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable")
+    return out.reset_index(drop=True)
+
+
+def clean_frame(df: pd.DataFrame, validator: OHLCVValidator) -> pd.DataFrame:
+    """Drop rows with bad values, dedupe (last wins) and sort — what `validate --fix` keeps."""
+    frame = normalize_frame(df)
+    prices = frame[["open", "high", "low", "close"]].to_numpy()
+    vol = frame["volume"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        good = (
+            np.isfinite(prices).all(axis=1)
+            & np.isfinite(vol)
+            & (prices > 0).all(axis=1)
+            & (vol >= 0)
+            & (frame["high"] >= frame[["open", "close"]].max(axis=1)).to_numpy()
+            & (frame["low"] <= frame[["open", "close"]].min(axis=1)).to_numpy()
+        )
+    return frame[good].reset_index(drop=True)
+
+
+def salvage_bytes(raw: bytes) -> tuple[pd.DataFrame | None, str]:
+    """Decode as many whole, parsable CSV lines as a damaged csv.gz yields."""
+    text = bytearray()
+    pos = 0
+    note = "all members readable"
+    while pos < len(raw):
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            text += d.decompress(raw[pos:])
+        except zlib.error as exc:
+            note = f"stopped at a damaged block: {exc}"
+            break
+        if not d.eof:
+            note = "last member truncated"
+            break
+        pos = len(raw) - len(d.unused_data)
+    lines = bytes(text).split(b"\n")
+    if not lines or not lines[0].startswith(b"timestamp,"):
+        return None, "header unreadable"
+    header = lines[0]
+    width = header.count(b",")
+    body = lines[1:] if text.endswith(b"\n") else lines[1:-1]  # drop a cut last line
+    good = [ln for ln in body if ln.count(b",") == width and ln[:4].isdigit()]
+    try:
+        df = csvgz.parse_csv(b"\n".join([header, *good]) + b"\n")
+    except ValueError as exc:
+        return None, f"unparsable: {exc}"
+    df = df[df["timestamp"].notna().to_numpy()].reset_index(drop=True)
+    return (df if len(df) else None), note
+
+
+def _read_committed(path: Path, meta: dict[str, Any]) -> pd.DataFrame:
+    info = meta["file_info"]
+    size = int(info["size_bytes"])
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(size)
+    except FileNotFoundError:
+        raise CorruptFile(path, "data file is missing (metadata exists)") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) < size:
+        raise CorruptFile(path, f"file is truncated: {len(data)} of {size} bytes")
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise CorruptFile(path, "sha256 does not match metadata (the file changed or is damaged)")
+    try:
+        df = csvgz.decode(data)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CorruptFile(path, f"cannot decode: {exc}") from None
+    if len(df) != int(info["rows"]):
+        raise CorruptFile(path, f"holds {len(df)} rows, metadata says {info['rows']}")
+    return df
+
+
+def _sha256_prefix(path: Path, size: int) -> Any:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        remaining = size
+        while remaining > 0:
+            chunk = fh.read(min(remaining, 8 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h
+
+
+def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    columns = csvgz.columns_for(old if len(old.columns) >= len(new.columns) else new)
+    both = pd.concat([old.reindex(columns=columns), new.reindex(columns=columns)])
+    both = both.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable")
+    return both.reset_index(drop=True)
+
+
+def _count_changed(old: pd.DataFrame, new: pd.DataFrame) -> int:
+    joined = new.merge(old, on="timestamp", how="inner", suffixes=("", "_old"))
+    if joined.empty:
+        return 0
+    changed = np.zeros(len(joined), dtype=bool)
+    for col in csvgz.BASE_COLUMNS[1:] + csvgz.OPTIONAL_COLUMNS:
+        if col in new.columns and f"{col}_old" in joined.columns:
+            a = joined[col].to_numpy()
+            b = joined[f"{col}_old"].to_numpy()
+            changed |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        elif col in new.columns and col in old.columns:
+            continue
+        elif col in new.columns:
+            changed |= ~np.isnan(joined[col].to_numpy())
+    return int(changed.sum())
+
+
+def _merge_sources(
+    sources: list[dict[str, str]], provider: str, start: str, end: str
+) -> list[dict[str, str]]:
+    """Record that `provider` filled [start, end]; adjacent spans of one provider merge."""
+    out = [dict(s) for s in sources]
+    if out and out[-1]["provider"] == provider and out[-1]["end"] <= end:
+        last = out[-1]
+        if start <= last["end"] or start >= last["start"]:
+            last["start"] = min(last["start"], start)
+            last["end"] = max(last["end"], end)
+            return out
+    out.append({"provider": provider, "start": start, "end": end})
+    out.sort(key=lambda s: s["start"])
+    return out
+
+
+def _providers_index(symbols: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sym, entry in symbols.items():
+        for tf_entry in entry.get("timeframes", {}).values():
+            for prov in tf_entry.get("providers", []):
+                p = out.setdefault(prov, {"symbols": [], "datasets": 0})
+                if sym not in p["symbols"]:
+                    p["symbols"].append(sym)
+                p["datasets"] += 1
+    for name, p in out.items():
+        conf = settings.providers.get(name)
+        p["symbols"].sort()
+        if conf is not None:
+            p["reliability"] = conf.reliability
+            p["rate_limit"] = conf.rate_limit.describe()
+    return out
+
+
+def _leftover_reason(path: Path) -> str:
+    name = path.name
+    if TEMP_MARK in name:
+        return "temporary file of an interrupted write"
+    if name.endswith(META_SUFFIX + PENDING_SUFFIX):
+        return "pending metadata of an interrupted write"
+    if name.endswith(DATA_SUFFIX) and name.removesuffix(DATA_SUFFIX).isdigit():
+        if not path.with_name(name.removesuffix(DATA_SUFFIX) + META_SUFFIX).exists():
+            return "data without metadata"
+    if name.endswith(META_SUFFIX) and name.removesuffix(META_SUFFIX).isdigit():
+        if not path.with_name(name.removesuffix(META_SUFFIX) + DATA_SUFFIX).exists():
+            return "metadata without data"
+    return ""

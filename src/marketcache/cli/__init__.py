@@ -1,0 +1,1 @@
+"""Command-line interface: Typer app (app.py), commands, and the Rich renderer (render.py)."""

@@ -1,0 +1,58 @@
+"""Entry point and the one error boundary: domain errors → one line on stderr + exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+
+import typer
+
+from marketcache.cli.commands import app
+from marketcache.errors import MarketCacheError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_VALIDATION, EXIT_LOCKED = 0, 1, 2, 3, 4
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 failure, 2 usage, 3 validation, 4 lock)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in args or "--verbose" in args
+    as_json = "--json" in args
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="marketcache", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        return _fail("interrupted", 130, as_json)
+    except typer.TyperException as exc:  # click's UsageError and friends
+        ctx = getattr(exc, "ctx", None)
+        name = ctx.command_path if ctx is not None else "marketcache"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        return _fail(f"{message} (see '{name} --help')", EXIT_USAGE, as_json)
+    except KeyboardInterrupt:
+        return _fail("interrupted; committed data is kept, re-run to continue", 130, as_json)
+    except MarketCacheError as exc:
+        if verbose:
+            traceback.print_exc()
+        return _fail(str(exc), exc.exit_code, as_json)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        return _fail(message + ("" if verbose else " (run with -v for details)"), 1, as_json)
+    return int(result) if isinstance(result, int) else EXIT_OK
+
+
+def _fail(message: str, code: int, as_json: bool) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    sys.stderr.write(f"error: {first}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": False, "exit_code": code, "error": first}) + "\n")
+    return code
+
+
+def run() -> None:
+    raise SystemExit(main())

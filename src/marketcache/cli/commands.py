@@ -1,0 +1,284 @@
+"""The five commands. Each builds its context, calls one library function and renders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from marketcache import __version__
+from marketcache.cache import UnifiedCache, YearCheck
+from marketcache.cli.render import Renderer
+from marketcache.config import Settings, load_settings
+from marketcache.errors import UsageError
+from marketcache.models import parse_date
+from marketcache.symbols import normalize_symbol
+from marketcache.timeframes import parse_timeframe
+
+app = typer.Typer(
+    name="marketcache",
+    help="Keep a cache of OHLCV market data complete, fresh and trustworthy.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        envvar="MARKETCACHE_CACHE_DIR",
+        help="Cache root folder [default: ./data-cache].",
+        show_default=False,
+    ),
+]
+ConfigPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="providers.yaml [env MARKETCACHE_CONFIG; default ./providers.yaml, else packaged].",
+        show_default=False,
+    ),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and details.")]
+
+
+@dataclass
+class Context:
+    settings: Settings
+    cache: UnifiedCache
+    out: Renderer
+
+
+def _context(cache_dir: Path | None, config: Path | None, as_json: bool, quiet: bool) -> Context:
+    out = Renderer(as_json=as_json, quiet=quiet)
+    settings = load_settings(config)
+    for warning in settings.warnings:
+        out.warn(warning)
+    root = cache_dir or Path(os.environ.get("MARKETCACHE_CACHE_DIR") or "data-cache")
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--cache-dir {root} is not a folder")
+    return Context(settings, UnifiedCache(root, settings=settings), out)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"marketcache {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Keep a cache of OHLCV market data complete, fresh and trustworthy."""
+
+
+def _scope(symbol: str | None, timeframe: str | None) -> tuple[str | None, str | None]:
+    sym = normalize_symbol(symbol) if symbol else None
+    tf = parse_timeframe(timeframe).name if timeframe else None
+    return sym, tf
+
+
+@app.command()
+def populate(
+    symbols: Annotated[
+        list[str] | None, typer.Argument(help="Symbols (default: datasets).")
+    ] = None,
+    timeframes: Annotated[
+        str | None, typer.Option("--timeframes", "-t", help="e.g. 1h,1d [default: 1d].")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="YYYY-MM-DD or relative (30d, 2y).")] = None,
+    end: Annotated[str | None, typer.Option(help="Exclusive end [default: now].")] = None,
+    symbols_file: Annotated[
+        Path | None, typer.Option("--symbols-file", help="One symbol a line, # comments.")
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="Use only this provider.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the fetch plan only.")] = False,
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="Re-download the range (never shrinks).")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Symbols fetched at once.")] = 1,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Fill the cache for each symbol x timeframe over [start, end)."""
+    from marketcache.populate import PopulateRequest, build_jobs, run_populate
+
+    ctx = _context(cache_dir, config, as_json, quiet)
+    request = PopulateRequest(
+        symbols=list(symbols or []),
+        symbols_file=symbols_file,
+        timeframes=timeframes,
+        start=start,
+        end=end,
+        provider=provider,
+        dry_run=dry_run,
+        full_refresh=full_refresh,
+        workers=workers,
+    )
+    jobs = build_jobs(request, ctx.settings)
+    with ctx.out.progress(len(jobs)) as progress:
+        report = run_populate(ctx.cache, jobs, request, progress=progress)
+    ctx.out.populate_report(report)
+    return report.exit_code
+
+
+@app.command()
+def info(
+    symbol: Annotated[str | None, typer.Argument(help="Symbol to describe.")] = None,
+    timeframe: Annotated[str | None, typer.Argument(help="Timeframe to describe.")] = None,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Cache-wide stats, or per symbol / timeframe / year detail (metadata only)."""
+    ctx = _context(cache_dir, config, as_json, quiet)
+    sym, tf = _scope(symbol, timeframe)
+    if sym is None:
+        ctx.out.stats(ctx.cache.get_stats())
+        return 0
+    detail = ctx.cache.get_data_info(sym, tf)
+    if not detail["timeframes"]:
+        what = f"{sym} {tf}" if tf else sym
+        raise UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+    ctx.out.symbol_info(detail)
+    return 0
+
+
+@app.command("list")
+def list_(
+    symbol: Annotated[str | None, typer.Argument(help="List this symbol's timeframes.")] = None,
+    timeframe: Annotated[str | None, typer.Argument(help="List this timeframe's years.")] = None,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Symbols; a symbol's timeframes; a timeframe's years (metadata only)."""
+    ctx = _context(cache_dir, config, as_json, quiet)
+    sym, tf = _scope(symbol, timeframe)
+    rows: list[dict[str, Any]] = []
+    if sym is None:
+        for s in ctx.cache.list_symbols():
+            tfs = ctx.cache.list_timeframes(s)
+            rows.append({"symbol": s, "timeframes": tfs})
+        ctx.out.listing("symbols", rows)
+        return 0
+    detail = ctx.cache.get_data_info(sym, tf)
+    if not detail["timeframes"]:
+        what = f"{sym} {tf}" if tf else sym
+        raise UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+    if tf is None:
+        for name, entry in detail["timeframes"].items():
+            rows.append(
+                {
+                    "timeframe": name,
+                    "years": [y["year"] for y in entry["years"]],
+                    "rows": entry["rows"],
+                    "start": entry["start"],
+                    "end": entry["end"],
+                }
+            )
+        ctx.out.listing(f"{sym} timeframes", rows)
+    else:
+        for y in detail["timeframes"][tf]["years"]:
+            rows.append({k: y.get(k) for k in ("year", "rows", "start", "end", "quality", "error")})
+        ctx.out.listing(f"{sym} {tf} years", rows)
+    return 0
+
+
+@app.command()
+def cleanup(
+    before: Annotated[str | None, typer.Option(help="Drop rows before this date.")] = None,
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="Drop rows older than e.g. 400d, 2y.")
+    ] = None,
+    keep_years: Annotated[
+        int | None, typer.Option("--keep-years", min=1, help="Keep only the last N years.")
+    ] = None,
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="Only this timeframe.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go.")] = False,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Remove leftovers, or (with criteria) old rows and whole years."""
+    ctx = _context(cache_dir, config, as_json, quiet)
+    sym, tf = _scope(symbol, timeframe)
+    cutoffs = []
+    if before:
+        cutoffs.append(parse_date(before, option="--before"))
+    if older_than:
+        if not older_than.strip()[-1:].isalpha():
+            raise UsageError(f"--older-than '{older_than}' needs a unit: e.g. 400d, 8w, 2y")
+        cutoffs.append(parse_date(older_than, option="--older-than"))
+    if (sym or tf) and not (cutoffs or keep_years):
+        raise UsageError("--symbol/--timeframe need --before, --older-than or --keep-years")
+    if cutoffs or keep_years:
+        actions = ctx.cache.cleanup_old_data(
+            before=max(cutoffs) if cutoffs else None,
+            keep_years=keep_years,
+            symbol=sym,
+            timeframe=tf,
+            dry_run=dry_run,
+        )
+    else:
+        actions = ctx.cache.cleanup_leftovers(dry_run=dry_run)
+    ctx.out.cleanup(actions, dry_run=dry_run)
+    return 0
+
+
+@app.command()
+def validate(
+    symbol: Annotated[str | None, typer.Argument(help="Only this symbol.")] = None,
+    timeframe: Annotated[str | None, typer.Argument(help="Only this timeframe.")] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", min=0.0, max=1.0, help="Fail below this score [config]."),
+    ] = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired.")] = False,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Re-read every file, verify checksums, re-score; exit 3 on corruption or low scores."""
+    ctx = _context(cache_dir, config, as_json, quiet)
+    sym, tf = _scope(symbol, timeframe)
+    threshold = ctx.settings.options.min_score if min_score is None else min_score
+    targets = ctx.cache.years_on_disk(sym, tf)
+    if sym and not targets:
+        what = f"{sym} {tf}" if tf else sym
+        raise UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+    checks: list[YearCheck] = []
+    with ctx.out.progress(len(targets), label="validating") as progress:
+        for s, t, year in targets:
+            checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
+            progress.advance(f"{s} {t} {year}")
+    ctx.out.validation(checks, threshold)
+    bad = [
+        c
+        for c in checks
+        if c.status in ("corrupt", "low-score") or (c.score is not None and c.score < threshold)
+    ]
+    return 3 if bad else 0

@@ -1,0 +1,269 @@
+"""Everything the CLI shows: Rich tables and progress, or one JSON document. The only Rich importer."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+
+def _console(stderr: bool = False) -> Console:
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else None
+    return Console(
+        file=sys.stderr if stderr else sys.stdout,
+        width=width,
+        highlight=False,
+        soft_wrap=False,
+    )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _score(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _short(ts: str | None) -> str:
+    if not ts:
+        return "-"
+    return ts[:10] if ts.endswith("T00:00:00") else ts.replace("T", " ")[:16]
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+class ProgressSink:
+    """What the library's progress callback talks to: a Rich bar, or nothing."""
+
+    def __init__(self, progress: Progress | None, task: Any) -> None:
+        self._progress = progress
+        self._task = task
+        self.started = time.monotonic()
+        self.bars = 0
+
+    def advance(self, current: str = "", bars: int = 0) -> None:
+        self.bars += bars
+        if self._progress is not None:
+            rate = self.bars / max(time.monotonic() - self.started, 1e-6)
+            self._progress.update(
+                self._task,
+                advance=1,
+                description=f"{current} · {self.bars:,} bars · {rate:,.0f}/s" if bars else current,
+            )
+
+    def note(self, current: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=current)
+
+
+class Renderer:
+    def __init__(self, *, as_json: bool = False, quiet: bool = False) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.out = _console()
+        self.err = _console(stderr=True)
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def emit(self, document: Any) -> None:
+        sys.stdout.write(json.dumps(_plain(document), indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+    def show(self, renderable: Any) -> None:
+        if not self.quiet:
+            self.out.print(renderable)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(f"warning: {message}", markup=False)
+
+    @contextmanager
+    def progress(self, total: int, label: str = "populating") -> Iterator[ProgressSink]:
+        """A progress bar on stderr only when it is a terminal (and not quiet/json)."""
+        if self.quiet or self.as_json or not sys.stderr.isatty() or total <= 0:
+            yield ProgressSink(None, None)
+            return
+        with Progress(
+            TextColumn(f"{label} "),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("", total=total)
+            yield ProgressSink(bar, task)
+
+    # ---- commands -------------------------------------------------------------------------
+
+    def stats(self, stats: dict[str, Any]) -> None:
+        if self.as_json:
+            self.emit(stats)
+            return
+        table = Table(title=f"marketcache — {stats['cache_dir']}", show_header=False)
+        table.add_column("what")
+        table.add_column("value")
+        rows = [
+            ("symbols", str(stats["symbols"])),
+            ("timeframes", ", ".join(stats["timeframes"]) or "-"),
+            ("files", str(stats["files"])),
+            ("rows", f"{stats['rows']:,}"),
+            ("on disk", _size(stats["bytes_on_disk"])),
+            ("compression", f"{stats['compression_ratio']}x" if stats["compression_ratio"] else "-"),
+            ("date span", f"{_short(stats['start'])} → {_short(stats['end'])}"),
+            ("quality mean / min", f"{_score(stats['quality_mean'])} / {_score(stats['quality_min'])}"),
+            ("providers", ", ".join(stats["providers"]) or "-"),
+        ]  # fmt: skip
+        for name, value in rows:
+            table.add_row(name, value)
+        self.show(table)
+        for path in stats["corrupt_metadata"]:
+            self.warn(f"{path}: metadata unreadable; run `marketcache validate`")
+
+    def symbol_info(self, detail: dict[str, Any]) -> None:
+        if self.as_json:
+            self.emit(detail)
+            return
+        table = Table(title=detail["symbol"])
+        for col in ("tf", "year", "rows", "start", "end", "provider", "quality", "gaps", "size"):
+            table.add_column(col, justify="right" if col in ("rows", "gaps", "size") else "left")
+        for tf, entry in detail["timeframes"].items():
+            for y in entry["years"]:
+                if "error" in y:
+                    table.add_row(tf, str(y["year"]), "-", "-", "-", "-", "corrupt", "-", "-")
+                    continue
+                table.add_row(
+                    tf,
+                    str(y["year"]),
+                    f"{y['rows']:,}",
+                    _short(y["start"]),
+                    _short(y["end"]),
+                    ",".join(y["providers"]) or (y["provider"] or "-"),
+                    _score(y["quality"]),
+                    str(y["gaps"]),
+                    _size(y["size_bytes"]),
+                )
+            table.add_row(
+                tf, "all", f"{entry['rows']:,}", _short(entry["start"]), _short(entry["end"]),
+                "", f"min {_score(entry['quality_min'])}", "", _size(entry["size_bytes"]),
+                end_section=True,
+            )  # fmt: skip
+        self.show(table)
+
+    def listing(self, title: str, rows: list[dict[str, Any]]) -> None:
+        if self.as_json:
+            self.emit(rows)
+            return
+        if not rows:
+            self.show("(empty)")
+            return
+        table = Table(title=title)
+        columns = [k for k in rows[0] if any(r.get(k) is not None for r in rows)]
+        for col in columns:
+            table.add_column(col)
+        for r in rows:
+            cells = []
+            for col in columns:
+                v = r.get(col)
+                if isinstance(v, list):
+                    cells.append(", ".join(str(x) for x in v))
+                elif col in ("start", "end"):
+                    cells.append(_short(v))
+                elif col == "quality":
+                    cells.append(_score(v))
+                elif isinstance(v, int) and col == "rows":
+                    cells.append(f"{v:,}")
+                else:
+                    cells.append("-" if v is None else str(v))
+            table.add_row(*cells)
+        self.show(table)
+
+    def cleanup(self, actions: list[Any], *, dry_run: bool) -> None:
+        if self.as_json:
+            self.emit({"dry_run": dry_run, "actions": actions})
+            return
+        if not actions:
+            self.show("nothing to clean up")
+            return
+        table = Table(title="would remove" if dry_run else "removed")
+        for col in ("action", "path", "rows", "why"):
+            table.add_column(col)
+        for a in actions:
+            rows = str(a.rows_removed) if a.rows_removed else ""
+            table.add_row(a.action, a.path, rows, a.reason)
+        self.show(table)
+
+    def validation(self, checks: list[Any], threshold: float) -> None:
+        if self.as_json:
+            self.emit({"min_score": threshold, "files": checks})
+            return
+        table = Table(title=f"validate (min score {threshold:g})")
+        for col in ("symbol", "tf", "year", "rows", "score", "status", "details"):
+            table.add_column(col)
+        for c in checks:
+            details = "; ".join(c.problems + c.repairs)
+            table.add_row(
+                c.symbol, c.timeframe, str(c.year), f"{c.rows:,}", _score(c.score), c.status,
+                details[:200],
+            )  # fmt: skip
+        self.show(table)
+        for c in checks:
+            if c.status == "corrupt":
+                first = c.problems[0] if c.problems else c.path
+                self.err.print(f"error: {first}; run `marketcache validate --fix`", markup=False)
+
+    def populate_report(self, report: Any) -> None:
+        if self.as_json:
+            self.emit(report.as_json())
+            return
+        table = Table(title="dry run: fetch plan" if report.dry_run else "populate")
+        for col in ("symbol", "tf", "status", "providers", "added", "fetched", "gaps", "quality"):
+            table.add_column(col)
+        for r in report.results:
+            fetched = "; ".join(
+                f"{_short(f['start'])}→{_short(f['end'])}"
+                + (f" ({f['provider']})" if f.get("provider") else "")
+                for f in r.ranges_fetched[:4]
+            )
+            if len(r.ranges_fetched) > 4:
+                fetched += f" +{len(r.ranges_fetched) - 4} more"
+            table.add_row(
+                r.symbol, r.timeframe, r.status, ",".join(r.providers) or "-",
+                f"{r.rows_added:,}", fetched or "-", str(len(r.gaps_left)), _score(r.quality),
+            )  # fmt: skip
+        self.show(table)
+        for r in report.results:
+            for e in r.errors:
+                self.err.print(f"error: {r.symbol} {r.timeframe}: {e}", markup=False)

@@ -1,0 +1,372 @@
+"""providers.yaml → typed settings. Every error names the file and the key.
+
+`${ENV_VAR}` is interpolated in strings; API keys are kept as `Secret`, whose str/repr never
+show the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from marketcache.errors import ConfigError, MarketCacheError
+from marketcache.models import parse_date
+from marketcache.symbols import AssetClass, normalize_symbol
+from marketcache.timeframes import parse_timeframe
+
+KNOWN_PROVIDERS = ("binance", "yahoo", "alpha_vantage")
+DEFAULT_BASE_URLS = {
+    "binance": "https://api.binance.com",
+    "yahoo": "https://query2.finance.yahoo.com",
+    "alpha_vantage": "https://www.alphavantage.co",
+}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
+
+
+class Secret:
+    """A credential: usable through `reveal()`, shown everywhere else as '***'."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_second: float | None = None
+    per_minute: float | None = None
+    per_hour: float | None = None
+    per_day: float | None = None
+
+    def describe(self) -> str:
+        parts = [
+            f"{v:g}/{k.removeprefix('per_')}"
+            for k in _RATE_UNITS
+            if (v := getattr(self, k)) is not None
+        ]
+        return ", ".join(parts) or "unlimited"
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    base_url: str
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    reliability: float = 0.9
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    timeout: float = 15.0
+    retry_budget: float = 60.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    providers: tuple[str, ...]
+    symbol_type: AssetClass | None = None
+    timeframes: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SymbolSettings:
+    aliases: dict[str, str] = field(default_factory=dict)
+    type: AssetClass | None = None
+    calendar: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    symbols: tuple[str, ...]
+    timeframes: tuple[str, ...]
+    start: str
+    end: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    min_score: float = 0.8
+    lock_wait: float = 600.0
+    verified_empty_recheck_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str
+    providers: dict[str, ProviderSettings]
+    selection: tuple[SelectionRule, ...]
+    symbols: dict[str, SymbolSettings]
+    datasets: tuple[Dataset, ...]
+    options: Options = field(default_factory=Options)
+    warnings: tuple[str, ...] = ()
+
+    def symbol(self, symbol: str) -> SymbolSettings:
+        return self.symbols.get(symbol.upper(), SymbolSettings())
+
+
+def default_config_text() -> str:
+    return resources.files("marketcache").joinpath("default_providers.yaml").read_text("utf-8")
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, else $MARKETCACHE_CONFIG, else ./providers.yaml; None = packaged default."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError("file not found: pass an existing providers.yaml", path=path)
+        return path
+    env = os.environ.get("MARKETCACHE_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError("file named by MARKETCACHE_CONFIG not found", path=path)
+        return path
+    local = Path("providers.yaml")
+    return local if local.is_file() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load settings from `path` (resolved as the CLI does) or the packaged default."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return parse_settings(default_config_text(), source="<packaged default>")
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=resolved) from None
+    return parse_settings(text, source=str(resolved))
+
+
+def parse_settings(text: str, *, source: str = "providers.yaml") -> Settings:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML{where}: {problem}", path=source) from None
+    if raw is None:
+        raw = {}
+    return _Parser(source).settings(raw)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.source, key=key)
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {type(value).__name__}")
+        for k in value:
+            if not isinstance(k, str):
+                raise self.fail(key, f"keys must be text, got {k!r}")
+        return value
+
+    def seq(self, value: Any, key: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list, got {type(value).__name__}")
+        return value
+
+    def text(self, value: Any, key: str) -> str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise self.fail(key, f"must be text, got {type(value).__name__}")
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), ""), str(value))
+
+    def number(self, value: Any, key: str, *, low: float = 0.0, high: float | None = None) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number, got {type(value).__name__}")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+            raise self.fail(key, f"must be {bound}, got {value}")
+        return float(value)
+
+    def unknown(self, data: dict[str, Any], allowed: tuple[str, ...], key: str) -> None:
+        for k in data:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                self.warnings.append(f"{self.source}: unknown key '{where}' ignored")
+
+    def settings(self, raw: Any) -> Settings:
+        top = self.mapping(raw, "<top level>")
+        self.unknown(top, ("providers", "selection", "symbols", "datasets", "settings"), "")
+        providers = self.providers(top.get("providers") or {})
+        selection = tuple(
+            self.rule(r, f"selection[{i}]", providers)
+            for i, r in enumerate(self.seq(top.get("selection") or [], "selection"))
+        )
+        symbols = self.symbols(top.get("symbols") or {})
+        datasets = tuple(
+            self.dataset(d, f"datasets[{i}]")
+            for i, d in enumerate(self.seq(top.get("datasets") or [], "datasets"))
+        )
+        options = self.options(top.get("settings") or {})
+        return Settings(
+            self.source, providers, selection, symbols, datasets, options, tuple(self.warnings)
+        )
+
+    def providers(self, raw: Any) -> dict[str, ProviderSettings]:
+        out: dict[str, ProviderSettings] = {}
+        for name, body in self.mapping(raw, "providers").items():
+            key = f"providers.{name}"
+            if name not in KNOWN_PROVIDERS:
+                raise self.fail(key, f"unknown provider: use one of {', '.join(KNOWN_PROVIDERS)}")
+            body = self.mapping(body or {}, key)
+            allowed = ("base_url", "rate_limit", "reliability", "api_key", "timeout")
+            self.unknown(body, (*allowed, "retry_budget", "enabled"), key)
+            base_url = self.text(body.get("base_url", DEFAULT_BASE_URLS[name]), f"{key}.base_url")
+            if not re.match(r"^https?://[^\s/]+", base_url):
+                raise self.fail(f"{key}.base_url", f"'{base_url}' is not an http(s) URL")
+            rate_raw = self.mapping(body.get("rate_limit") or {}, f"{key}.rate_limit")
+            self.unknown(rate_raw, tuple(_RATE_UNITS), f"{key}.rate_limit")
+            rate = RateLimit(
+                **{
+                    k: self.number(v, f"{key}.rate_limit.{k}", low=1e-9)
+                    for k, v in rate_raw.items()
+                    if k in _RATE_UNITS
+                }
+            )
+            api_key = Secret(self.text(body.get("api_key", ""), f"{key}.api_key"))
+            enabled = body.get("enabled", True)
+            if not isinstance(enabled, bool):
+                raise self.fail(f"{key}.enabled", "must be true or false")
+            out[name] = ProviderSettings(
+                name=name,
+                base_url=base_url.rstrip("/"),
+                rate_limit=rate,
+                reliability=self.number(
+                    body.get("reliability", 0.9), f"{key}.reliability", high=1.0
+                ),
+                api_key=api_key,
+                timeout=self.number(body.get("timeout", 15.0), f"{key}.timeout", low=0.1),
+                retry_budget=self.number(
+                    body.get("retry_budget", 60.0), f"{key}.retry_budget", low=0.0
+                ),
+                enabled=enabled,
+            )
+        for name in KNOWN_PROVIDERS:
+            out.setdefault(name, ProviderSettings(name=name, base_url=DEFAULT_BASE_URLS[name]))
+        return out
+
+    def rule(self, raw: Any, key: str, providers: dict[str, ProviderSettings]) -> SelectionRule:
+        body = self.mapping(raw, key)
+        self.unknown(body, ("symbol_type", "timeframes", "symbols", "providers"), key)
+        names = tuple(
+            self.text(p, f"{key}.providers") for p in self.seq(body.get("providers"), key)
+        )
+        for name in names:
+            if name not in providers:
+                raise self.fail(f"{key}.providers", f"unknown provider '{name}'")
+        symbol_type = None
+        if "symbol_type" in body:
+            symbol_type = self.asset_class(body["symbol_type"], f"{key}.symbol_type")
+        timeframes = tuple(
+            self.timeframe(t, f"{key}.timeframes")
+            for t in self.seq(body.get("timeframes", []), f"{key}.timeframes")
+        )
+        symbols = tuple(
+            self.symbol(s, f"{key}.symbols")
+            for s in self.seq(body.get("symbols", []), f"{key}.symbols")
+        )
+        return SelectionRule(names, symbol_type, timeframes, symbols)
+
+    def symbols(self, raw: Any) -> dict[str, SymbolSettings]:
+        out: dict[str, SymbolSettings] = {}
+        for sym, body in self.mapping(raw, "symbols").items():
+            key = f"symbols.{sym}"
+            body = self.mapping(body or {}, key)
+            aliases: dict[str, str] = {}
+            kind = None
+            calendar = None
+            for k, v in body.items():
+                if k in KNOWN_PROVIDERS:
+                    aliases[k] = self.text(v, f"{key}.{k}")
+                elif k == "type":
+                    kind = self.asset_class(v, f"{key}.type")
+                elif k == "calendar":
+                    from marketcache.calendars import is_known_calendar
+
+                    calendar = self.text(v, f"{key}.calendar")
+                    if not is_known_calendar(calendar):
+                        raise self.fail(f"{key}.calendar", f"unknown calendar '{calendar}'")
+                else:
+                    self.warnings.append(f"{self.source}: unknown key '{key}.{k}' ignored")
+            out[self.symbol(sym, key)] = SymbolSettings(aliases, kind, calendar)
+        return out
+
+    def dataset(self, raw: Any, key: str) -> Dataset:
+        body = self.mapping(raw, key)
+        self.unknown(body, ("symbols", "timeframes", "start", "end"), key)
+        symbols = tuple(
+            self.symbol(s, f"{key}.symbols")
+            for s in self.seq(body.get("symbols"), f"{key}.symbols")
+        )
+        timeframes = tuple(
+            self.timeframe(t, f"{key}.timeframes")
+            for t in self.seq(body.get("timeframes", ["1d"]), f"{key}.timeframes")
+        )
+        if "start" not in body:
+            raise self.fail(f"{key}.start", "is required (e.g. start: 2020-01-01)")
+        start = self.date(body["start"], f"{key}.start")
+        end = self.date(body["end"], f"{key}.end") if body.get("end") is not None else None
+        return Dataset(symbols, timeframes, start, end)
+
+    def options(self, raw: Any) -> Options:
+        body = self.mapping(raw, "settings")
+        self.unknown(body, ("min_score", "lock_wait", "verified_empty_recheck_days"), "settings")
+        defaults = Options()
+        return Options(
+            min_score=self.number(
+                body.get("min_score", defaults.min_score), "settings.min_score", high=1.0
+            ),
+            lock_wait=self.number(body.get("lock_wait", defaults.lock_wait), "settings.lock_wait"),
+            verified_empty_recheck_days=self.number(
+                body.get("verified_empty_recheck_days", defaults.verified_empty_recheck_days),
+                "settings.verified_empty_recheck_days",
+            ),
+        )
+
+    def asset_class(self, value: Any, key: str) -> AssetClass:
+        try:
+            return AssetClass(self.text(value, key))
+        except ValueError:
+            raise self.fail(key, f"must be one of crypto, stock, fx; got {value!r}") from None
+
+    def timeframe(self, value: Any, key: str) -> str:
+        try:
+            return parse_timeframe(self.text(value, key)).name
+        except MarketCacheError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def symbol(self, value: Any, key: str) -> str:
+        try:
+            return normalize_symbol(self.text(value, key))
+        except MarketCacheError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def date(self, value: Any, key: str) -> str:
+        try:
+            return str(parse_date(str(value), option=key).date())
+        except MarketCacheError as exc:
+            raise self.fail(key, str(exc)) from None

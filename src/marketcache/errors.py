@@ -1,0 +1,107 @@
+"""The one exception tree of marketcache.
+
+Library code raises only these; the CLI maps them to messages and exit codes in one place.
+
+    MarketCacheError                 root; exit 1 unless a subclass says otherwise
+    ├── UsageError                   bad symbol, timeframe, date or option        (exit 2)
+    ├── ConfigError                  invalid providers.yaml: names file and key   (exit 2)
+    ├── ProviderError                a provider could not deliver a range
+    │   ├── SymbolNotFound           the provider does not know the symbol
+    │   ├── RateLimited              429/418/quota answers (carries retry_after)
+    │   └── ProviderUnavailable      network failure, 5xx, timeout, garbled body
+    ├── StorageError                 the cache could not be read or written
+    │   ├── CorruptFile              a data or metadata file fails its checks     (exit 3)
+    │   └── LockTimeout              another run holds the lock past the wait     (exit 4)
+    └── ValidationFailed             data scored below --min-score                (exit 3)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MarketCacheError(Exception):
+    """Root of every error marketcache raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(MarketCacheError):
+    """A symbol, timeframe, date or option that cannot be used."""
+
+    exit_code = 2
+
+
+class ConfigError(MarketCacheError):
+    """providers.yaml (or another config source) is invalid."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: Path | str | None = None, key: str | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}: "
+        if key:
+            where += f"key '{key}': "
+        super().__init__(where + message)
+        self.path = path
+        self.key = key
+
+
+class ProviderError(MarketCacheError):
+    """A provider could not deliver the requested range."""
+
+    def __init__(self, message: str, *, provider: str = "", symbol: str = ""):
+        super().__init__(message)
+        self.provider = provider
+        self.symbol = symbol
+
+
+class SymbolNotFound(ProviderError):
+    """The provider does not list this symbol."""
+
+
+class RateLimited(ProviderError):
+    """The provider asked us to slow down or the quota is used up."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        symbol: str = "",
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, provider=provider, symbol=symbol)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    """Network failure, server error, timeout or an unreadable answer."""
+
+
+class StorageError(MarketCacheError):
+    """The cache could not be read or written."""
+
+
+class CorruptFile(StorageError):
+    """A data or metadata file fails its integrity checks."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+class LockTimeout(StorageError):
+    """Another run holds the symbol/timeframe lock past the wait limit."""
+
+    exit_code = 4
+
+
+class ValidationFailed(MarketCacheError):
+    """Cached data scored below the required quality."""
+
+    exit_code = 3

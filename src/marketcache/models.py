@@ -1,0 +1,70 @@
+"""Plain value types shared by every layer: date ranges and date parsing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from marketcache.errors import UsageError
+
+_RELATIVE = re.compile(r"^(\d+)\s*([dwmy])$")
+_MIN_DATE = pd.Timestamp("1970-01-01")
+_MAX_DATE = pd.Timestamp("2200-01-01")
+
+
+def utcnow() -> pd.Timestamp:
+    """Now, UTC, timezone-naive (the cache's convention)."""
+    return pd.Timestamp(datetime.now(UTC).replace(tzinfo=None))
+
+
+def parse_date(text: str | datetime | pd.Timestamp, *, option: str = "date") -> pd.Timestamp:
+    """Parse an ISO date/time or a relative age ('30d', '2y' = that long before now), UTC-naive.
+
+    Raises UsageError naming `option` when the text is not a date or lies outside 1970..2200.
+    """
+    if isinstance(text, datetime | pd.Timestamp):
+        ts = pd.Timestamp(text)
+    else:
+        raw = text.strip()
+        m = _RELATIVE.match(raw.lower())
+        if m:
+            n, unit = int(m.group(1)), m.group(2)
+            days = {"d": 1, "w": 7, "m": 30, "y": 365}[unit] * n
+            if days > 365 * 250:
+                raise UsageError(f"{option} '{text}' is too far back")
+            return (utcnow() - pd.Timedelta(days=days)).normalize()
+        if raw.lower() in ("now", "today"):
+            return utcnow().normalize() if raw.lower() == "today" else utcnow()
+        try:
+            ts = pd.Timestamp(raw)
+        except (ValueError, TypeError, OverflowError):
+            ts = None
+        if ts is None or pd.isna(ts) or not re.match(r"^\d{4}-\d{2}-\d{2}", raw):
+            raise UsageError(
+                f"{option} '{text}' is not a date: use YYYY-MM-DD, 'YYYY-MM-DD HH:MM' or 30d/2y"
+            ) from None
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    if not (_MIN_DATE <= ts < _MAX_DATE):
+        raise UsageError(f"{option} '{text}' is out of range (1970-01-01 .. 2199-12-31)")
+    return ts
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """A half-open interval [start, end) of UTC-naive timestamps."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise UsageError(
+                f"start {self.start} is not before end {self.end}: give --start earlier than --end"
+            )
+
+    def as_json(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}

@@ -1,0 +1,1 @@
+"""populate: select → detect gaps → fetch → validate → write, for each symbol × timeframe."""

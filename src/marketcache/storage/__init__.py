@@ -1,0 +1,1 @@
+"""Storage: file layout, csv.gz encoding, metadata and locks."""

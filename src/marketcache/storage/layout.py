@@ -1,0 +1,83 @@
+"""Where every file of the cache lives. No input may resolve outside the cache root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from marketcache.errors import UsageError
+from marketcache.symbols import decode_symbol, encode_symbol
+from marketcache.timeframes import TIMEFRAMES
+
+INDEX_DIR = "_metadata"
+DATA_SUFFIX = ".csv.gz"
+META_SUFFIX = ".metadata.json"
+TEMP_MARK = ".tmp-"
+LOCK_NAME = ".lock"
+QUARANTINE_MARK = ".corrupt-"
+
+
+class CacheLayout:
+    """Maps (symbol, timeframe, year) to paths under one root."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+
+    def _inside(self, path: Path) -> Path:
+        resolved = path.resolve()
+        root = self.root.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise UsageError(f"path {path} would leave the cache root {root}")
+        return path
+
+    def symbol_dir(self, symbol: str) -> Path:
+        return self._inside(self.root / encode_symbol(symbol))
+
+    def timeframe_dir(self, symbol: str, timeframe: str) -> Path:
+        if timeframe not in TIMEFRAMES:
+            raise UsageError(f"unknown timeframe '{timeframe}'")
+        return self._inside(self.symbol_dir(symbol) / timeframe)
+
+    def data_path(self, symbol: str, timeframe: str, year: int) -> Path:
+        return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{DATA_SUFFIX}"
+
+    def meta_path(self, symbol: str, timeframe: str, year: int) -> Path:
+        return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{META_SUFFIX}"
+
+    def lock_path(self, symbol: str, timeframe: str) -> Path:
+        return self.timeframe_dir(symbol, timeframe) / LOCK_NAME
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / INDEX_DIR
+
+    def symbols(self) -> list[str]:
+        """Symbols that have a folder here (decoded), sorted."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry.name != INDEX_DIR:
+                symbol = decode_symbol(entry.name)
+                if symbol is not None:
+                    found.append(symbol)
+        return sorted(found)
+
+    def timeframes(self, symbol: str) -> list[str]:
+        base = self.symbol_dir(symbol)
+        if not base.is_dir():
+            return []
+        names = {p.name for p in base.iterdir() if p.is_dir()}
+        return [tf for tf in TIMEFRAMES if tf in names]
+
+    def years(self, symbol: str, timeframe: str) -> list[int]:
+        """Years with a metadata file (the commit record), ascending."""
+        base = self.timeframe_dir(symbol, timeframe)
+        if not base.is_dir():
+            return []
+        years = []
+        for p in base.iterdir():
+            stem = p.name[: -len(META_SUFFIX)] if p.name.endswith(META_SUFFIX) else ""
+            if stem.isdigit() and len(stem) == 4:
+                years.append(int(stem))
+        return sorted(years)

@@ -1,0 +1,332 @@
+"""OHLCV validation: a frame in, a ValidationResult with a quality score out. Pure, no I/O.
+
+The score is a weighted sum of components, each the share of bars that pass one family of checks:
+
+    completeness = present expected bars / expected bars (calendar-aware)        weight 0.40
+    validity     = 1 - rows with bad values / rows                                weight 0.25
+                   (non-finite, price <= 0, volume < 0, high < max(open, close),
+                    low > min(open, close), high < low)
+    uniqueness   = 1 - (duplicate + out-of-order timestamps) / rows               weight 0.15
+    continuity   = 1 - bar-to-bar close jumps over the asset threshold / rows     weight 0.10
+    freshness    = 1 - bars in stale runs (close unchanged with volume) / rows    weight 0.05
+    volume       = 1 - bars with zero volume while the price moved / rows         weight 0.05
+
+All counts are additive, so a year's score can be updated from newly appended rows alone by
+validating them with the `TailContext` of the rows before them and adding the counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from marketcache.calendars import expected_bars
+from marketcache.symbols import AssetClass
+from marketcache.timeframes import Timeframe
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
+JUMP_THRESHOLDS = {AssetClass.STOCK: 0.20, AssetClass.CRYPTO: 0.50, AssetClass.FX: 0.10}
+WEIGHTS = {
+    "completeness": 0.40,
+    "validity": 0.25,
+    "uniqueness": 0.15,
+    "continuity": 0.10,
+    "freshness": 0.05,
+    "volume": 0.05,
+}
+STALE_RUN = 20  # this many consecutive unchanged closes with volume make a stale run
+MAX_ERRORS = 20
+
+
+@dataclass(frozen=True)
+class TailContext:
+    """What the validator needs to know of the rows before a chunk (for appends)."""
+
+    timestamp: str
+    close: float
+    stale_run: int = 0
+
+
+@dataclass
+class ValidationCounts:
+    """Additive tallies from which the score is computed."""
+
+    rows: int = 0
+    bad_rows: int = 0
+    nonfinite: int = 0
+    nonpositive_price: int = 0
+    negative_volume: int = 0
+    ohlc_violations: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    expected_bars: int = 0
+    present_bars: int = 0
+    missing_bars: int = 0
+    gap_runs: int = 0
+    off_calendar: int = 0
+    jumps: int = 0
+    stale_bars: int = 0
+    zero_volume_moves: int = 0
+
+    def __add__(self, other: ValidationCounts) -> ValidationCounts:
+        return ValidationCounts(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ValidationCounts:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in data.items() if k in names})
+
+
+@dataclass
+class ValidationResult:
+    is_valid: bool
+    score: float
+    breakdown: dict[str, float]
+    counts: ValidationCounts
+    errors: list[str] = field(default_factory=list)
+    tail: TailContext | None = None
+
+    @property
+    def gaps(self) -> int:
+        return self.counts.gap_runs
+
+    @property
+    def duplicates(self) -> int:
+        return self.counts.duplicates
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "breakdown": self.breakdown,
+            "validation_errors": self.errors,
+            "gaps": self.gaps,
+            "duplicates": self.duplicates,
+            "missing_bars": self.counts.missing_bars,
+            "counts": asdict(self.counts),
+            "tail": asdict(self.tail) if self.tail else None,
+        }
+
+
+def score_counts(counts: ValidationCounts) -> tuple[float, dict[str, float]]:
+    """The documented formula: weighted components, each in [0, 1]; score rounded to 4 places."""
+    rows = max(counts.rows, 1)
+
+    def share(bad: int) -> float:
+        return max(0.0, 1.0 - bad / rows) if counts.rows else 0.0
+
+    breakdown = {
+        "completeness": (
+            counts.present_bars / counts.expected_bars if counts.expected_bars else 1.0
+        ),
+        "validity": share(counts.bad_rows),
+        "uniqueness": share(counts.duplicates + counts.out_of_order),
+        "continuity": share(counts.jumps),
+        "freshness": share(counts.stale_bars),
+        "volume": share(counts.zero_volume_moves),
+    }
+    breakdown = {k: round(min(1.0, v), 6) for k, v in breakdown.items()}
+    score = sum(WEIGHTS[k] * v for k, v in breakdown.items()) if counts.rows else 0.0
+    return round(score, 4), breakdown
+
+
+class OHLCVValidator:
+    """Checks a frame of bars of one symbol and timeframe against its calendar."""
+
+    def __init__(
+        self,
+        timeframe: Timeframe,
+        calendar: str,
+        asset_class: AssetClass = AssetClass.STOCK,
+        *,
+        jump_threshold: float | None = None,
+        stale_run: int = STALE_RUN,
+    ) -> None:
+        self.timeframe = timeframe
+        self.calendar = calendar
+        self.asset_class = asset_class
+        self.jump_threshold = jump_threshold or JUMP_THRESHOLDS[asset_class]
+        self.stale_run = stale_run
+
+    def validate(self, df: pd.DataFrame, context: TailContext | None = None) -> ValidationResult:
+        """Validate `df`; with `context`, the counts cover only the bars after context."""
+        errors: list[str] = []
+        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        if missing:
+            errors.append(f"missing columns: {', '.join(missing)}")
+            counts = ValidationCounts(rows=len(df), bad_rows=len(df))
+            score, breakdown = score_counts(counts)
+            return ValidationResult(False, 0.0, breakdown, counts, errors)
+        c = ValidationCounts(rows=len(df))
+        if not len(df):
+            score, breakdown = score_counts(c)
+            return ValidationResult(True, 1.0, breakdown, c, errors, context)
+
+        ts = _timestamps(df["timestamp"], errors)
+        o, h, lo, cl, v = (_floats(df[col], col, errors) for col in (*PRICE_COLUMNS, "volume"))
+        prices = np.column_stack([o, h, lo, cl])
+        nonfinite = ~np.isfinite(prices).all(axis=1) | ~np.isfinite(v) | np.isnat(ts)
+        with np.errstate(invalid="ignore"):
+            nonpositive = (prices <= 0).any(axis=1)
+            negvol = v < 0
+            ohlc = (h < np.maximum(o, cl)) | (lo > np.minimum(o, cl)) | (h < lo)
+        bad = nonfinite | nonpositive | negvol | ohlc
+        c.nonfinite = int(nonfinite.sum())
+        c.nonpositive_price = int(nonpositive.sum())
+        c.negative_volume = int(negvol.sum())
+        c.ohlc_violations = int(ohlc.sum())
+        c.bad_rows = int(bad.sum())
+        _note(errors, c.nonfinite, "rows with missing or non-finite values", ts, nonfinite)
+        _note(errors, c.nonpositive_price, "rows with a price <= 0", ts, nonpositive)
+        _note(errors, c.negative_volume, "rows with negative volume", ts, negvol)
+        _note(errors, c.ohlc_violations, "rows breaking high >= open/close >= low", ts, ohlc)
+
+        ts_i = ts.astype("int64")
+        valid_ts = ~np.isnat(ts)
+        if context is not None:
+            prev = np.datetime64(pd.Timestamp(context.timestamp).to_datetime64(), "ns")
+            ts_i_all = np.concatenate([[prev.astype("int64")], ts_i])
+        else:
+            ts_i_all = ts_i
+        step = np.diff(ts_i_all)
+        c.out_of_order = int((step < 0).sum())
+        is_sorted = bool((np.diff(ts_i) >= 0).all()) and bool(valid_ts.all())
+        if is_sorted:
+            c.duplicates = int((np.diff(ts_i) == 0).sum())
+        else:
+            c.duplicates = int(valid_ts.sum() - len(np.unique(ts_i[valid_ts])))
+        if context is not None:
+            c.duplicates += int((ts_i == ts_i_all[0]).sum())
+        _note(errors, c.out_of_order, "timestamps out of order", ts[1:], step[1:] < 0)
+        if c.duplicates:
+            _note(errors, c.duplicates, "duplicate timestamps", ts, _dup_mask(ts_i))
+
+        good = ~bad
+        order = np.arange(len(ts_i)) if is_sorted else np.argsort(ts_i, kind="stable")
+        sorted_ts = ts_i[order]
+        sorted_good = good[order]
+        keep = sorted_good.copy()
+        keep[1:] &= sorted_ts[1:] != sorted_ts[:-1]
+        uniq = sorted_ts[keep]
+        closes = cl[order][keep]
+        vols = v[order][keep]
+        highs, lows = h[order][keep], lo[order][keep]
+
+        if len(uniq):
+            first = pd.Timestamp(context.timestamp) if context else pd.Timestamp(uniq[0])
+            last = pd.Timestamp(uniq[-1])
+            if context is not None:
+                first = first + pd.Timedelta(1, "ns")
+            expected = expected_bars(
+                self.calendar, self.timeframe, first, last + pd.Timedelta(1, "ns")
+            )
+            exp_i = expected.asi8
+            present_mask = _members(exp_i, uniq)
+            c.expected_bars = len(exp_i)
+            c.present_bars = int(present_mask.sum())
+            c.missing_bars = c.expected_bars - c.present_bars
+            c.off_calendar = len(uniq) - c.present_bars
+            missing_mask = ~present_mask
+            c.gap_runs = int((missing_mask[1:] & ~missing_mask[:-1]).sum() + missing_mask[:1].sum())
+            if c.gap_runs:
+                errors.append(
+                    f"{c.missing_bars} expected bars missing in {c.gap_runs} gaps"
+                    f" (first near {pd.Timestamp(exp_i[missing_mask][0])})"
+                )
+
+        prev_close = context.close if context is not None else None
+        chain = closes if prev_close is None else np.concatenate([[prev_close], closes])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            change = np.abs(chain[1:] / chain[:-1] - 1.0)
+        c.jumps = int((change > self.jump_threshold).sum())
+        if c.jumps:
+            errors.append(f"{c.jumps} bar-to-bar moves above {self.jump_threshold:.0%}")
+
+        if prev_close is None:
+            unchanged = np.r_[False, closes[1:] == closes[:-1]]
+        else:
+            unchanged = chain[1:] == chain[:-1]
+        run = _run_lengths(unchanged & (vols > 0), start=context.stale_run if context else 0)
+        at_threshold = int((run == self.stale_run).sum())
+        c.stale_bars = at_threshold * self.stale_run + int((run > self.stale_run).sum())
+        if c.stale_bars:
+            errors.append(f"{c.stale_bars} bars in runs of {self.stale_run}+ unchanged closes")
+
+        moved = (highs != lows) | ~unchanged
+        if prev_close is None and len(moved):
+            moved[0] = highs[0] != lows[0]
+        c.zero_volume_moves = int(((vols == 0) & moved).sum())
+        if c.zero_volume_moves:
+            errors.append(f"{c.zero_volume_moves} bars with zero volume while the price moved")
+
+        tail = None
+        if len(uniq):
+            tail = TailContext(
+                timestamp=pd.Timestamp(uniq[-1]).isoformat(),
+                close=float(closes[-1]),
+                stale_run=int(run[-1]) if len(run) else 0,
+            )
+        elif context is not None:
+            tail = context
+        score, breakdown = score_counts(c)
+        is_valid = c.bad_rows == 0 and c.duplicates == 0 and c.out_of_order == 0
+        return ValidationResult(is_valid, score, breakdown, c, errors[:MAX_ERRORS], tail)
+
+
+def _timestamps(col: pd.Series, errors: list[str]) -> np.ndarray:
+    try:
+        ts = pd.to_datetime(col, errors="coerce")
+    except (TypeError, ValueError):
+        errors.append("timestamp column is not made of dates")
+        return np.full(len(col), np.datetime64("NaT"), dtype="M8[ns]")
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return ts.to_numpy(dtype="M8[ns]")
+
+
+def _floats(col: pd.Series, name: str, errors: list[str]) -> np.ndarray:
+    if pd.api.types.is_float_dtype(col.dtype) or pd.api.types.is_integer_dtype(col.dtype):
+        return col.to_numpy(dtype="float64", na_value=np.nan)
+    errors.append(f"column '{name}' is {col.dtype}, not numeric")
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _members(needles: np.ndarray, sorted_hay: np.ndarray) -> np.ndarray:
+    """needles[i] in sorted_hay, for a sorted unique haystack (O(n log m), no sort)."""
+    if not len(sorted_hay):
+        return np.zeros(len(needles), dtype=bool)
+    pos = np.searchsorted(sorted_hay, needles)
+    pos[pos == len(sorted_hay)] = len(sorted_hay) - 1
+    return np.asarray(sorted_hay[pos] == needles)
+
+
+def _dup_mask(ts_i: np.ndarray) -> np.ndarray:
+    return pd.Series(ts_i).duplicated(keep="first").to_numpy()
+
+
+def _run_lengths(flags: np.ndarray, start: int = 0) -> np.ndarray:
+    """For each position, how many consecutive True end there (0 where False)."""
+    if not len(flags):
+        return np.zeros(0, dtype=np.int64)
+    idx = np.arange(1, len(flags) + 1)
+    resets = np.where(~flags, idx, 0)
+    last_reset = np.maximum.accumulate(resets)
+    run = np.where(flags, idx - last_reset, 0)
+    if start:
+        leading = last_reset == 0
+        run[leading & flags] += start
+    return run
+
+
+def _note(errors: list[str], n: int, what: str, ts: np.ndarray, mask: np.ndarray) -> None:
+    if n:
+        where = ts[mask]
+        first = (
+            f" (first at {pd.Timestamp(where[0])})" if len(where) and not np.isnat(where[0]) else ""
+        )
+        errors.append(f"{n} {what}{first}")
