@@ -91,7 +91,7 @@ def _regular_grid(tf: Timeframe, start: pd.Timestamp, end: pd.Timestamp) -> pd.D
 
 
 def _fx_open_mask(idx: pd.DatetimeIndex, tf: Timeframe) -> np.ndarray:
-    dow = np.asarray(idx.dayofweek)
+    dow = np.asarray(idx.day_of_week)
     if not tf.is_intraday:
         return dow < 5 if tf.name == "1d" else np.ones(len(idx), dtype=bool)
     hour = np.asarray(idx.hour)
@@ -107,13 +107,13 @@ def _exchange_bars(
     hi = min(end.normalize() + pd.Timedelta(days=1), cal.last_session)
     if lo > hi:  # outside what the calendar knows: fall back to weekdays
         grid = _regular_grid(tf, start, end)
-        return grid[np.asarray(grid.dayofweek) < 5] if tf.name == "1d" else grid
+        return grid[np.asarray(grid.day_of_week) < 5] if tf.name == "1d" else grid
     schedule = cal.schedule.loc[lo:hi]
     sessions = pd.DatetimeIndex(schedule.index).tz_localize(None).astype("datetime64[ns]")
     if tf.name == "1d":
         idx = sessions
     elif tf.name == "1w":
-        idx = pd.DatetimeIndex(sessions - pd.to_timedelta(sessions.dayofweek, unit="D")).unique()
+        idx = pd.DatetimeIndex(sessions - pd.to_timedelta(sessions.day_of_week, unit="D")).unique()
     elif tf.name == "1M":
         idx = pd.DatetimeIndex(sessions.to_period("M").to_timestamp()).unique()
     else:

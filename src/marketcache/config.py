@@ -163,6 +163,8 @@ def parse_settings(text: str, *, source: str = "providers.yaml") -> Settings:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"invalid YAML{where}: {problem}", path=source) from None
+    except ValueError as exc:  # e.g. a date-looking scalar such as 2020-13-01
+        raise ConfigError(f"invalid value: {exc}", path=source) from None
     if raw is None:
         raw = {}
     return _Parser(source).settings(raw)

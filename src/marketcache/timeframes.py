@@ -52,7 +52,7 @@ class Timeframe:
             return pd.Timestamp(t.year, t.month, 1)
         if self.name == "1w":
             day = t.normalize()
-            return day - pd.Timedelta(days=day.dayofweek)
+            return day - pd.Timedelta(days=day.day_of_week)
         return t.floor(f"{self.minutes}min")
 
     def next_open(self, ts: datetime) -> pd.Timestamp:

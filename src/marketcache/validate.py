@@ -194,17 +194,19 @@ class OHLCVValidator:
         else:
             ts_i_all = ts_i
         step = np.diff(ts_i_all)
-        c.out_of_order = int((step < 0).sum())
-        is_sorted = bool((np.diff(ts_i) >= 0).all()) and bool(valid_ts.all())
+        decreasing = step < 0 if context is not None else np.r_[False, step < 0]
+        is_sorted = not decreasing.any() and bool(valid_ts.all())
         if is_sorted:
             c.duplicates = int((np.diff(ts_i) == 0).sum())
         else:
             c.duplicates = int(valid_ts.sum() - len(np.unique(ts_i[valid_ts])))
         if context is not None:
             c.duplicates += int((ts_i == ts_i_all[0]).sum())
-        _note(errors, c.out_of_order, "timestamps out of order", ts[1:], step[1:] < 0)
-        if c.duplicates:
-            _note(errors, c.duplicates, "duplicate timestamps", ts, _dup_mask(ts_i))
+        dup_mask = _dup_mask(ts_i) if c.duplicates else np.zeros(len(ts_i), dtype=bool)
+        out_of_order = decreasing & ~dup_mask  # a repeated timestamp counts once, as duplicate
+        c.out_of_order = int(out_of_order.sum())
+        _note(errors, c.out_of_order, "timestamps out of order", ts, out_of_order)
+        _note(errors, c.duplicates, "duplicate timestamps", ts, dup_mask)
 
         good = ~bad
         order = np.arange(len(ts_i)) if is_sorted else np.argsort(ts_i, kind="stable")

@@ -1,0 +1,26 @@
+# One entry point for people and CI. `make test` = format, lint, types and the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: setup populate test check bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+populate: setup            ## fill ./data-cache with every dataset of providers.yaml
+	$(VENV)/bin/marketcache populate
+
+test: setup                ## the whole check: format, lint, types, tests
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/check
+
+bench: setup               ## the speed benchmark (prints ratios)
+	$(PY) benchmarks/bench_io.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

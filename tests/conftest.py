@@ -1,0 +1,87 @@
+"""Shared fixtures: a temporary cache, synthetic bars, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marketcache import UnifiedCache
+from marketcache.cli.app import main
+from marketcache.config import parse_settings
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+if not FIXTURES.is_dir():  # CI clones next to shared/
+    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def make_bars(
+    start: str,
+    periods: int,
+    freq: str = "1h",
+    *,
+    seed: int = 0,
+    index: pd.DatetimeIndex | None = None,
+) -> pd.DataFrame:
+    """Deterministic, valid OHLCV bars with prices on a 0.01 tick."""
+    ts = index if index is not None else pd.date_range(start, periods=periods, freq=freq)
+    n = len(ts)
+    rng = np.random.default_rng(seed)
+    close = np.round(100 + np.cumsum(rng.normal(0, 0.3, n)), 2)
+    open_ = np.round(np.r_[close[0], close[:-1]], 2)
+    high = np.round(np.maximum(open_, close) + rng.uniform(0, 0.5, n), 2)
+    low = np.round(np.minimum(open_, close) - rng.uniform(0, 0.5, n), 2)
+    volume = np.round(rng.uniform(1, 1000, n), 4)
+    return pd.DataFrame(
+        {"timestamp": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
+    )
+
+
+@pytest.fixture
+def bars() -> Callable[..., pd.DataFrame]:
+    return make_bars
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data-cache"
+
+
+@pytest.fixture
+def cache(cache_dir: Path) -> UnifiedCache:
+    return UnifiedCache(cache_dir, settings=parse_settings(""), lock_wait=5)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., CliResult]:
+    """Run `marketcache ARGS` in-process with a fixed terminal width; capture code and output."""
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.delenv("MARKETCACHE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("MARKETCACHE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

@@ -1,0 +1,242 @@
+"""UnifiedCache: partitioning, merging, never shrinking, the commit protocol, index files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_bars
+from marketcache import CorruptFile, UnifiedCache
+from marketcache.storage.metadata import read_metadata
+
+
+def test_put_get_round_trip_is_bit_identical_across_years(cache: UnifiedCache) -> None:
+    df = make_bars("2023-12-30", 24 * 5)
+    df["close"] = df["close"] + np.random.default_rng(3).random(len(df)) * 1e-9  # long floats
+    df["low"] = np.minimum(df["low"], df["close"])
+    df["high"] = np.maximum(df["high"], df["close"])
+    result = cache.put(df, "btcusdt", "1h", provider="binance")
+    assert [y.year for y in result.years] == [2023, 2024]
+    assert result.rows_added == len(df)
+    got = cache.get("BTCUSDT", "1h")
+    assert list(got.columns) == ["timestamp", "open", "high", "low", "close", "volume"]
+    for col in ("open", "high", "low", "close", "volume"):
+        assert np.array_equal(got[col].to_numpy(), df[col].to_numpy()), col
+    assert (got["timestamp"].to_numpy() == df["timestamp"].to_numpy()).all()
+    assert cache.list_years("BTCUSDT", "1h") == [2023, 2024]
+
+
+def test_files_are_plain_csv_gz_in_the_documented_format(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 3, freq="1D")
+    df["adj_close"] = df["close"] * 0.5
+    cache.put(df, "AAPL", "1d", provider="yahoo")
+    path = cache.root / "AAPL" / "1d" / "2024.csv.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    assert lines[0] == "timestamp,open,high,low,close,volume,adj_close"
+    assert lines[1].startswith("2024-01-01 00:00:00,")
+    pandas_view = pd.read_csv(path, parse_dates=["timestamp"])
+    assert np.array_equal(pandas_view["adj_close"].to_numpy(), df["adj_close"].to_numpy())
+
+
+def test_metadata_has_every_documented_field(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2024-03-01", 48), "ETHUSDT", "1h", provider="binance")
+    meta = read_metadata(cache.root / "ETHUSDT" / "1h" / "2024.metadata.json")
+    for key in ("schema_version", "symbol", "timeframe", "year", "data_source", "created_at",
+                "last_updated", "start_date", "end_date", "data_quality", "file_info",
+                "provider_info", "coverage"):  # fmt: skip
+        assert key in meta, key
+    assert meta["start_date"] == "2024-03-01T00:00:00"
+    assert meta["end_date"] == "2024-03-02T23:00:00"
+    info = meta["file_info"]
+    data = (cache.root / "ETHUSDT" / "1h" / "2024.csv.gz").read_bytes()
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert info["size_bytes"] == len(data)
+    assert info["rows"] == 48
+    assert set(meta["data_quality"]["breakdown"]) >= {"completeness", "validity"}
+    assert meta["coverage"]["calendar"] == "24/7"
+    assert meta["coverage"]["sources"] == [
+        {"provider": "binance", "start": "2024-03-01T00:00:00", "end": "2024-03-02T23:00:00"}
+    ]
+    assert meta["provider_info"]["name"] == "binance"
+
+
+def test_new_values_replace_old_and_nothing_is_lost(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 100)
+    cache.put(df, "ABCUSDT", "1h")
+    fewer = df.iloc[40:60].copy()
+    fewer["close"] = fewer["close"] + 0.01
+    fewer["high"] = fewer["high"] + 0.01
+    result = cache.put(fewer, "ABCUSDT", "1h", provider="yahoo")
+    assert result.years[0].mode == "rewrite"
+    assert result.rows_updated == 20 and result.rows_added == 0
+    got = cache.get("ABCUSDT", "1h")
+    assert len(got) == 100  # never shrinks
+    assert np.array_equal(got["close"].to_numpy()[40:60], fewer["close"].to_numpy())
+    assert np.array_equal(got["close"].to_numpy()[:40], df["close"].to_numpy()[:40])
+    sources = cache.metadata("ABCUSDT", "1h", 2024)["coverage"]["sources"]
+    assert {s["provider"] for s in sources} == {"unknown", "yahoo"}
+
+
+def test_an_identical_put_writes_nothing(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 100)
+    cache.put(df, "ABCUSDT", "1h")
+    path = cache.root / "ABCUSDT" / "1h" / "2024.csv.gz"
+    before = path.stat().st_mtime_ns
+    result = cache.put(df.iloc[10:20], "ABCUSDT", "1h")
+    assert result.years[0].mode == "unchanged"
+    assert path.stat().st_mtime_ns == before
+
+
+def test_appends_add_gzip_members_and_keep_the_score_current(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 24 * 30)
+    cache.put(df.iloc[:600], "ABCUSDT", "1h")
+    first_size = cache.metadata("ABCUSDT", "1h", 2024)["file_info"]["size_bytes"]
+    r1 = cache.put(df.iloc[600:650], "ABCUSDT", "1h")
+    r2 = cache.put(df.iloc[660:], "ABCUSDT", "1h")  # leaves a 10-bar hole
+    assert [r1.years[0].mode, r2.years[0].mode] == ["append", "append"]
+    meta = cache.metadata("ABCUSDT", "1h", 2024)
+    assert meta["file_info"]["members"] == 3
+    assert meta["file_info"]["size_bytes"] > first_size
+    assert meta["data_quality"]["gaps"] == 1
+    assert meta["data_quality"]["missing_bars"] == 10
+    full = cache.validator("ABCUSDT", "1h").validate(cache.get("ABCUSDT", "1h"))
+    assert meta["data_quality"]["score"] == full.score
+    assert meta["data_quality"]["counts"]["expected_bars"] == full.counts.expected_bars
+    # and the hole is filled by a rewrite
+    assert cache.put(df.iloc[650:660], "ABCUSDT", "1h").years[0].mode == "rewrite"
+    assert cache.metadata("ABCUSDT", "1h", 2024)["file_info"]["members"] == 1
+    assert len(cache.get("ABCUSDT", "1h")) == len(df)
+
+
+def test_get_reads_only_the_years_it_needs(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2022-12-31", 24 * 400), "ABCUSDT", "1h")
+    (cache.root / "ABCUSDT" / "1h" / "2022.csv.gz").write_bytes(b"garbage")
+    got = cache.get("ABCUSDT", "1h", start="2023-03-01", end="2023-03-02")
+    assert len(got) == 24 and got["timestamp"].iloc[0] == pd.Timestamp("2023-03-01")
+    with pytest.raises(CorruptFile, match="2022.csv.gz"):
+        cache.get("ABCUSDT", "1h", start="2022-12-31")
+
+
+def test_a_flipped_byte_or_truncation_is_detected(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2024-01-01", 500), "ABCUSDT", "1h")
+    path = cache.root / "ABCUSDT" / "1h" / "2024.csv.gz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match="sha256"):
+        cache.get("ABCUSDT", "1h")
+    path.write_bytes(bytes(data[:100]))
+    with pytest.raises(CorruptFile, match="truncated"):
+        cache.get("ABCUSDT", "1h")
+
+
+def test_a_torn_tail_is_ignored_by_readers_and_cut_by_writers(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 500)
+    cache.put(df.iloc[:400], "ABCUSDT", "1h")
+    path = cache.root / "ABCUSDT" / "1h" / "2024.csv.gz"
+    with open(path, "ab") as fh:  # a crash in the middle of an append
+        fh.write(gzip.compress(b"2024-02-01 00:00:00,1,1,1,1,1\n")[:15])
+    assert len(cache.get("ABCUSDT", "1h")) == 400
+    cache.put(df.iloc[400:], "ABCUSDT", "1h")
+    assert len(cache.get("ABCUSDT", "1h")) == 500
+    assert len(pd.read_csv(path)) == 500  # pandas reads the same rows: the tail was cut
+
+
+def test_an_interrupted_commit_rolls_forward_or_back(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 300)
+    cache.put(df.iloc[:200], "ABCUSDT", "1h")
+    tf_dir = cache.root / "ABCUSDT" / "1h"
+    old_meta = (tf_dir / "2024.metadata.json").read_bytes()
+    old_data = (tf_dir / "2024.csv.gz").read_bytes()
+    cache.put(df.iloc[100:300].assign(close=df["close"].iloc[100:300] + 0.001,
+                                      high=df["high"].iloc[100:300] + 0.001), "ABCUSDT", "1h")  # fmt: skip
+    new_meta = (tf_dir / "2024.metadata.json").read_bytes()
+    # crash after the data rename, before the metadata: the pending record is promoted
+    (tf_dir / "2024.metadata.json").write_bytes(old_meta)
+    (tf_dir / "2024.metadata.json.pending").write_bytes(new_meta)
+    assert len(cache.get("ABCUSDT", "1h")) == 300
+    assert not (tf_dir / "2024.metadata.json.pending").exists()
+    # crash before the data rename: the pending record does not match and is dropped
+    (tf_dir / "2024.csv.gz").write_bytes(old_data)
+    (tf_dir / "2024.metadata.json").write_bytes(old_meta)
+    (tf_dir / "2024.metadata.json.pending").write_bytes(new_meta)
+    assert len(cache.get("ABCUSDT", "1h")) == 200
+    assert json.loads((tf_dir / "2024.metadata.json").read_bytes()) == json.loads(old_meta)
+
+
+def test_index_files_are_kept_current(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2024-01-01", 30, freq="1D"), "BTCUSDT", "1d", provider="binance")
+    cache.put(make_bars("2024-01-01", 10), "AAPL", "1h", provider="alpha_vantage")
+    index = cache.root / "_metadata"
+    symbols = json.loads((index / "symbols.json").read_text())
+    assert set(symbols) == {"BTCUSDT", "AAPL"}
+    assert symbols["BTCUSDT"]["timeframes"]["1d"]["rows"] == 30
+    providers = json.loads((index / "providers.json").read_text())
+    assert providers["binance"]["symbols"] == ["BTCUSDT"]
+    quality = json.loads((index / "quality_scores.json").read_text())
+    assert quality["AAPL"]["1h"]["2024"] == cache.metadata("AAPL", "1h", 2024)["data_quality"]["score"]
+    cache.cleanup_old_data(before="2025-01-01", symbol="AAPL")
+    assert "AAPL" not in json.loads((index / "symbols.json").read_text())
+
+
+def test_stats_and_info_read_metadata_only(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2023-06-01", 24 * 300), "ABCUSDT", "1h", provider="binance")
+    for year in (2023, 2024):
+        (cache.root / "ABCUSDT" / "1h" / f"{year}.csv.gz").write_bytes(b"not even gzip")
+    stats = cache.get_stats()
+    assert stats["symbols"] == 1 and stats["files"] == 2 and stats["rows"] == 24 * 300
+    assert stats["compression_ratio"] > 2
+    assert stats["providers"] == ["binance"]
+    info = cache.get_data_info("ABCUSDT")
+    assert [y["year"] for y in info["timeframes"]["1h"]["years"]] == [2023, 2024]
+    assert cache.list_symbols() == ["ABCUSDT"] and cache.list_timeframes("ABCUSDT") == ["1h"]
+
+
+def test_cleanup_before_trims_and_deletes_and_dry_run_touches_nothing(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2022-06-01", 24 * 800), "ABCUSDT", "1h")
+    cache.put(make_bars("2022-06-01", 100, freq="1D"), "ABCUSDT", "1d")
+    plan = cache.cleanup_old_data(before="2023-07-01", timeframe="1h", dry_run=True)
+    assert [(a.action, a.year) for a in plan] == [("delete-year", 2022), ("trim-year", 2023)]
+    assert cache.list_years("ABCUSDT", "1h") == [2022, 2023, 2024]
+    done = cache.cleanup_old_data(before="2023-07-01", timeframe="1h")
+    assert [(a.action, a.year, a.rows_removed) for a in done] == [(a.action, a.year, a.rows_removed) for a in plan]
+    got = cache.get("ABCUSDT", "1h")
+    assert got["timestamp"].iloc[0] == pd.Timestamp("2023-07-01")
+    assert cache.list_years("ABCUSDT", "1d") == [2022]  # other timeframe untouched
+    kept = cache.cleanup_old_data(keep_years=1, symbol="ABCUSDT", now=pd.Timestamp("2024-05-01"))
+    assert {(a.timeframe, a.year) for a in kept} == {("1h", 2023), ("1d", 2022)}
+    assert cache.list_years("ABCUSDT", "1h") == [2024]
+
+
+def test_cleanup_leftovers(cache: UnifiedCache, cache_dir: Path) -> None:
+    cache.put(make_bars("2024-01-01", 50), "ABCUSDT", "1h")
+    tf_dir = cache_dir / "ABCUSDT" / "1h"
+    (tf_dir / ".2024.csv.gz.tmp-123-abcd").write_bytes(b"partial")
+    (tf_dir / "2023.metadata.json").write_text("{}")
+    (tf_dir / "2022.csv.gz").write_bytes(b"orphan")
+    (cache_dir / "EMPTY" / "1d").mkdir(parents=True)
+    plan = cache.cleanup_leftovers(dry_run=True)
+    reasons = sorted(a.reason for a in plan)
+    assert reasons == ["data without metadata", "empty folder", "empty folder",
+                       "metadata without data", "temporary file of an interrupted write"]  # fmt: skip
+    assert (tf_dir / "2022.csv.gz").exists()
+    cache.cleanup_leftovers()
+    assert sorted(p.name for p in tf_dir.iterdir() if p.name != ".lock") == [
+        "2024.csv.gz", "2024.metadata.json"
+    ]  # fmt: skip
+    assert not (cache_dir / "EMPTY").exists()
+    assert len(cache.get("ABCUSDT", "1h")) == 50
+
+
+def test_timezone_aware_and_indexed_frames_are_normalised(cache: UnifiedCache) -> None:
+    df = make_bars("2024-01-01", 5)
+    aware = df.assign(timestamp=df["timestamp"].dt.tz_localize("UTC").dt.tz_convert("America/New_York"))
+    cache.put(aware.set_index("timestamp"), "ABCUSDT", "1h")
+    got = cache.get("ABCUSDT", "1h")
+    assert (got["timestamp"].to_numpy() == df["timestamp"].to_numpy()).all()

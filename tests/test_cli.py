@@ -1,0 +1,237 @@
+"""CLI: exit codes and key output of info, list, validate and cleanup over a real cache."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import CliResult, make_bars
+from marketcache import UnifiedCache
+from marketcache.config import parse_settings
+
+Cli = Callable[..., CliResult]
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Path:
+    """A cache with crypto 1h over two years and a stock 1d series, written through the API."""
+    root = tmp_path / "data-cache"
+    cache = UnifiedCache(root, settings=parse_settings(""))
+    cache.put(make_bars("2023-12-01", 24 * 62), "BTCUSDT", "1h", provider="binance")
+    cache.put(make_bars("2022-01-03", 500, freq="B"), "AAPL", "1d", provider="yahoo")
+    return root
+
+
+def one_error_line(result: CliResult) -> str:
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    return lines[0]
+
+
+def test_version_and_module_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "marketcache", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "marketcache 0.1.0"
+
+
+def test_info_on_an_empty_cache(cli: Cli, tmp_path: Path) -> None:
+    r = cli("info", "--json", "--cache-dir", str(tmp_path / "none"))
+    assert r.code == 0
+    assert r.json()["symbols"] == 0 and r.json()["files"] == 0
+
+
+def test_info_and_list(cli: Cli, filled: Path) -> None:
+    r = cli("info", "--cache-dir", str(filled))
+    assert r.code == 0
+    assert "symbols" in r.out and "binance, yahoo" in r.out
+    stats = cli("info", "--json", "--cache-dir", str(filled)).json()
+    assert stats["symbols"] == 2 and stats["files"] == 4
+    assert stats["rows"] == 24 * 62 + 500
+    assert stats["timeframes"] == ["1h", "1d"]
+
+    detail = cli("info", "btcusdt", "1h", "--json", "--cache-dir", str(filled)).json()
+    years = detail["timeframes"]["1h"]["years"]
+    assert [(y["year"], y["rows"]) for y in years] == [(2023, 24 * 31), (2024, 24 * 31)]
+    text = cli("info", "AAPL", "--cache-dir", str(filled)).out
+    assert "2022" in text and "yahoo" in text
+
+    assert cli("list", "--json", "--cache-dir", str(filled)).json() == [
+        {"symbol": "AAPL", "timeframes": ["1d"]},
+        {"symbol": "BTCUSDT", "timeframes": ["1h"]},
+    ]
+    tfs = cli("list", "AAPL", "--json", "--cache-dir", str(filled)).json()
+    assert tfs[0]["timeframe"] == "1d" and tfs[0]["years"] == [2022, 2023]
+    years_out = cli("list", "BTCUSDT", "1h", "--cache-dir", str(filled))
+    assert "2023" in years_out.out and "2024" in years_out.out
+
+
+def test_quiet_prints_nothing(cli: Cli, filled: Path) -> None:
+    r = cli("list", "-q", "--cache-dir", str(filled))
+    assert r.code == 0 and r.out == "" and r.err == ""
+
+
+def test_info_and_list_read_metadata_only(cli: Cli, filled: Path) -> None:
+    for path in filled.rglob("*.csv.gz"):
+        path.write_bytes(b"destroyed")
+    assert cli("info", "--cache-dir", str(filled)).code == 0
+    assert cli("list", "AAPL", "1d", "--cache-dir", str(filled)).code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("info", "BTCUSDT", "7m"), "unknown timeframe '7m'"),
+        (("info", ".."), "not a usable name"),
+        (("info", "NOPE"), "NOPE is not in the cache"),
+        (("cleanup", "--before", "2024-02-30"), "--before '2024-02-30' is not a date"),
+        (("cleanup", "--older-than", "400"), "needs a unit"),
+        (("cleanup", "--symbol", "AAPL"), "need --before"),
+        (("validate", "--min-score", "2"), "--min-score"),
+        (("info", "--bogus"), "No such option: --bogus"),
+        (("populate", "AAPL", "--start", "2024-02-01", "--end", "2024-01-01"), "not before"),
+        (("populate", "AAPL", "-t", "1h,9x"), "unknown timeframe '9x'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(cli: Cli, filled: Path, args: tuple[str, ...], needle: str) -> None:
+    r = cli(*args, "--cache-dir", str(filled))
+    assert r.code == 2, r.err
+    assert needle in one_error_line(r)
+
+
+def test_bad_config_exits_2_naming_file_and_key(cli: Cli, filled: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: {binance: {rate_limit: {per_minute: lots}}}")
+    r = cli("info", "--config", str(bad), "--cache-dir", str(filled))
+    assert r.code == 2
+    line = one_error_line(r)
+    assert str(bad) in line and "providers.binance.rate_limit.per_minute" in line
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("providers: [\n")
+    assert "invalid YAML" in one_error_line(cli("list", "--config", str(broken)))
+    missing = cli("list", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.code == 2 and "not found" in missing.err
+
+
+def test_json_errors_are_a_json_document(cli: Cli, filled: Path) -> None:
+    r = cli("info", "NOPE", "--json", "--cache-dir", str(filled))
+    assert r.code == 2
+    assert r.json() == {"ok": False, "exit_code": 2, "error": r.err.strip().removeprefix("error: ")}
+
+
+def test_verbose_shows_the_traceback(cli: Cli, filled: Path) -> None:
+    r = cli("info", "BTCUSDT", "7m", "-v", "--cache-dir", str(filled))
+    assert r.code == 2 and "Traceback" in r.err
+
+
+def test_validate_clean_cache_passes(cli: Cli, filled: Path) -> None:
+    r = cli("validate", "--json", "--cache-dir", str(filled))
+    assert r.code == 0
+    files = r.json()["files"]
+    assert len(files) == 4 and {f["status"] for f in files} == {"ok"}
+
+
+def test_validate_low_score_exits_3(cli: Cli, tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    df = make_bars("2024-01-01", 1000)
+    UnifiedCache(root, settings=parse_settings("")).put(df.drop(index=range(100, 400)), "ETHUSDT", "1h")
+    assert cli("validate", "--cache-dir", str(root)).code == 0  # 0.88 >= default 0.8
+    r = cli("validate", "ETHUSDT", "--min-score", "0.95", "--json", "--cache-dir", str(root))
+    assert r.code == 3
+    assert r.json()["files"][0]["status"] == "low-score"
+
+
+def test_validate_names_corrupt_files_and_fix_repairs(cli: Cli, filled: Path) -> None:
+    tf_dir = filled / "BTCUSDT" / "1h"
+    data = (tf_dir / "2024.csv.gz").read_bytes()
+    (tf_dir / "2024.csv.gz").write_bytes(data[: len(data) // 2])  # truncated gzip
+    (filled / "AAPL" / "1d" / "2023.metadata.json").write_text("{not json")
+    r = cli("validate", "--cache-dir", str(filled))
+    assert r.code == 3
+    assert "2024.csv.gz: file is truncated" in r.err
+    assert "2023.metadata.json: metadata is not valid JSON" in r.err
+    assert "Traceback" not in r.err
+
+    fixed = cli("validate", "--fix", "--json", "--cache-dir", str(filled))
+    report = {(f["symbol"], f["year"]): f for f in fixed.json()["files"]}
+    assert report[("BTCUSDT", 2024)]["status"] == "fixed"
+    assert 0 < report[("BTCUSDT", 2024)]["rows"] < 24 * 31
+    assert report[("AAPL", 2023)]["status"] == "fixed"
+    assert report[("AAPL", 2023)]["rows"] == 500 - 260
+    assert list(tf_dir.glob("2024.csv.gz.corrupt-*")), "the damaged original is kept aside"
+    assert cli("validate", "--cache-dir", str(filled)).code == 0
+
+
+def test_validate_detects_a_flipped_byte_and_missing_metadata(cli: Cli, filled: Path) -> None:
+    path = filled / "AAPL" / "1d" / "2022.csv.gz"
+    raw = bytearray(path.read_bytes())
+    raw[-12] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    (filled / "BTCUSDT" / "1h" / "2023.metadata.json").unlink()
+    r = cli("validate", "--cache-dir", str(filled))
+    assert r.code == 3
+    assert "2022.csv.gz: sha256 does not match" in r.err
+    assert "2023.metadata.json: metadata file is missing" in r.err
+    assert cli("validate", "--fix", "--cache-dir", str(filled)).code == 0
+    assert cli("info", "BTCUSDT", "1h", "--json", "--cache-dir", str(filled)).json()[
+        "timeframes"
+    ]["1h"]["years"][0]["rows"] == 24 * 31
+
+
+def test_cleanup_commands(cli: Cli, filled: Path) -> None:
+    (filled / "AAPL" / "1d" / ".2022.csv.gz.tmp-1-x").write_bytes(b"x")
+    plan = cli("cleanup", "--dry-run", "--json", "--cache-dir", str(filled)).json()
+    assert plan["dry_run"] and [a["reason"] for a in plan["actions"]] == [
+        "temporary file of an interrupted write"
+    ]
+    assert cli("cleanup", "--cache-dir", str(filled)).code == 0
+    assert not (filled / "AAPL" / "1d" / ".2022.csv.gz.tmp-1-x").exists()
+
+    r = cli("cleanup", "--before", "2023-01-01", "--symbol", "aapl", "--json", "--cache-dir", str(filled))
+    assert r.code == 0
+    assert [(a["action"], a["year"]) for a in r.json()["actions"]] == [("delete-year", 2022)]
+    assert cli("list", "AAPL", "--json", "--cache-dir", str(filled)).json()[0]["years"] == [2023]
+    assert cli("list", "BTCUSDT", "--json", "--cache-dir", str(filled)).json()[0]["years"] == [2023, 2024]
+
+    r = cli("cleanup", "--older-than", "50y", "--timeframe", "1h", "--cache-dir", str(filled))
+    assert r.code == 0 and "nothing to clean up" in r.out
+    r = cli("cleanup", "--keep-years", "1", "--dry-run", "--json", "--cache-dir", str(filled))
+    assert {a["year"] for a in r.json()["actions"]} == {2023, 2024}  # keeps only this year
+
+
+@pytest.fixture
+def held_lock(filled: Path) -> Iterator[Path]:
+    """Another process holding the BTCUSDT/1h lock."""
+    lock = filled / "BTCUSDT" / "1h" / ".lock"
+    code = (
+        "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    try:
+        yield lock
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_held_lock_exits_4(cli: Cli, filled: Path, held_lock: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "fast.yaml"
+    conf.write_text("settings: {lock_wait: 0.3}")
+    r = cli("validate", "BTCUSDT", "--config", str(conf), "--cache-dir", str(filled))
+    assert r.code == 4
+    assert "BTCUSDT 1h is locked by another marketcache run" in one_error_line(r)
+    fd = os.open(held_lock, os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    _ = json  # the lock test speaks only through exit codes
