@@ -85,3 +85,31 @@ def cli(
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def fake_binance() -> Any:
+    from fakes import FakeBinance
+
+    server = FakeBinance()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_yahoo() -> Any:
+    from fakes import FakeYahoo
+
+    server = FakeYahoo()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_av(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from fakes import FakeAlphaVantage
+
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "demo-key")
+    server = FakeAlphaVantage("demo-key")
+    yield server
+    server.close()

@@ -180,7 +180,9 @@ def test_index_files_are_kept_current(cache: UnifiedCache) -> None:
     providers = json.loads((index / "providers.json").read_text())
     assert providers["binance"]["symbols"] == ["BTCUSDT"]
     quality = json.loads((index / "quality_scores.json").read_text())
-    assert quality["AAPL"]["1h"]["2024"] == cache.metadata("AAPL", "1h", 2024)["data_quality"]["score"]
+    assert (
+        quality["AAPL"]["1h"]["2024"] == cache.metadata("AAPL", "1h", 2024)["data_quality"]["score"]
+    )
     cache.cleanup_old_data(before="2025-01-01", symbol="AAPL")
     assert "AAPL" not in json.loads((index / "symbols.json").read_text())
 
@@ -205,7 +207,9 @@ def test_cleanup_before_trims_and_deletes_and_dry_run_touches_nothing(cache: Uni
     assert [(a.action, a.year) for a in plan] == [("delete-year", 2022), ("trim-year", 2023)]
     assert cache.list_years("ABCUSDT", "1h") == [2022, 2023, 2024]
     done = cache.cleanup_old_data(before="2023-07-01", timeframe="1h")
-    assert [(a.action, a.year, a.rows_removed) for a in done] == [(a.action, a.year, a.rows_removed) for a in plan]
+    assert [(a.action, a.year, a.rows_removed) for a in done] == [
+        (a.action, a.year, a.rows_removed) for a in plan
+    ]
     got = cache.get("ABCUSDT", "1h")
     assert got["timestamp"].iloc[0] == pd.Timestamp("2023-07-01")
     assert cache.list_years("ABCUSDT", "1d") == [2022]  # other timeframe untouched
@@ -236,7 +240,9 @@ def test_cleanup_leftovers(cache: UnifiedCache, cache_dir: Path) -> None:
 
 def test_timezone_aware_and_indexed_frames_are_normalised(cache: UnifiedCache) -> None:
     df = make_bars("2024-01-01", 5)
-    aware = df.assign(timestamp=df["timestamp"].dt.tz_localize("UTC").dt.tz_convert("America/New_York"))
+    aware = df.assign(
+        timestamp=df["timestamp"].dt.tz_localize("UTC").dt.tz_convert("America/New_York")
+    )
     cache.put(aware.set_index("timestamp"), "ABCUSDT", "1h")
     got = cache.get("ABCUSDT", "1h")
     assert (got["timestamp"].to_numpy() == df["timestamp"].to_numpy()).all()

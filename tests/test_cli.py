@@ -38,7 +38,10 @@ def one_error_line(result: CliResult) -> str:
 
 def test_version_and_module_entry_point() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "marketcache", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "marketcache", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "marketcache 0.1.0"
 
@@ -101,7 +104,9 @@ def test_info_and_list_read_metadata_only(cli: Cli, filled: Path) -> None:
         (("populate", "AAPL", "-t", "1h,9x"), "unknown timeframe '9x'"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(cli: Cli, filled: Path, args: tuple[str, ...], needle: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    cli: Cli, filled: Path, args: tuple[str, ...], needle: str
+) -> None:
     r = cli(*args, "--cache-dir", str(filled))
     assert r.code == 2, r.err
     assert needle in one_error_line(r)
@@ -142,7 +147,9 @@ def test_validate_clean_cache_passes(cli: Cli, filled: Path) -> None:
 def test_validate_low_score_exits_3(cli: Cli, tmp_path: Path) -> None:
     root = tmp_path / "c"
     df = make_bars("2024-01-01", 1000)
-    UnifiedCache(root, settings=parse_settings("")).put(df.drop(index=range(100, 400)), "ETHUSDT", "1h")
+    UnifiedCache(root, settings=parse_settings("")).put(
+        df.drop(index=range(100, 400)), "ETHUSDT", "1h"
+    )
     assert cli("validate", "--cache-dir", str(root)).code == 0  # 0.88 >= default 0.8
     r = cli("validate", "ETHUSDT", "--min-score", "0.95", "--json", "--cache-dir", str(root))
     assert r.code == 3
@@ -181,9 +188,12 @@ def test_validate_detects_a_flipped_byte_and_missing_metadata(cli: Cli, filled: 
     assert "2022.csv.gz: sha256 does not match" in r.err
     assert "2023.metadata.json: metadata file is missing" in r.err
     assert cli("validate", "--fix", "--cache-dir", str(filled)).code == 0
-    assert cli("info", "BTCUSDT", "1h", "--json", "--cache-dir", str(filled)).json()[
-        "timeframes"
-    ]["1h"]["years"][0]["rows"] == 24 * 31
+    assert (
+        cli("info", "BTCUSDT", "1h", "--json", "--cache-dir", str(filled)).json()["timeframes"][
+            "1h"
+        ]["years"][0]["rows"]
+        == 24 * 31
+    )
 
 
 def test_cleanup_commands(cli: Cli, filled: Path) -> None:
@@ -195,11 +205,23 @@ def test_cleanup_commands(cli: Cli, filled: Path) -> None:
     assert cli("cleanup", "--cache-dir", str(filled)).code == 0
     assert not (filled / "AAPL" / "1d" / ".2022.csv.gz.tmp-1-x").exists()
 
-    r = cli("cleanup", "--before", "2023-01-01", "--symbol", "aapl", "--json", "--cache-dir", str(filled))
+    r = cli(
+        "cleanup",
+        "--before",
+        "2023-01-01",
+        "--symbol",
+        "aapl",
+        "--json",
+        "--cache-dir",
+        str(filled),
+    )
     assert r.code == 0
     assert [(a["action"], a["year"]) for a in r.json()["actions"]] == [("delete-year", 2022)]
     assert cli("list", "AAPL", "--json", "--cache-dir", str(filled)).json()[0]["years"] == [2023]
-    assert cli("list", "BTCUSDT", "--json", "--cache-dir", str(filled)).json()[0]["years"] == [2023, 2024]
+    assert cli("list", "BTCUSDT", "--json", "--cache-dir", str(filled)).json()[0]["years"] == [
+        2023,
+        2024,
+    ]
 
     r = cli("cleanup", "--older-than", "50y", "--timeframe", "1h", "--cache-dir", str(filled))
     assert r.code == 0 and "nothing to clean up" in r.out
@@ -215,7 +237,9 @@ def held_lock(filled: Path) -> Iterator[Path]:
         "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     try:
         yield lock

@@ -32,24 +32,46 @@ def test_env_interpolation_and_secrets_never_show(monkeypatch: pytest.MonkeyPatc
     assert key.reveal() == "sekrit-123"
     assert "sekrit" not in str(key) and "sekrit" not in repr(s)
     monkeypatch.delenv("AV_KEY")
-    assert not parse_settings('providers: {alpha_vantage: {api_key: "${AV_KEY}"}}').providers[
-        "alpha_vantage"
-    ].api_key
+    assert (
+        not parse_settings('providers: {alpha_vantage: {api_key: "${AV_KEY}"}}')
+        .providers["alpha_vantage"]
+        .api_key
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "key", "what"),
     [
-        ("providers: {binance: {rate_limit: {per_minute: fast}}}", "providers.binance.rate_limit.per_minute", "number"),
+        (
+            "providers: {binance: {rate_limit: {per_minute: fast}}}",
+            "providers.binance.rate_limit.per_minute",
+            "number",
+        ),
         ("providers: {kraken: {}}", "providers.kraken", "unknown provider"),
         ("providers: {yahoo: {base_url: ftp://x}}", "providers.yahoo.base_url", "not an http"),
-        ("providers: {binance: {reliability: 2}}", "providers.binance.reliability", "between 0 and 1"),
+        (
+            "providers: {binance: {reliability: 2}}",
+            "providers.binance.reliability",
+            "between 0 and 1",
+        ),
         ("selection: [{providers: [nope]}]", "selection[0].providers", "unknown provider"),
-        ("selection: [{symbol_type: bond, providers: [yahoo]}]", "selection[0].symbol_type", "crypto, stock, fx"),
-        ("datasets: [{symbols: [AAPL], timeframes: [7m], start: 2020-01-01}]", "datasets[0].timeframes", "unknown timeframe"),
+        (
+            "selection: [{symbol_type: bond, providers: [yahoo]}]",
+            "selection[0].symbol_type",
+            "crypto, stock, fx",
+        ),
+        (
+            "datasets: [{symbols: [AAPL], timeframes: [7m], start: 2020-01-01}]",
+            "datasets[0].timeframes",
+            "unknown timeframe",
+        ),
         ("datasets: [{symbols: [AAPL], start: '2020-1-x'}]", "datasets[0].start", "not a date"),
         ("datasets: [{symbols: [AAPL]}]", "datasets[0].start", "required"),
-        ("datasets: [{symbols: ['..'], start: 2020-01-01}]", "datasets[0].symbols", "not a usable name"),
+        (
+            "datasets: [{symbols: ['..'], start: 2020-01-01}]",
+            "datasets[0].symbols",
+            "not a usable name",
+        ),
         ("symbols: {AAPL: {calendar: MOON}}", "symbols.AAPL.calendar", "unknown calendar"),
         ("providers: [binance]", "providers", "mapping"),
         ("settings: {min_score: 3}", "settings.min_score", "between"),

@@ -45,7 +45,9 @@ def test_foreign_folder_names_are_not_symbols() -> None:
 
 @given(st.text(min_size=1, max_size=80))
 @settings(max_examples=300, deadline=None)
-def test_no_symbol_resolves_outside_the_root(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+def test_no_symbol_resolves_outside_the_root(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
     root = Path("/tmp/marketcache-hypothesis-root")
     layout = CacheLayout(root)
     try:

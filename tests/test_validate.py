@@ -36,7 +36,9 @@ def test_ten_percent_missing_gives_completeness_0_90_and_the_weighted_score() ->
 
 
 def test_a_year_of_nyse_daily_bars_across_holidays_has_no_gaps() -> None:
-    sessions = expected_bars("XNYS", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2025-01-01"))
+    sessions = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2025-01-01")
+    )
     df = make_bars("", 0, index=sessions)
     result = OHLCVValidator(Timeframe("1d"), "XNYS", AssetClass.STOCK).validate(df)
     assert len(df) == 252
@@ -55,7 +57,13 @@ def test_hand_computed_score_with_every_kind_of_fault() -> None:
     df = pd.concat([df, df.iloc[[7]]], ignore_index=True)  # a duplicate (11 rows)
     result = CRYPTO_1H.validate(df)
     c = result.counts
-    assert (c.rows, c.bad_rows, c.ohlc_violations, c.negative_volume, c.duplicates) == (11, 2, 1, 1, 1)
+    assert (c.rows, c.bad_rows, c.ohlc_violations, c.negative_volume, c.duplicates) == (
+        11,
+        2,
+        1,
+        1,
+        1,
+    )
     assert not result.is_valid
     # bad rows are left out of completeness: 8 of 10 expected bars are present and sound
     assert result.breakdown["completeness"] == pytest.approx(0.8)
@@ -69,7 +77,7 @@ def test_hand_computed_score_with_every_kind_of_fault() -> None:
 
 def test_weights_sum_to_one() -> None:
     assert sum(WEIGHTS.values()) == pytest.approx(1.0)
-    assert score_counts(ValidationCounts())[0] == 0.0  # no rows, no score
+    assert score_counts(ValidationCounts())[0] == 1.0  # no rows (verified empty): nothing wrong
 
 
 @pytest.mark.parametrize(
@@ -133,7 +141,9 @@ def test_errors_are_capped_and_readable() -> None:
     df.loc[::2, "volume"] = -1.0
     result = CRYPTO_1H.validate(df)
     assert len(result.errors) <= 20
-    assert result.errors[0].startswith("250 rows with negative volume (first at 2024-01-01 00:00:00)")
+    assert result.errors[0].startswith(
+        "250 rows with negative volume (first at 2024-01-01 00:00:00)"
+    )
 
 
 def test_missing_columns_and_non_numeric_data() -> None:
@@ -145,7 +155,9 @@ def test_missing_columns_and_non_numeric_data() -> None:
 
 
 def test_appended_counts_add_up_on_an_exchange_calendar_too() -> None:
-    sessions = expected_bars("XNYS", Timeframe("1h"), pd.Timestamp("2024-06-01"), pd.Timestamp("2024-09-01"))
+    sessions = expected_bars(
+        "XNYS", Timeframe("1h"), pd.Timestamp("2024-06-01"), pd.Timestamp("2024-09-01")
+    )
     df = make_bars("", 0, index=sessions).drop(index=[5, 6, 200, 201, 202]).reset_index(drop=True)
     nyse = OHLCVValidator(Timeframe("1h"), "XNYS", AssetClass.STOCK)
     whole = nyse.validate(df)

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -858,6 +858,80 @@ class UnifiedCache:
             self._refresh_index(sym, timeframe)
         return aside
 
+    # ---- coverage (what is known empty or missing) --------------------------------------
+
+    def update_coverage(
+        self,
+        symbol: str,
+        timeframe: str,
+        *,
+        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
+        missing: Iterable[tuple[Any, str]] = (),
+        resolved: Iterable[Any] = (),
+    ) -> None:
+        """Record ranges a provider answered empty (with when), ranges still missing (with why),
+        and drop missing entries a later fetch filled. Spans have `.start`/`.end`."""
+        sym = normalize_symbol(symbol)
+        tf = parse_timeframe(timeframe).name
+        now = _now()
+        per_year: dict[int, dict[str, list[dict[str, str]]]] = {}
+
+        def pieces(span: Any) -> Iterator[tuple[int, str, str]]:
+            start, end = pd.Timestamp(span.start), pd.Timestamp(span.end)
+            while start < end:
+                cut = min(end, pd.Timestamp(start.year + 1, 1, 1))
+                yield start.year, _iso(start), _iso(cut)
+                start = cut
+
+        for span, checked, why in verified_empty:
+            for year, a, b in pieces(span):
+                per_year.setdefault(year, {"ve": [], "mr": [], "ok": []})["ve"].append(
+                    {"start": a, "end": b, "checked_at": _iso(checked) + "Z", "answer": why}
+                )
+        for span, why in missing:
+            for year, a, b in pieces(span):
+                per_year.setdefault(year, {"ve": [], "mr": [], "ok": []})["mr"].append(
+                    {"start": a, "end": b, "reason": why, "recorded_at": now}
+                )
+        for span in resolved:
+            for year, a, b in pieces(span):
+                per_year.setdefault(year, {"ve": [], "mr": [], "ok": []})["ok"].append(
+                    {"start": a, "end": b}
+                )
+        with self.lock(sym, tf):
+            for year, change in per_year.items():
+                self._recover(sym, tf, year)
+                meta_path = self.layout.meta_path(sym, tf, year)
+                meta = read_metadata(meta_path) if meta_path.exists() else None
+                cov = (meta or {}).get("coverage") or {}
+                done = change["ok"] + change["ve"]
+                kept_missing = [
+                    m
+                    for m in cov.get("missing_ranges", [])
+                    if not any(d["start"] < m["end"] and m["start"] < d["end"] for d in done)
+                ]
+                new_spans = {(e["start"], e["end"]) for e in change["ve"]}
+                kept_empty = [
+                    e
+                    for e in cov.get("verified_empty", [])
+                    if (e["start"], e["end"]) not in new_spans
+                ]
+                cov = {
+                    "calendar": cov.get("calendar", self.profile(sym).calendar),
+                    "missing_ranges": _dedupe_spans(kept_missing + change["mr"]),
+                    "verified_empty": sorted(kept_empty + change["ve"], key=lambda e: e["start"]),
+                    "sources": cov.get("sources", []),
+                }
+                if meta is None:
+                    if not (change["ve"] or change["mr"]):
+                        continue
+                    empty = csvgz.empty_frame()
+                    self._rewrite(sym, tf, year, {"coverage": cov}, None, empty, "none")
+                elif cov != meta.get("coverage"):
+                    meta["coverage"] = cov
+                    write_metadata(meta_path, meta)
+            self._refresh_index(sym, tf)
+
     # ---- _metadata/ index ----------------------------------------------------------------
 
     def _refresh_index(self, sym: str, tf: str) -> None:
@@ -1061,6 +1135,14 @@ def _merge_sources(
     out.append({"provider": provider, "start": start, "end": end})
     out.sort(key=lambda s: s["start"])
     return out
+
+
+def _dedupe_spans(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Latest entry wins for the same span."""
+    by_span: dict[tuple[str, str], dict[str, str]] = {}
+    for entry in entries:
+        by_span[(entry["start"], entry["end"])] = entry
+    return sorted(by_span.values(), key=lambda e: e["start"])
 
 
 def _providers_index(symbols: dict[str, Any], settings: Settings) -> dict[str, Any]:

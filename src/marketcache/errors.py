@@ -7,7 +7,9 @@ Library code raises only these; the CLI maps them to messages and exit codes in 
     ├── ConfigError                  invalid providers.yaml: names file and key   (exit 2)
     ├── ProviderError                a provider could not deliver a range
     │   ├── SymbolNotFound           the provider does not know the symbol
-    │   ├── RateLimited              429/418/quota answers (carries retry_after)
+    │   ├── RangeUnavailable         beyond the provider's history window
+    │   ├── RateLimited              429/418 answers (retryable, carries retry_after)
+    │   │   └── QuotaExhausted       the quota is used up (not retried)
     │   └── ProviderUnavailable      network failure, 5xx, timeout, garbled body
     ├── StorageError                 the cache could not be read or written
     │   ├── CorruptFile              a data or metadata file fails its checks     (exit 3)
@@ -49,20 +51,12 @@ class ConfigError(MarketCacheError):
 
 
 class ProviderError(MarketCacheError):
-    """A provider could not deliver the requested range."""
+    """A provider could not deliver the requested range.
 
-    def __init__(self, message: str, *, provider: str = "", symbol: str = ""):
-        super().__init__(message)
-        self.provider = provider
-        self.symbol = symbol
+    `retryable` says whether asking again (after `retry_after` seconds, if given) may help.
+    """
 
-
-class SymbolNotFound(ProviderError):
-    """The provider does not list this symbol."""
-
-
-class RateLimited(ProviderError):
-    """The provider asked us to slow down or the quota is used up."""
+    default_retryable = False
 
     def __init__(
         self,
@@ -71,13 +65,39 @@ class RateLimited(ProviderError):
         provider: str = "",
         symbol: str = "",
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ):
-        super().__init__(message, provider=provider, symbol=symbol)
+        super().__init__(message)
+        self.provider = provider
+        self.symbol = symbol
         self.retry_after = retry_after
+        self.retryable = self.default_retryable if retryable is None else retryable
+
+
+class SymbolNotFound(ProviderError):
+    """The provider does not list this symbol."""
+
+
+class RangeUnavailable(ProviderError):
+    """The provider cannot serve this range (beyond its history window, wrong timeframe)."""
+
+
+class RateLimited(ProviderError):
+    """The provider asked us to slow down (429/418)."""
+
+    default_retryable = True
+
+
+class QuotaExhausted(RateLimited):
+    """The provider's quota is used up; asking again now will not help."""
+
+    default_retryable = False
 
 
 class ProviderUnavailable(ProviderError):
     """Network failure, server error, timeout or an unreadable answer."""
+
+    default_retryable = True
 
 
 class StorageError(MarketCacheError):

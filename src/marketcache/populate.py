@@ -1,1 +1,445 @@
-"""populate: select → detect gaps → fetch → validate → write, for each symbol × timeframe."""
+"""populate: select → detect gaps → fetch (with failover) → validate → write.
+
+One job per symbol × timeframe, run under that pair's lock. Each fetched range lies within one
+UTC year and is committed as soon as it arrives, so a run killed after hours keeps what it
+fetched. Progress reaches the caller through a callback; nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from marketcache.cache import UnifiedCache
+from marketcache.calendars import expected_bars
+from marketcache.config import Settings
+from marketcache.errors import (
+    CorruptFile,
+    LockTimeout,
+    MarketCacheError,
+    ProviderError,
+    RangeUnavailable,
+    SymbolNotFound,
+    UsageError,
+)
+from marketcache.gaps import FetchPlan, Span, VerifiedEmpty, plan_fetch
+from marketcache.models import DateRange, parse_date, utcnow
+from marketcache.providers.base import Provider
+from marketcache.providers.registry import build_providers, canonical_name
+from marketcache.selector import Choice, select
+from marketcache.symbols import AssetClass, normalize_symbol
+from marketcache.timeframes import Timeframe, parse_timeframe, parse_timeframes
+
+DEFAULT_LOOKBACK = "365d"
+OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
+
+
+class ProgressSink(Protocol):
+    def advance(self, current: str = "", bars: int = 0) -> None: ...
+
+    def note(self, current: str) -> None: ...
+
+
+class _NoProgress:
+    def advance(self, current: str = "", bars: int = 0) -> None:
+        pass
+
+    def note(self, current: str) -> None:
+        pass
+
+
+@dataclass
+class PopulateRequest:
+    symbols: list[str] = field(default_factory=list)
+    symbols_file: Path | None = None
+    timeframes: str | None = None
+    start: str | None = None
+    end: str | None = None
+    provider: str | None = None
+    dry_run: bool = False
+    full_refresh: bool = False
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    symbol: str
+    timeframe: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+
+@dataclass
+class JobResult:
+    symbol: str
+    timeframe: str
+    status: str = "ok"  # ok | up-to-date | partial | failed | locked | planned
+    providers: list[str] = field(default_factory=list)
+    rows_added: int = 0
+    rows_updated: int = 0
+    ranges_fetched: list[dict[str, Any]] = field(default_factory=list)
+    gaps_left: list[dict[str, Any]] = field(default_factory=list)
+    quality: float | None = None
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PopulateReport:
+    results: list[JobResult]
+    dry_run: bool = False
+    started_at: str = ""
+    finished_at: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if any(r.status == "locked" for r in self.results):
+            return 4
+        if any(r.status in ("failed", "partial") for r in self.results):
+            return 1
+        return 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.exit_code == 0,
+            "exit_code": self.exit_code,
+            "dry_run": self.dry_run,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "summary": {
+                "jobs": len(self.results),
+                "failed": sum(r.status in ("failed", "locked") for r in self.results),
+                "rows_added": sum(r.rows_added for r in self.results),
+                "requests": sum(r.requests for r in self.results),
+            },
+            "results": [r.as_json() for r in self.results],
+        }
+
+
+# ---- request → jobs ------------------------------------------------------------------------
+
+
+def read_symbols_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--symbols-file {path}: {exc.strerror or exc}") from None
+    out = []
+    for line in text.splitlines():
+        item = line.split("#", 1)[0].strip()
+        if item:
+            out.append(item)
+    return out
+
+
+def build_jobs(request: PopulateRequest, settings: Settings) -> list[Job]:
+    """Symbols × timeframes × [start, end) from the options, or the config's datasets."""
+    if request.provider:
+        request.provider = canonical_name(request.provider)
+    tfs = parse_timeframes(request.timeframes) if request.timeframes else None
+    now = utcnow()
+    end = parse_date(request.end, option="--end") if request.end else now
+    start = parse_date(request.start, option="--start") if request.start else None
+    if start is not None:
+        DateRange(start, end)
+    symbols = [*request.symbols]
+    if request.symbols_file is not None:
+        symbols += read_symbols_file(request.symbols_file)
+    jobs: dict[tuple[str, str], Job] = {}
+    if symbols:
+        begin = start if start is not None else parse_date(DEFAULT_LOOKBACK)
+        DateRange(begin, end)
+        for raw in symbols:
+            sym = normalize_symbol(raw)
+            for tf in tfs or [Timeframe("1d")]:
+                jobs.setdefault((sym, tf.name), Job(sym, tf.name, begin, end))
+    else:
+        if not settings.datasets:
+            raise UsageError(
+                f"no symbols given and {settings.source} has no datasets: name symbols or add datasets"
+            )
+        for ds in settings.datasets:
+            ds_start = start if start is not None else parse_date(ds.start)
+            ds_end = end if request.end else (parse_date(ds.end) if ds.end else now)
+            DateRange(ds_start, ds_end)
+            for sym in ds.symbols:
+                for tf in tfs or [parse_timeframe(t) for t in ds.timeframes]:
+                    jobs.setdefault((sym, tf.name), Job(sym, tf.name, ds_start, ds_end))
+    return list(jobs.values())
+
+
+# ---- running -------------------------------------------------------------------------------
+
+
+def run_populate(
+    cache: UnifiedCache,
+    jobs: list[Job],
+    request: PopulateRequest,
+    *,
+    progress: ProgressSink | None = None,
+    providers: dict[str, Provider] | None = None,
+) -> PopulateReport:
+    """Run every job (`request.workers` at a time); one failure never stops the others."""
+    sink = progress or _NoProgress()
+    pool = providers or build_providers(cache.settings, cache.layout.index_dir)
+    report = PopulateReport([], dry_run=request.dry_run, started_at=utcnow().isoformat())
+    runner = _Runner(cache, pool, request, sink)
+    if request.workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=request.workers) as executor:
+            report.results = list(executor.map(runner.run, jobs))
+    else:
+        report.results = [runner.run(job) for job in jobs]
+    report.finished_at = utcnow().isoformat()
+    return report
+
+
+class _Runner:
+    def __init__(
+        self,
+        cache: UnifiedCache,
+        providers: dict[str, Provider],
+        request: PopulateRequest,
+        sink: ProgressSink,
+    ) -> None:
+        self.cache = cache
+        self.providers = providers
+        self.request = request
+        self.sink = sink
+        self.capabilities = {n: p.capabilities for n, p in providers.items()}
+        self.usable = {n: p.available() for n, p in providers.items()}
+
+    def run(self, job: Job) -> JobResult:
+        result = JobResult(job.symbol, job.timeframe)
+        self.sink.note(f"{job.symbol} {job.timeframe}")
+        try:
+            self._run(job, result)
+        except LockTimeout as exc:
+            result.status = "locked"
+            result.errors.append(str(exc))
+        except UsageError as exc:
+            result.status = "failed"
+            result.errors.append(str(exc))
+        except MarketCacheError as exc:
+            result.status = "failed"
+            result.errors.append(str(exc))
+        self.sink.advance(f"{job.symbol} {job.timeframe}", bars=result.rows_added)
+        return result
+
+    def _run(self, job: Job, result: JobResult) -> None:
+        cache, tf = self.cache, Timeframe(job.timeframe)
+        chain = select(
+            job.symbol,
+            job.timeframe,
+            cache.settings,
+            self.capabilities,
+            self.usable,
+            forced=self.request.provider,
+        )
+        if not chain:
+            raise UsageError(
+                f"no provider can serve {job.symbol} {job.timeframe}: check the selection "
+                "rules, the provider capabilities and API keys"
+            )
+        profile = cache.profile(job.symbol)
+        with cache.lock(job.symbol, job.timeframe):
+            now = utcnow()
+            end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
+            if job.start >= end:
+                result.status = "up-to-date"
+                return
+            wanted = Span(job.start, end)
+            years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
+            self._quarantine_corrupt(job, years, result)
+            expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
+            present, verified = self._stored(job, years, expected)
+            plan = plan_fetch(
+                timeframe=tf,
+                wanted=wanted,
+                expected=expected,
+                present=present,
+                verified_empty=verified,
+                now=now,
+                recheck_after=pd.Timedelta(days=cache.settings.options.verified_empty_recheck_days),
+                overlap_bars=OVERLAP_BARS[profile.asset_class],
+                earliest=_reach(chain, self.capabilities, job.timeframe, now),
+                full_refresh=self.request.full_refresh,
+            )
+            if self.request.dry_run:
+                self._plan_only(plan, chain, result)
+                return
+            self._execute(job, tf, plan, chain, result, now)
+        self._summarise(job, result)
+
+    def _quarantine_corrupt(self, job: Job, years: Iterable[int], result: JobResult) -> None:
+        for year in years:
+            if year not in self.cache.list_years(job.symbol, job.timeframe):
+                continue
+            try:
+                self.cache.read_year(job.symbol, job.timeframe, year)
+            except CorruptFile as exc:
+                aside = self.cache.quarantine_year(job.symbol, job.timeframe, year)
+                result.notes.append(f"{exc}; moved aside as {aside.name if aside else '-'}")
+
+    def _stored(
+        self, job: Job, years: Iterable[int], expected: pd.DatetimeIndex
+    ) -> tuple[np.ndarray, list[VerifiedEmpty]]:
+        """Stored bar times in the years wanted (from metadata when a year is gap-free)."""
+        present: list[np.ndarray] = []
+        verified: list[VerifiedEmpty] = []
+        for year in years:
+            if year not in self.cache.list_years(job.symbol, job.timeframe):
+                continue
+            meta = self.cache.metadata(job.symbol, job.timeframe, year)
+            for ve in meta["coverage"].get("verified_empty", []):
+                verified.append(
+                    VerifiedEmpty(
+                        pd.Timestamp(ve["start"]),
+                        pd.Timestamp(ve["end"]),
+                        pd.Timestamp(ve["checked_at"]).tz_localize(None)
+                        if pd.Timestamp(ve["checked_at"]).tzinfo
+                        else pd.Timestamp(ve["checked_at"]),
+                    )
+                )
+            info, dq = meta["file_info"], meta["data_quality"]
+            if not info["rows"]:
+                continue
+            first, last = pd.Timestamp(meta["start_date"]), pd.Timestamp(meta["end_date"])
+            counts = dq.get("counts") or {}
+            complete = dq.get("missing_bars", 1) == 0 and counts.get("off_calendar", 1) == 0
+            if complete:  # every expected bar between first and last is stored: no read needed
+                inside = expected[(expected >= first) & (expected <= last)]
+                present.append(inside.to_numpy(dtype="datetime64[ns]"))
+            else:
+                df = self.cache.read_year(job.symbol, job.timeframe, year)
+                present.append(df["timestamp"].to_numpy(dtype="datetime64[ns]"))
+        stored = np.concatenate(present) if present else np.zeros(0, dtype="datetime64[ns]")
+        return stored, verified
+
+    def _plan_only(self, plan: FetchPlan, chain: list[Choice], result: JobResult) -> None:
+        result.status = "planned"
+        result.providers = [c.provider for c in chain]
+        result.ranges_fetched = [{**s.as_json(), "provider": chain[0].provider} for s in plan.fetch]
+        result.gaps_left = [
+            {**s.as_json(), "reason": "beyond every provider's history window"}
+            for s in plan.unreachable
+        ]
+
+    def _execute(
+        self,
+        job: Job,
+        tf: Timeframe,
+        plan: FetchPlan,
+        chain: list[Choice],
+        result: JobResult,
+        now: pd.Timestamp,
+    ) -> None:
+        if plan.empty and not plan.unreachable:
+            result.status = "up-to-date"
+        failed = False
+        for span in plan.fetch:
+            outcome = self._fetch_with_failover(job, tf, span, chain, result)
+            if outcome.frame is not None and len(outcome.frame):
+                put = self.cache.put(outcome.frame, job.symbol, job.timeframe, outcome.provider)
+                result.rows_added += put.rows_added
+                result.rows_updated += put.rows_updated
+                if outcome.provider not in result.providers:
+                    result.providers.append(outcome.provider)
+                self.cache.update_coverage(job.symbol, job.timeframe, resolved=[span])
+                result.ranges_fetched.append(
+                    {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
+                )
+            elif outcome.verified_empty:
+                self.cache.update_coverage(
+                    job.symbol, job.timeframe, verified_empty=[(span, now, outcome.reason)]
+                )
+                result.ranges_fetched.append(
+                    {**span.as_json(), "provider": outcome.provider, "rows": 0}
+                )
+            else:
+                failed = True
+                self.cache.update_coverage(
+                    job.symbol, job.timeframe, missing=[(span, outcome.reason)]
+                )
+                result.gaps_left.append({**span.as_json(), "reason": outcome.reason})
+                result.errors.append(f"{span.start} → {span.end}: {outcome.reason}")
+        for span in plan.unreachable:
+            reason = "beyond every provider's history window"
+            self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
+            result.gaps_left.append({**span.as_json(), "reason": reason})
+        if failed:
+            result.status = "partial" if result.rows_added else "failed"
+
+    def _fetch_with_failover(
+        self, job: Job, tf: Timeframe, span: Span, chain: list[Choice], result: JobResult
+    ) -> _Outcome:
+        reasons: list[str] = []
+        empty_from: list[str] = []
+        definitive = True  # every failure says "no data here" rather than "try later"
+        for choice in chain:
+            provider = self.providers[choice.provider]
+            try:
+                fetched = provider.fetch(choice.symbol, tf, span.start, span.end)
+            except (SymbolNotFound, RangeUnavailable) as exc:
+                reasons.append(f"{choice.provider}: {exc}")
+                continue
+            except ProviderError as exc:
+                definitive = False
+                reasons.append(f"{choice.provider}: {exc}")
+                continue
+            result.requests += fetched.requests
+            result.notes.extend(f"{choice.provider}: {n}" for n in fetched.notes)
+            if fetched.frame.empty:
+                empty_from.append(choice.provider)
+                continue
+            if fetched.dropped_rows > len(fetched.frame):
+                definitive = False
+                reasons.append(
+                    f"{choice.provider}: most rows failed validation ({fetched.dropped_rows} dropped)"
+                )
+                continue
+            return _Outcome(fetched.frame, choice.provider)
+        if empty_from and definitive:
+            return _Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")
+        if empty_from:
+            reasons.append(f"{','.join(empty_from)}: no bars")
+        return _Outcome(None, "", reason="; ".join(reasons) or "no provider answered")
+
+    def _summarise(self, job: Job, result: JobResult) -> None:
+        scores = []
+        for year in range(job.start.year, job.end.year + 1):
+            if year in self.cache.list_years(job.symbol, job.timeframe):
+                meta = self.cache.metadata(job.symbol, job.timeframe, year)
+                if meta["file_info"]["rows"]:
+                    scores.append(meta["data_quality"]["score"])
+        result.quality = min(scores) if scores else None
+
+
+@dataclass
+class _Outcome:
+    frame: pd.DataFrame | None
+    provider: str
+    verified_empty: bool = False
+    reason: str = ""
+
+
+def _reach(
+    chain: list[Choice], capabilities: dict[str, Any], timeframe: str, now: pd.Timestamp
+) -> pd.Timestamp | None:
+    """How far back the chain reaches: None if any provider has no window."""
+    earliest: list[pd.Timestamp] = []
+    for choice in chain:
+        e = capabilities[choice.provider].earliest(timeframe, now)
+        if e is None:
+            return None
+        earliest.append(e)
+    return min(earliest) if earliest else None

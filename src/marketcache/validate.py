@@ -118,7 +118,7 @@ def score_counts(counts: ValidationCounts) -> tuple[float, dict[str, float]]:
     rows = max(counts.rows, 1)
 
     def share(bad: int) -> float:
-        return max(0.0, 1.0 - bad / rows) if counts.rows else 0.0
+        return max(0.0, 1.0 - bad / rows)
 
     breakdown = {
         "completeness": (
@@ -131,7 +131,8 @@ def score_counts(counts: ValidationCounts) -> tuple[float, dict[str, float]]:
         "volume": share(counts.zero_volume_moves),
     }
     breakdown = {k: round(min(1.0, v), 6) for k, v in breakdown.items()}
-    score = sum(WEIGHTS[k] * v for k, v in breakdown.items()) if counts.rows else 0.0
+    # no rows (a range verified empty) has nothing wrong with it
+    score = sum(WEIGHTS[k] * v for k, v in breakdown.items()) if counts.rows else 1.0
     return round(score, 4), breakdown
 
 
@@ -160,7 +161,7 @@ class OHLCVValidator:
         if missing:
             errors.append(f"missing columns: {', '.join(missing)}")
             counts = ValidationCounts(rows=len(df), bad_rows=len(df))
-            score, breakdown = score_counts(counts)
+            _, breakdown = score_counts(counts)
             return ValidationResult(False, 0.0, breakdown, counts, errors)
         c = ValidationCounts(rows=len(df))
         if not len(df):

@@ -1,0 +1,132 @@
+"""GapDetector: what is missing from the cache and which ranges to ask for. Pure.
+
+Inputs are the calendar's expected bars, the bars already stored, the ranges providers have
+already answered empty (`verified_empty`) and how far back providers reach. The output is the
+smallest list of ranges to fetch, each within one UTC year, plus the ranges no provider can
+reach (to be recorded, not retried every run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from marketcache.timeframes import Timeframe
+
+MERGE_BARS = 100  # two holes closer than this many expected bars are fetched as one range
+
+
+@dataclass(frozen=True)
+class Span:
+    start: pd.Timestamp
+    end: pd.Timestamp  # exclusive
+
+    def as_json(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+@dataclass(frozen=True)
+class VerifiedEmpty:
+    start: pd.Timestamp
+    end: pd.Timestamp
+    checked_at: pd.Timestamp
+
+
+@dataclass
+class FetchPlan:
+    fetch: list[Span] = field(default_factory=list)
+    unreachable: list[Span] = field(default_factory=list)
+    missing_bars: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.fetch
+
+
+def plan_fetch(
+    *,
+    timeframe: Timeframe,
+    wanted: Span,
+    expected: pd.DatetimeIndex,
+    present: np.ndarray,
+    verified_empty: Iterable[VerifiedEmpty] = (),
+    now: pd.Timestamp,
+    recheck_after: pd.Timedelta = pd.Timedelta(days=7),
+    overlap_bars: int = 1,
+    earliest: pd.Timestamp | None = None,
+    full_refresh: bool = False,
+) -> FetchPlan:
+    """The ranges to fetch so that every expected bar in `wanted` is stored or known empty."""
+    plan = FetchPlan()
+    exp = expected.asi8 if len(expected) else np.zeros(0, dtype=np.int64)
+    have = np.asarray(present, dtype="datetime64[ns]").astype(np.int64)
+    have.sort()
+    if full_refresh:
+        spans = [wanted] if len(exp) else []
+    else:
+        missing = ~_isin_sorted(exp, have)
+        fresh_after = (now - recheck_after).value
+        for ve in verified_empty:
+            if ve.checked_at.value >= fresh_after:
+                missing &= ~((exp >= ve.start.value) & (exp < ve.end.value))
+        plan.missing_bars = int(missing.sum())
+        spans = _runs(exp, missing, timeframe, wanted.end)
+        if spans and len(have) and overlap_bars > 0:
+            last_have = pd.Timestamp(have[-1])
+            tail = spans[-1]
+            if tail.start > last_have:  # extending the series: re-ask for its last bars too
+                back = exp[exp <= have[-1]][-overlap_bars:]
+                spans[-1] = Span(pd.Timestamp(back[0]) if len(back) else tail.start, tail.end)
+    if earliest is not None:
+        reachable = []
+        for span in spans:
+            if span.end <= earliest:
+                plan.unreachable.append(span)
+            elif span.start < earliest:
+                plan.unreachable.append(Span(span.start, earliest))
+                reachable.append(Span(earliest, span.end))
+            else:
+                reachable.append(span)
+        spans = reachable
+    plan.fetch = [piece for span in spans for piece in split_by_year(span)]
+    return plan
+
+
+def _isin_sorted(needles: np.ndarray, hay: np.ndarray) -> np.ndarray:
+    if not len(hay):
+        return np.zeros(len(needles), dtype=bool)
+    pos = np.searchsorted(hay, needles)
+    pos[pos == len(hay)] = len(hay) - 1
+    return np.asarray(hay[pos] == needles)
+
+
+def _runs(
+    exp: np.ndarray, missing: np.ndarray, timeframe: Timeframe, limit: pd.Timestamp
+) -> list[Span]:
+    """Contiguous runs of missing expected bars, holes closer than MERGE_BARS joined."""
+    idx = np.flatnonzero(missing)
+    if not len(idx):
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > MERGE_BARS)
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]]
+    spans = []
+    for s, e in zip(starts, ends, strict=True):
+        end = min(timeframe.next_open(pd.Timestamp(exp[e])), limit)
+        spans.append(Span(pd.Timestamp(exp[s]), end))
+    return spans
+
+
+def split_by_year(span: Span) -> list[Span]:
+    """Cut a span at UTC year boundaries, so each piece is committed to one year file."""
+    pieces = []
+    start = span.start
+    while start < span.end:
+        next_year = pd.Timestamp(start.year + 1, 1, 1)
+        end = min(span.end, next_year)
+        pieces.append(Span(start, end))
+        start = end
+    return pieces

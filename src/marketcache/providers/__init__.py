@@ -1,0 +1,1 @@
+"""Provider adapters: each turns a service's answer into the canonical OHLCV frame."""

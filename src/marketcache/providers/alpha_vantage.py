@@ -1,0 +1,202 @@
+"""Alpha Vantage through the alpha-vantage package: TIME_SERIES_DAILY and TIME_SERIES_INTRADAY.
+
+The package builds URLs against a fixed host and calls requests.get without a timeout; our
+subclass sends its calls to `base_url` through the shared, rate-limited session (with a
+timeout) and maps its answers to our errors. Intraday history is fetched a month per request
+(`month=YYYY-MM`, `adjusted=false`, regular hours only).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+
+from marketcache.errors import (
+    ProviderError,
+    ProviderUnavailable,
+    QuotaExhausted,
+    SymbolNotFound,
+)
+from marketcache.providers.base import Capabilities, Page, Provider
+from marketcache.providers.http import (
+    TimeoutSession,
+    make_session,
+    map_requests_error,
+    raise_for_status,
+)
+from marketcache.symbols import AssetClass
+from marketcache.timeframes import Timeframe
+
+INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "60min"}
+DEFAULT_HOST = "https://www.alphavantage.co/query?"
+COMPACT_DAYS = 100
+
+
+class AlphaVantageProvider(Provider):
+    name = "alpha_vantage"
+    capabilities = Capabilities(
+        timeframes=frozenset({*INTERVALS, "1d"}),
+        asset_classes=frozenset({AssetClass.STOCK}),
+        needs_key=True,
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+
+    def api_key(self) -> str:
+        return self.settings.api_key.reveal() or os.environ.get("ALPHAVANTAGE_API_KEY", "")
+
+    def available(self) -> bool:
+        return self.settings.enabled and bool(self.api_key())
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client_class()(
+                key=self.api_key(),
+                output_format="json",
+                session=make_session(self.settings, self.state_dir),
+                base_url=f"{self.settings.base_url}/query?",
+            )
+        return self._client
+
+    def _fetch_page(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> Page:
+        try:
+            if timeframe.name == "1d":
+                recent = start >= pd.Timestamp.now() - pd.Timedelta(days=COMPACT_DAYS - 5)
+                data, _ = self.client.get_daily(symbol, outputsize="compact" if recent else "full")
+                return Page(_series_frame(data, symbol, None), more=False)
+            month_start = pd.Timestamp(start.year, start.month, 1)
+            next_month = month_start + pd.DateOffset(months=1)
+            data, _ = self.client.get_intraday(
+                symbol,
+                interval=INTERVALS[timeframe.name],
+                outputsize="full",
+                month=f"{start:%Y-%m}",
+                extended_hours="false",
+                adjusted="false",
+            )
+        except Exception as exc:
+            raise map_alpha_vantage_error(exc, symbol) from exc
+        frame = _series_frame(data, symbol, timeframe)
+        return Page(frame, more=next_month < end, next_start=next_month)
+
+
+def _client_class() -> type:
+    from alpha_vantage.timeseries import TimeSeries
+
+    class RoutedTimeSeries(TimeSeries):  # type: ignore[misc]
+        """TimeSeries whose calls go to our host, through our session, with a timeout."""
+
+        def __init__(self, *, session: TimeoutSession, base_url: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._session = session
+            self._base_url = base_url
+
+        def _handle_api_call(self, url: str) -> Any:
+            if url.startswith(DEFAULT_HOST):
+                url = self._base_url + url[len(DEFAULT_HOST) :]
+            symbol = _param(url, "symbol")
+            try:
+                response = self._session.get(url, headers=self.headers, proxies=self.proxy)
+            except Exception as exc:
+                raise map_alpha_vantage_error(exc, symbol) from exc
+            raise_for_status(response, "alpha_vantage", symbol)
+            if response.status_code >= 400:
+                raise ProviderError(
+                    f"alpha_vantage answered HTTP {response.status_code}",
+                    provider="alpha_vantage",
+                    symbol=symbol,
+                )
+            try:
+                body = response.json()
+            except ValueError:
+                raise ProviderUnavailable(
+                    "alpha_vantage answered a body that is not JSON (truncated or an error page)",
+                    provider="alpha_vantage",
+                    symbol=symbol,
+                ) from None
+            if not isinstance(body, dict) or not body:
+                raise ProviderUnavailable(
+                    "alpha_vantage answered an empty body", provider="alpha_vantage", symbol=symbol
+                )
+            if "Error Message" in body:
+                raise SymbolNotFound(
+                    f"alpha_vantage does not know {symbol}: {str(body['Error Message'])[:120]}",
+                    provider="alpha_vantage",
+                    symbol=symbol,
+                )
+            for key in ("Note", "Information"):
+                if key in body:
+                    raise QuotaExhausted(
+                        f"alpha_vantage quota or rate limit: {str(body[key])[:160]}",
+                        provider="alpha_vantage",
+                        symbol=symbol,
+                    )
+            return body
+
+    return RoutedTimeSeries
+
+
+def _param(url: str, name: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return (parse_qs(urlsplit(url).query).get(name) or [""])[0]
+
+
+def _series_frame(data: Any, symbol: str, timeframe: Timeframe | None) -> pd.DataFrame:
+    """{'2024-01-02 09:31:00': {'1. open': ...}} → canonical frame (intraday labels are bar ends)."""
+    if not isinstance(data, dict):
+        raise ProviderUnavailable(
+            "alpha_vantage time series is malformed", provider="alpha_vantage", symbol=symbol
+        )
+    columns = ["timestamp", "open", "high", "low", "close", "volume"]
+    if not data:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for stamp, values in data.items():
+        if not isinstance(values, dict):
+            continue
+        rows.append(
+            [stamp]
+            + [values.get(k) for k in ("1. open", "2. high", "3. low", "4. close", "5. volume")]
+        )
+    frame = pd.DataFrame(rows, columns=columns)
+    stamps = pd.to_datetime(frame["timestamp"], errors="coerce")
+    if timeframe is not None:  # US/Eastern bar-end labels → UTC bar opens
+        local = stamps.dt.tz_localize("America/New_York", ambiguous="NaT", nonexistent="NaT")
+        stamps = local.dt.tz_convert("UTC").dt.tz_localize(None) - timedelta(
+            minutes=timeframe.minutes
+        )
+    frame["timestamp"] = stamps
+    for col in columns[1:]:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+def map_alpha_vantage_error(exc: Exception, symbol: str) -> ProviderError:
+    """alpha_vantage (ValueError) and requests exceptions → ours."""
+    import requests
+
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, requests.RequestException):
+        return map_requests_error(exc, "alpha_vantage", symbol)
+    if isinstance(exc, ValueError):
+        text = str(exc)
+        if "Invalid API call" in text or "Error Message" in text:
+            return SymbolNotFound(
+                f"alpha_vantage does not know {symbol}", provider="alpha_vantage", symbol=symbol
+            )
+        return ProviderUnavailable(
+            f"alpha_vantage answer unusable: {text[:120]}", provider="alpha_vantage", symbol=symbol
+        )
+    return ProviderUnavailable(
+        f"alpha_vantage call failed: {type(exc).__name__}", provider="alpha_vantage", symbol=symbol
+    )

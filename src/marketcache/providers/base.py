@@ -1,0 +1,198 @@
+"""The Provider base class: capabilities, paging with retries, and the canonical frame.
+
+Subclasses implement `_fetch_page` (one request, third-party errors mapped to ours) and
+`_next_page` (where the next page starts); everything else lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from marketcache.config import ProviderSettings
+from marketcache.errors import ProviderUnavailable, RangeUnavailable
+from marketcache.models import utcnow
+from marketcache.providers.http import with_retries
+from marketcache.symbols import AssetClass
+from marketcache.timeframes import Timeframe
+
+CANONICAL = ["timestamp", "open", "high", "low", "close", "volume"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can serve: timeframes, how far back, for which asset classes."""
+
+    timeframes: frozenset[str]
+    asset_classes: frozenset[AssetClass]
+    history_window: dict[str, timedelta] = field(default_factory=dict)
+    needs_key: bool = False
+
+    def earliest(self, timeframe: str, now: pd.Timestamp | None = None) -> pd.Timestamp | None:
+        window = self.history_window.get(timeframe)
+        if window is None:
+            return None
+        return (now if now is not None else utcnow()) - pd.Timedelta(window) + pd.Timedelta(hours=1)
+
+
+@dataclass
+class Page:
+    """One answer: its bars (canonical frame) and whether the provider has more after it."""
+
+    frame: pd.DataFrame
+    more: bool
+    next_start: pd.Timestamp | None = None  # for services that page by time window
+
+
+@dataclass
+class FetchResult:
+    frame: pd.DataFrame
+    requests: int = 0
+    dropped_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Provider:
+    """A market-data service. Subclasses set `name`, `capabilities` and the two page hooks."""
+
+    name = "base"
+    capabilities = Capabilities(frozenset(), frozenset())
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        state_dir: Path | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self.sleep = sleep
+
+    def available(self) -> bool:
+        """False when the provider cannot be used at all (disabled, key missing)."""
+        if not self.settings.enabled:
+            return False
+        return not (self.capabilities.needs_key and not self.settings.api_key)
+
+    def supports(self, timeframe: str) -> bool:
+        return timeframe in self.capabilities.timeframes
+
+    def fetch(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> FetchResult:
+        """Every closed bar in [start, end), as a canonical frame, paging as needed."""
+        if not self.supports(timeframe.name):
+            raise RangeUnavailable(
+                f"{self.name} has no {timeframe} bars", provider=self.name, symbol=symbol
+            )
+        earliest = self.capabilities.earliest(timeframe.name)
+        if earliest is not None and end <= earliest:
+            raise RangeUnavailable(
+                f"{self.name} keeps {timeframe} bars only since {earliest:%Y-%m-%d}",
+                provider=self.name,
+                symbol=symbol,
+            )
+        if earliest is not None and start < earliest:
+            start = timeframe.next_open(earliest)
+        frames: list[pd.DataFrame] = []
+        result = FetchResult(pd.DataFrame(columns=CANONICAL))
+        cursor = start
+        for _ in range(100_000):
+            page_start = cursor
+            page = with_retries(
+                lambda s=page_start: self._fetch_page(symbol, timeframe, s, end),  # type: ignore[misc]
+                budget=self.settings.retry_budget,
+                sleep=self.sleep,
+            )
+            result.requests += 1
+            if len(page.frame):
+                frames.append(page.frame)
+            if not page.more:
+                break
+            nxt = self._next_page(page, timeframe, cursor, end)
+            if nxt is None or nxt <= cursor or nxt >= end:
+                break
+            cursor = nxt
+        else:  # pragma: no cover - a provider that never stops paging
+            raise ProviderUnavailable(f"{self.name} paged without end", provider=self.name)
+        frame = pd.concat(frames, ignore_index=True) if frames else result.frame
+        result.frame, result.dropped_rows, notes = canonical_frame(frame, start, end, timeframe)
+        result.notes.extend(notes)
+        return result
+
+    # ---- hooks ---------------------------------------------------------------------------
+
+    def _fetch_page(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> Page:
+        raise NotImplementedError
+
+    def _next_page(
+        self, page: Page, timeframe: Timeframe, cursor: pd.Timestamp, end: pd.Timestamp
+    ) -> pd.Timestamp | None:
+        """Where the next page starts; default: one bar after the last one received."""
+        if page.next_start is not None:
+            return page.next_start
+        if not len(page.frame):
+            return None
+        return timeframe.next_open(page.frame["timestamp"].max())
+
+
+def canonical_frame(
+    frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, timeframe: Timeframe
+) -> tuple[pd.DataFrame, int, list[str]]:
+    """Sorted, unique, inside [start, end), only closed bars with sound values.
+
+    Returns the frame, how many rows were dropped as unsound, and notes saying why.
+    """
+    notes: list[str] = []
+    if frame.empty:
+        return (
+            pd.DataFrame({c: pd.Series(dtype="float64") for c in CANONICAL}).astype(
+                {"timestamp": "datetime64[ns]"}
+            ),
+            0,
+            notes,
+        )
+    cols = [c for c in (*CANONICAL, "adj_close") if c in frame.columns]
+    df = frame[cols].copy()
+    df["timestamp"] = pd.to_datetime(df["timestamp"], errors="coerce").astype("datetime64[ns]")
+    for col in cols[1:]:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    now = utcnow()
+    in_range = (df["timestamp"] >= start) & (df["timestamp"] < end)
+    df = df[in_range.fillna(False).to_numpy()]
+    closing = (
+        df["timestamp"].map(timeframe.next_open)
+        if timeframe.name == "1M"
+        else (df["timestamp"] + pd.Timedelta(minutes=timeframe.minutes))
+    )
+    still_open = (closing > now).to_numpy()
+    if still_open.any():
+        notes.append(f"left out {int(still_open.sum())} bar(s) still open")
+        df = df[~still_open]
+    prices = df[["open", "high", "low", "close"]].to_numpy()
+    vol = df["volume"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        sound = (
+            np.isfinite(prices).all(axis=1)
+            & np.isfinite(vol)
+            & (prices > 0).all(axis=1)
+            & (vol >= 0)
+            & (prices[:, 1] >= np.maximum(prices[:, 0], prices[:, 3]))
+            & (prices[:, 2] <= np.minimum(prices[:, 0], prices[:, 3]))
+        )
+    dropped = int((~sound).sum())
+    if dropped:
+        first = df["timestamp"].to_numpy()[~sound][0]
+        notes.append(f"dropped {dropped} unsound row(s) (first at {pd.Timestamp(first)})")
+    df = df[sound]
+    df = df.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable")
+    return df.reset_index(drop=True), dropped, notes

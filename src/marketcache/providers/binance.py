@@ -1,0 +1,138 @@
+"""Binance spot klines through python-binance (1,000 bars a page)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from marketcache.errors import (
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    SymbolNotFound,
+)
+from marketcache.providers.base import Capabilities, Page, Provider
+from marketcache.providers.http import make_session, map_requests_error, retry_after_seconds
+from marketcache.symbols import AssetClass
+from marketcache.timeframes import TIMEFRAMES, Timeframe
+
+PAGE = 1000
+_SYMBOL_UNKNOWN = (-1121, -1100)
+_RATE_CODES = (-1003, -1015)
+
+
+class BinanceProvider(Provider):
+    name = "binance"
+    capabilities = Capabilities(
+        timeframes=frozenset(TIMEFRAMES),
+        asset_classes=frozenset({AssetClass.CRYPTO}),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from binance.client import Client
+
+            client = Client(ping=False, requests_params={"timeout": self.settings.timeout})
+            client.API_URL = f"{self.settings.base_url}/api"
+            session = make_session(self.settings, self.state_dir)
+            session.headers.update(client.session.headers)
+            client.session = session
+            self._client = client
+        return self._client
+
+    def _fetch_page(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> Page:
+        params = {
+            "symbol": symbol.replace("/", ""),
+            "interval": timeframe.name,
+            "startTime": _ms(start),
+            "endTime": _ms(end) - 1,
+            "limit": PAGE,
+        }
+        try:
+            rows = self.client.get_klines(**params)
+        except Exception as exc:
+            raise map_binance_error(exc, symbol) from exc
+        if not isinstance(rows, list):
+            raise ProviderUnavailable(
+                "binance answered something that is not a kline list",
+                provider=self.name,
+                symbol=symbol,
+            )
+        return Page(_klines_frame(rows, symbol), more=len(rows) >= PAGE)
+
+
+def _ms(ts: pd.Timestamp) -> int:
+    return int(pd.Timestamp(ts).value // 1_000_000)
+
+
+def _klines_frame(rows: list[Any], symbol: str) -> pd.DataFrame:
+    good = [r for r in rows if isinstance(r, list | tuple) and len(r) >= 6]
+    if len(good) != len(rows):
+        raise ProviderUnavailable(
+            f"binance klines for {symbol} are malformed", provider="binance", symbol=symbol
+        )
+    frame = pd.DataFrame(
+        [r[:6] for r in good], columns=["t", "open", "high", "low", "close", "volume"]
+    )
+    frame["timestamp"] = pd.to_datetime(
+        pd.to_numeric(frame["t"], errors="coerce"), unit="ms", errors="coerce"
+    )
+    for col in ("open", "high", "low", "close", "volume"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame.drop(columns="t")
+
+
+def map_binance_error(exc: Exception, symbol: str) -> ProviderError:
+    """python-binance and requests exceptions → ours (nothing else escapes the adapter)."""
+    import requests
+    from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, BinanceAPIException):
+        status, code = exc.status_code, exc.code
+        retry = retry_after_seconds(getattr(exc.response, "headers", None))
+        if code in _SYMBOL_UNKNOWN or (status == 400 and "symbol" in str(exc.message).lower()):
+            return SymbolNotFound(
+                f"binance does not list {symbol}", provider="binance", symbol=symbol
+            )
+        if status in (429, 418) or code in _RATE_CODES:
+            return RateLimited(
+                f"binance rate limit (HTTP {status})",
+                provider="binance",
+                symbol=symbol,
+                retry_after=retry,
+            )
+        if status >= 500 or code == 0:
+            return ProviderUnavailable(
+                f"binance answered HTTP {status}",
+                provider="binance",
+                symbol=symbol,
+                retry_after=retry,
+            )
+        return ProviderError(
+            f"binance refused the request: {exc.message} (code {code})",
+            provider="binance",
+            symbol=symbol,
+        )
+    if isinstance(exc, BinanceRequestException):
+        return ProviderUnavailable(
+            "binance answered an unreadable body", provider="binance", symbol=symbol
+        )
+    if isinstance(exc, requests.RequestException):
+        return map_requests_error(exc, "binance", symbol)
+    if isinstance(exc, ValueError):
+        return ProviderUnavailable(
+            f"binance answer could not be read: {exc}", provider="binance", symbol=symbol
+        )
+    return ProviderUnavailable(
+        f"binance call failed: {type(exc).__name__}", provider="binance", symbol=symbol
+    )

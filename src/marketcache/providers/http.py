@@ -1,0 +1,146 @@
+"""HTTP discipline shared by every adapter.
+
+- A requests session whose rate limit lives in a SQLite bucket inside the cache folder, so
+  every marketcache process on one cache shares one provider limit.
+- A timeout on every request.
+- `with_retries`: 429/418/5xx/timeouts/garbled bodies retried with capped, jittered
+  exponential backoff that honours Retry-After, within a retry budget (seconds) after which
+  the error is raised so the selector can fail over.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from requests_ratelimiter import LimiterSession
+
+from marketcache.config import ProviderSettings
+from marketcache.errors import ProviderError, ProviderUnavailable, RateLimited
+
+T = TypeVar("T")
+MAX_BACKOFF = 30.0
+BASE_BACKOFF = 0.5
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) marketcache/0.1"
+
+
+class TimeoutSession(LimiterSession):
+    """A rate-limited session that never sends a request without a timeout."""
+
+    def __init__(self, timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.default_timeout = timeout
+        self.headers["User-Agent"] = USER_AGENT
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.default_timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def make_session(
+    settings: ProviderSettings,
+    state_dir: Path | None,
+    session_class: type[TimeoutSession] = TimeoutSession,
+    **extra: Any,
+) -> TimeoutSession:
+    """A session limited as `settings` says; the bucket is shared through `state_dir`."""
+    rate = settings.rate_limit
+    kwargs: dict[str, Any] = {
+        "per_second": rate.per_second or 0,
+        "per_minute": rate.per_minute or 0,
+        "per_hour": rate.per_hour or 0,
+        "per_day": rate.per_day or 0,
+        "per_host": False,
+        "bucket_name": settings.name,
+        "max_delay": settings.retry_budget or None,
+        "limit_statuses": (429, 418),
+    }
+    if state_dir is not None:
+        from pyrate_limiter import SQLiteBucket
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["bucket_class"] = SQLiteBucket
+        kwargs["bucket_kwargs"] = {
+            "path": str(state_dir / "ratelimit.sqlite"),
+            "use_file_lock": True,
+        }
+    return session_class(settings.timeout, **kwargs, **extra)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Parse a Retry-After header (seconds or an HTTP date)."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def raise_for_status(resp: requests.Response, provider: str, symbol: str) -> None:
+    """Map an HTTP error status to our errors (404/400-class are left to the adapter)."""
+    code = resp.status_code
+    if code in (429, 418):
+        raise RateLimited(
+            f"{provider} answered HTTP {code} (rate limited)",
+            provider=provider,
+            symbol=symbol,
+            retry_after=retry_after_seconds(resp.headers),
+        )
+    if code >= 500:
+        raise ProviderUnavailable(
+            f"{provider} answered HTTP {code}",
+            provider=provider,
+            symbol=symbol,
+            retry_after=retry_after_seconds(resp.headers),
+        )
+
+
+def map_requests_error(exc: Exception, provider: str, symbol: str) -> ProviderError:
+    if isinstance(exc, requests.Timeout):
+        return ProviderUnavailable(f"{provider} timed out", provider=provider, symbol=symbol)
+    if isinstance(exc, requests.ConnectionError):
+        return ProviderUnavailable(
+            f"cannot reach {provider}: connection failed", provider=provider, symbol=symbol
+        )
+    return ProviderUnavailable(
+        f"{provider} request failed: {type(exc).__name__}", provider=provider, symbol=symbol
+    )
+
+
+def with_retries(
+    call: Callable[[], T],
+    *,
+    budget: float,
+    sleep: Callable[[float], None] = time.sleep,
+    max_attempts: int = 8,
+) -> T:
+    """Run `call`, retrying retryable ProviderErrors until the budget (seconds) is spent."""
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except ProviderError as exc:
+            if not exc.retryable:
+                raise
+            attempt += 1
+            hinted = exc.retry_after
+            backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (attempt - 1))
+            delay = hinted if hinted is not None else backoff * random.uniform(0.5, 1.0)
+            delay = min(delay, MAX_BACKOFF * 4)
+            if attempt >= max_attempts or time.monotonic() + delay > deadline:
+                raise
+            sleep(delay)

@@ -1,0 +1,37 @@
+"""Provider names → adapter classes (imported lazily: the libraries are heavy)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+from marketcache.config import Settings
+from marketcache.errors import UsageError
+from marketcache.providers.base import Provider
+
+PROVIDERS: dict[str, str] = {
+    "binance": "marketcache.providers.binance:BinanceProvider",
+    "yahoo": "marketcache.providers.yahoo:YahooProvider",
+    "alpha_vantage": "marketcache.providers.alpha_vantage:AlphaVantageProvider",
+}
+ALIASES = {"yfinance": "yahoo", "alphavantage": "alpha_vantage", "av": "alpha_vantage"}
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in PROVIDERS:
+        raise UsageError(f"unknown provider '{name}': use one of {', '.join(PROVIDERS)}")
+    return key
+
+
+def provider_class(name: str) -> type[Provider]:
+    module, _, attr = PROVIDERS[canonical_name(name)].partition(":")
+    cls = getattr(import_module(module), attr)
+    assert issubclass(cls, Provider)
+    return cls
+
+
+def build_providers(settings: Settings, state_dir: Path | None) -> dict[str, Provider]:
+    """One adapter per configured provider, sharing rate limits through `state_dir`."""
+    return {name: provider_class(name)(settings.providers[name], state_dir) for name in PROVIDERS}

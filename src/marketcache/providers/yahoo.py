@@ -1,0 +1,222 @@
+"""Yahoo Finance chart API through yfinance's session machinery (cookie, crumb, consent).
+
+Every Yahoo host yfinance talks to is sent to `base_url` when it is not Yahoo's own. Bars are
+raw (auto_adjust=False semantics): OHLC as traded, the adjusted close in `adj_close`. Daily and
+longer bars are stamped with the exchange-local session date.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+
+from marketcache.errors import (
+    ProviderError,
+    ProviderUnavailable,
+    RangeUnavailable,
+    RateLimited,
+    SymbolNotFound,
+)
+from marketcache.providers.base import Capabilities, Page, Provider
+from marketcache.providers.http import (
+    TimeoutSession,
+    make_session,
+    map_requests_error,
+    raise_for_status,
+    retry_after_seconds,
+)
+from marketcache.symbols import AssetClass
+from marketcache.timeframes import Timeframe
+
+INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "60m",
+             "1d": "1d", "1w": "1wk", "1M": "1mo"}  # fmt: skip
+# Yahoo serves intraday history only this far back, and at most this much per request.
+WINDOWS = {"1m": timedelta(days=30), "5m": timedelta(days=60), "15m": timedelta(days=60),
+           "30m": timedelta(days=60), "1h": timedelta(days=730)}  # fmt: skip
+CHUNKS = {"1m": timedelta(days=7), "5m": timedelta(days=59), "15m": timedelta(days=59),
+          "30m": timedelta(days=59), "1h": timedelta(days=365)}  # fmt: skip
+_yf_lock = threading.Lock()
+
+
+class YahooSession(TimeoutSession):
+    """Sends every *.yahoo.com request to `redirect_to` and remembers the last response."""
+
+    def __init__(self, timeout: float, redirect_to: str | None = None, **kwargs: Any) -> None:
+        super().__init__(timeout, **kwargs)
+        self.redirect_to = urlsplit(redirect_to) if redirect_to else None
+        self._local = threading.local()
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        target = url.decode() if isinstance(url, bytes) else url
+        parts = urlsplit(target)
+        if self.redirect_to is not None and (parts.hostname or "").endswith("yahoo.com"):
+            base = self.redirect_to
+            path = (base.path.rstrip("/") + parts.path) or "/"
+            target = urlunsplit((base.scheme, base.netloc, path, parts.query, parts.fragment))
+        response = super().request(method, target, *args, **kwargs)
+        self._local.last = response
+        return response
+
+    @property
+    def last_response(self) -> Any:
+        return getattr(self._local, "last", None)
+
+
+class YahooProvider(Provider):
+    name = "yahoo"
+    capabilities = Capabilities(
+        timeframes=frozenset(INTERVALS),
+        asset_classes=frozenset({AssetClass.STOCK, AssetClass.CRYPTO, AssetClass.FX}),
+        history_window=dict(WINDOWS),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._session: YahooSession | None = None
+
+    @property
+    def session(self) -> YahooSession:
+        if self._session is None:
+            host = urlsplit(self.settings.base_url).hostname or ""
+            redirect = None if host.endswith("yahoo.com") else self.settings.base_url
+            session = make_session(
+                self.settings, self.state_dir, YahooSession, redirect_to=redirect
+            )
+            assert isinstance(session, YahooSession)
+            self._session = session
+        return self._session
+
+    def _data(self) -> Any:
+        import yfinance as yf
+        from yfinance.data import YfData
+
+        with _yf_lock:
+            if self.state_dir is not None:  # yfinance's caches live in the cache folder
+                where = Path(self.state_dir) / "yfinance"
+                where.mkdir(parents=True, exist_ok=True)
+                yf.set_tz_cache_location(str(where))
+            yf.config.network.retries = 0  # our retry budget is the only one
+            return YfData(session=self.session)
+
+    def _fetch_page(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> Page:
+        chunk = CHUNKS.get(timeframe.name)
+        page_end = min(end, start + pd.Timedelta(chunk)) if chunk else end
+        params = {
+            "period1": int(start.tz_localize("UTC").timestamp()),
+            "period2": int(page_end.tz_localize("UTC").timestamp()),
+            "interval": INTERVALS[timeframe.name],
+            "includePrePost": "false",
+            "events": "div,splits",
+        }
+        url = f"https://query2.finance.yahoo.com/v8/finance/chart/{symbol}"
+        try:
+            response = self._data().get(url=url, params=params, timeout=self.settings.timeout)
+        except Exception as exc:
+            raise map_yahoo_error(exc, symbol, self.session.last_response) from exc
+        body = _chart_body(response, symbol)
+        frame = chart_frame(body, timeframe)
+        return Page(frame, more=page_end < end, next_start=page_end)
+
+
+def _chart_body(response: Any, symbol: str) -> dict[str, Any]:
+    status = response.status_code
+    try:
+        body = json.loads(response.text)
+    except ValueError:
+        body = None
+    error = (body or {}).get("chart", {}).get("error") if isinstance(body, dict) else None
+    description = (error or {}).get("description") or (error or {}).get("code") or ""
+    if status == 404 or (error and error.get("code") == "Not Found"):
+        raise SymbolNotFound(
+            f"yahoo does not list {symbol}: {description or 'not found'}",
+            provider="yahoo",
+            symbol=symbol,
+        )
+    if status in (400, 422) or (
+        error and error.get("code") in ("Unprocessable Entity", "Bad Request")
+    ):
+        raise RangeUnavailable(
+            f"yahoo cannot serve that range: {description or f'HTTP {status}'}",
+            provider="yahoo",
+            symbol=symbol,
+        )
+    raise_for_status(response, "yahoo", symbol)
+    if status >= 400:
+        raise ProviderError(f"yahoo answered HTTP {status}", provider="yahoo", symbol=symbol)
+    if not isinstance(body, dict) or not isinstance(body.get("chart"), dict):
+        raise ProviderUnavailable(
+            "yahoo answered a body that is not chart JSON (truncated or an error page)",
+            provider="yahoo",
+            symbol=symbol,
+        )
+    return body
+
+
+def chart_frame(body: dict[str, Any], timeframe: Timeframe) -> pd.DataFrame:
+    """The canonical frame of one chart answer (empty when Yahoo has no bars there)."""
+    result = (body["chart"].get("result") or [None])[0]
+    columns = ["timestamp", "open", "high", "low", "close", "volume", "adj_close"]
+    if not result or not result.get("timestamp"):
+        return pd.DataFrame(columns=columns)
+    try:
+        meta = result.get("meta") or {}
+        stamps = np.asarray(result["timestamp"], dtype="int64")
+        quote = (result.get("indicators", {}).get("quote") or [{}])[0]
+        adj = ((result.get("indicators", {}).get("adjclose") or [{}])[0] or {}).get("adjclose")
+        data = {
+            col: pd.to_numeric(pd.Series(quote.get(col) or [None] * len(stamps)), errors="coerce")
+            for col in ("open", "high", "low", "close", "volume")
+        }
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ProviderUnavailable(
+            f"yahoo chart JSON is malformed: {exc}", provider="yahoo"
+        ) from None
+    frame = pd.DataFrame(data)
+    if len(frame) != len(stamps):
+        raise ProviderUnavailable("yahoo chart arrays differ in length", provider="yahoo")
+    utc = pd.to_datetime(stamps, unit="s", utc=True)
+    if timeframe.is_intraday:
+        frame.insert(0, "timestamp", utc.tz_localize(None))
+    else:
+        tz = meta.get("exchangeTimezoneName") or "UTC"
+        frame.insert(0, "timestamp", utc.tz_convert(tz).normalize().tz_localize(None))
+    if adj is not None and len(adj) == len(stamps):
+        frame["adj_close"] = pd.to_numeric(pd.Series(adj), errors="coerce")
+    empty = frame[["open", "high", "low", "close"]].isna().all(axis=1).to_numpy()
+    return frame[~empty].reset_index(drop=True)
+
+
+def map_yahoo_error(exc: Exception, symbol: str, last_response: Any = None) -> ProviderError:
+    """yfinance and requests exceptions → ours (nothing else escapes the adapter)."""
+    import requests
+    from yfinance import exceptions as yfe
+
+    if isinstance(exc, ProviderError):
+        return exc
+    retry = retry_after_seconds(getattr(last_response, "headers", None))
+    if isinstance(exc, yfe.YFRateLimitError):
+        return RateLimited(
+            "yahoo rate limit (HTTP 429)", provider="yahoo", symbol=symbol, retry_after=retry
+        )
+    if isinstance(exc, yfe.YFTickerMissingError):  # also YFPricesMissingError, YFTzMissingError
+        return SymbolNotFound(f"yahoo has no prices for {symbol}", provider="yahoo", symbol=symbol)
+    if isinstance(exc, yfe.YFInvalidPeriodError):
+        return RangeUnavailable(
+            f"yahoo cannot serve that range for {symbol}", provider="yahoo", symbol=symbol
+        )
+    if isinstance(exc, yfe.YFException):
+        return ProviderUnavailable(f"yahoo failed: {exc}", provider="yahoo", symbol=symbol)
+    if isinstance(exc, requests.RequestException):
+        return map_requests_error(exc, "yahoo", symbol)
+    return ProviderUnavailable(
+        f"yahoo call failed: {type(exc).__name__}", provider="yahoo", symbol=symbol
+    )

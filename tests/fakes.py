@@ -1,0 +1,363 @@
+"""Fake provider servers on 127.0.0.1 speaking Binance, Yahoo and Alpha Vantage wire formats.
+
+Each server holds bar series (recorded fixtures or generated), answers the real endpoints the
+adapters call, counts requests, and can be told to misbehave for the next N data requests:
+an HTTP status with headers, an HTML page, a truncated body, or a stall.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pandas as pd
+
+from conftest import FIXTURES
+
+HTML_ERROR = b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
+
+
+@dataclass
+class Fault:
+    status: int = 503
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    truncate: bool = False  # send the real answer cut in half (valid HTTP, broken JSON)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+class FakeServer:
+    """A threaded HTTP server; subclasses implement `answer(path, query)`."""
+
+    data_path = "/"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                server._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def fail_next(self, n: int = 1, **kwargs: Any) -> None:
+        for _ in range(n):
+            self.faults.append(Fault(**kwargs))
+
+    def data_requests(self) -> list[dict[str, str]]:
+        return [q for p, q in self.requests if p.startswith(self.data_path)]
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        is_data = parts.path.startswith(self.data_path)
+        with self._lock:
+            self.requests.append((parts.path, query))
+            fault = self.faults.popleft() if is_data and self.faults else None
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        answer = self.answer(parts.path, query)
+        if fault is not None and not fault.truncate:
+            answer = Answer(
+                fault.status,
+                fault.body if fault.body is not None else b'{"error": "injected"}',
+                fault.headers,
+                "text/html" if fault.body and fault.body.startswith(b"<") else "application/json",
+            )
+        elif fault is not None:
+            answer = Answer(200, answer.body[: len(answer.body) // 2], {})
+        try:
+            h.send_response(answer.status)
+            h.send_header("Content-Type", answer.content_type)
+            h.send_header("Content-Length", str(len(answer.body)))
+            for k, v in answer.headers.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(answer.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def answer(self, path: str, query: dict[str, str]) -> Answer:
+        raise NotImplementedError
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, json.dumps(payload).encode(), headers or {})
+
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+# ---- Binance ---------------------------------------------------------------------------------
+
+INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+               "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "1d": 86_400_000}  # fmt: skip
+
+
+class FakeBinance(FakeServer):
+    """GET /api/v3/klines, 1,000 rows at most, -1121 for symbols it does not list."""
+
+    data_path = "/api/v3/klines"
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str], pd.DataFrame] = {}
+        super().__init__()
+
+    def add(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
+        self.series[(symbol, interval)] = frame.sort_values("timestamp").reset_index(drop=True)
+
+    def add_fixture(self, name: str) -> tuple[str, str, pd.DataFrame]:
+        raw = json.loads((FIXTURES / "binance" / name).read_text())
+        rows = raw["klines"]
+        frame = pd.DataFrame(
+            {
+                "timestamp": pd.to_datetime([r[0] for r in rows], unit="ms"),
+                **{c: [float(r[i]) for r in rows] for i, c in enumerate(
+                    ["open", "high", "low", "close", "volume"], start=1)},
+            }
+        )  # fmt: skip
+        self.add(raw["symbol"], raw["interval"], frame)
+        return raw["symbol"], raw["interval"], frame
+
+    def answer(self, path: str, query: dict[str, str]) -> Answer:
+        if path == "/api/v3/ping":
+            return _json(200, {})
+        if path != self.data_path:
+            return _json(404, {"code": -1, "msg": "not found"})
+        key = (query.get("symbol", ""), query.get("interval", ""))
+        frame = self.series.get(key)
+        if frame is None:
+            return _json(400, {"code": -1121, "msg": "Invalid symbol."})
+        step = INTERVAL_MS[key[1]]
+        ms = frame["timestamp"].to_numpy("datetime64[ms]").astype(np.int64)
+        lo = int(query.get("startTime", 0))
+        hi = int(query.get("endTime", 2**62))
+        limit = min(int(query.get("limit", 500)), 1000)
+        sel = np.flatnonzero((ms >= lo) & (ms <= hi))[:limit]
+        rows = [
+            [int(ms[i]), _num(frame["open"].iat[i]), _num(frame["high"].iat[i]),
+             _num(frame["low"].iat[i]), _num(frame["close"].iat[i]),
+             _num(frame["volume"].iat[i]), int(ms[i]) + step - 1, "0", 0, "0", "0", "0"]
+            for i in sel
+        ]  # fmt: skip
+        return _json(200, rows)
+
+
+# ---- Yahoo -----------------------------------------------------------------------------------
+
+YAHOO_INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "60m": "1h",
+                   "1d": "1d", "1wk": "1w", "1mo": "1M"}  # fmt: skip
+
+
+class FakeYahoo(FakeServer):
+    """Cookie (/), crumb (/v1/test/getcrumb) and chart (/v8/finance/chart/SYMBOL) endpoints.
+
+    Daily bars are served stamped at the regular session's open in the exchange's zone, as
+    Yahoo does; `null` quotes and missing `timestamp` arrays are reproduced.
+    """
+
+    data_path = "/v8/finance/chart/"
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str], tuple[pd.DataFrame, str]] = {}
+        super().__init__()
+
+    def add(self, symbol: str, tf: str, frame: pd.DataFrame, tz: str = "America/New_York") -> None:
+        """`frame` has UTC timestamps (intraday) or session dates (daily, stamped 09:30 local)."""
+        self.series[(symbol, tf)] = (frame.sort_values("timestamp").reset_index(drop=True), tz)
+
+    def add_fixture(self, name: str) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+        """Serve a recorded chart body; returns (symbol, the rows as recorded, the body)."""
+        record = json.loads((FIXTURES / "yahoo" / name).read_text())
+        result = record["body"]["chart"]["result"][0]
+        meta = result["meta"]
+        quote = result["indicators"]["quote"][0]
+        frame = pd.DataFrame(
+            {
+                "epoch": result["timestamp"],
+                **{c: quote[c] for c in ("open", "high", "low", "close", "volume")},
+            }
+        )
+        if "adjclose" in result["indicators"]:
+            frame["adj_close"] = result["indicators"]["adjclose"][0]["adjclose"]
+        frame["timestamp"] = pd.to_datetime(frame["epoch"], unit="s")
+        tf = YAHOO_INTERVALS[meta["dataGranularity"]]
+        self.series[(meta["symbol"], tf)] = (frame, meta["exchangeTimezoneName"])
+        return meta["symbol"], frame, record["body"]
+
+    def answer(self, path: str, query: dict[str, str]) -> Answer:
+        if path in ("/", ""):
+            return Answer(200, b"ok", {"Set-Cookie": "A3=fake; Path=/"}, "text/html")
+        if path.endswith("/getcrumb"):
+            return Answer(200, b"fakecrumb", {}, "text/plain")
+        if not path.startswith(self.data_path):
+            return Answer(404, b"<html>not here</html>", {}, "text/html")
+        symbol = path[len(self.data_path) :]
+        tf = YAHOO_INTERVALS.get(query.get("interval", "1d"), "?")
+        entry = self.series.get((symbol, tf))
+        if entry is None:
+            return _json(404, {"chart": {"result": None, "error": {
+                "code": "Not Found", "description": "No data found, symbol may be delisted"}}})  # fmt: skip
+        frame, tz = entry
+        p1, p2 = int(query.get("period1", 0)), int(query.get("period2", 2**40))
+        if "epoch" in frame:
+            epochs = frame["epoch"].to_numpy(np.int64)
+        elif tf in ("1d", "1w", "1M"):
+            local = (frame["timestamp"] + pd.Timedelta(hours=9, minutes=30)).dt.tz_localize(tz)
+            epochs = local.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[s]").astype(np.int64)
+        else:
+            epochs = frame["timestamp"].to_numpy("datetime64[s]").astype(np.int64)
+        sel = (epochs >= p1) & (epochs < p2)
+        part = frame[sel]
+        meta = {"symbol": symbol, "exchangeTimezoneName": tz, "dataGranularity": query.get("interval"),
+                "currency": "USD", "gmtoffset": -18000, "timezone": "EST"}  # fmt: skip
+        result: dict[str, Any] = {"meta": meta, "indicators": {"quote": [{}]}}
+        if len(part):
+            result["timestamp"] = [int(e) for e in epochs[sel]]
+            result["indicators"]["quote"][0] = {
+                c: [None if pd.isna(v) else float(v) for v in part[c]]
+                for c in ("open", "high", "low", "close", "volume")
+            }
+            if "adj_close" in part:
+                result["indicators"]["adjclose"] = [
+                    {"adjclose": [None if pd.isna(v) else float(v) for v in part["adj_close"]]}
+                ]
+        return _json(200, {"chart": {"result": [result], "error": None}})
+
+
+# ---- Alpha Vantage ---------------------------------------------------------------------------
+
+
+class FakeAlphaVantage(FakeServer):
+    """GET /query?function=TIME_SERIES_INTRADAY|TIME_SERIES_DAILY (labels are US/Eastern bar ends)."""
+
+    data_path = "/query"
+
+    def __init__(self, key: str = "demo-key") -> None:
+        self.key = key
+        self.intraday: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+        self.daily: dict[str, dict[str, dict[str, str]]] = {}
+        self.quota_left: int | None = None
+        super().__init__()
+
+    def add_fixture(self, name: str) -> tuple[str, dict[str, Any]]:
+        body = json.loads((FIXTURES / "alphavantage" / name).read_text())
+        meta = body["Meta Data"]
+        interval = meta["4. Interval"]
+        self.intraday[(meta["2. Symbol"], interval)] = body[f"Time Series ({interval})"]
+        return meta["2. Symbol"], body
+
+    def add_intraday(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
+        """`frame` timestamps are UTC bar opens; served as US/Eastern bar-end labels."""
+        minutes = int(interval.removesuffix("min"))
+        ends = (frame["timestamp"] + pd.Timedelta(minutes=minutes)).dt.tz_localize("UTC")
+        labels = ends.dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d %H:%M:%S")
+        self.intraday[(symbol, interval)] = {
+            label: _av_row(row) for label, row in zip(labels, frame.itertuples(), strict=True)
+        }
+
+    def add_daily(self, symbol: str, frame: pd.DataFrame) -> None:
+        self.daily[symbol] = {
+            f"{row.timestamp:%Y-%m-%d}": _av_row(row) for row in frame.itertuples()
+        }
+
+    def answer(self, path: str, query: dict[str, str]) -> Answer:
+        if path != self.data_path:
+            return Answer(404, b"<html>not here</html>", {}, "text/html")
+        if query.get("apikey") != self.key:
+            return _json(200, {"Error Message": "the parameter apikey is invalid or missing."})
+        if self.quota_left is not None:
+            if self.quota_left <= 0:
+                return _json(200, {"Information": "Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day."})  # fmt: skip
+            self.quota_left -= 1
+        symbol = query.get("symbol", "")
+        if query.get("function") == "TIME_SERIES_DAILY":
+            series = self.daily.get(symbol)
+            if series is None:
+                return _json(200, {"Error Message": "Invalid API call. Please retry or visit the documentation (https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY."})  # fmt: skip
+            return _json(200, {"Meta Data": {"2. Symbol": symbol}, "Time Series (Daily)": series})
+        interval = query.get("interval", "")
+        series = self.intraday.get((symbol, interval))
+        if series is None:
+            return _json(200, {"Error Message": "Invalid API call. Please retry or visit the documentation (https://www.alphavantage.co/documentation/) for TIME_SERIES_INTRADAY."})  # fmt: skip
+        month = query.get("month")
+        if month:
+            series = {k: v for k, v in series.items() if k.startswith(month)}
+        return _json(200, {
+            "Meta Data": {"2. Symbol": symbol, "4. Interval": interval, "6. Time Zone": "US/Eastern"},
+            f"Time Series ({interval})": series})  # fmt: skip
+
+
+def _av_row(row: Any) -> dict[str, str]:
+    return {"1. open": _num(row.open), "2. high": _num(row.high), "3. low": _num(row.low),
+            "4. close": _num(row.close), "5. volume": _num(row.volume)}  # fmt: skip
+
+
+def config_for(
+    binance: FakeServer | None = None,
+    yahoo: FakeServer | None = None,
+    alpha_vantage: FakeServer | None = None,
+    *,
+    timeout: float = 2.0,
+    retry_budget: float = 20.0,
+    extra: str = "",
+) -> str:
+    """A providers.yaml pointing every provider at the fakes (unset ones at a dead port)."""
+    dead = "http://127.0.0.1:9"
+
+    def block(name: str, server: FakeServer | None, more: str = "") -> str:
+        url = server.url if server else dead
+        return (
+            f"  {name}: {{base_url: '{url}', timeout: {timeout}, retry_budget: {retry_budget},"
+            f" rate_limit: {{per_second: 200}}{more}}}\n"
+        )
+
+    return (
+        "providers:\n"
+        + block("binance", binance)
+        + block("yahoo", yahoo)
+        + block("alpha_vantage", alpha_vantage, ", api_key: '${ALPHAVANTAGE_API_KEY}'")
+        + extra
+    )
+
