@@ -201,7 +201,15 @@ class FakeYahoo(FakeServer):
 
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], tuple[pd.DataFrame, str]] = {}
+        self.raw: dict[tuple[str, str], Any] = {}
         super().__init__()
+
+    def add_recorded(self, name: str) -> dict[str, Any]:
+        """Answer every chart request for the fixture's symbol and interval with its body as is."""
+        body = json.loads((FIXTURES / "yahoo" / name).read_text())["body"]
+        meta = body["chart"]["result"][0]["meta"]
+        self.raw[(meta["symbol"], YAHOO_INTERVALS[meta["dataGranularity"]])] = body
+        return dict(body)
 
     def add(self, symbol: str, tf: str, frame: pd.DataFrame, tz: str = "America/New_York") -> None:
         """`frame` has UTC timestamps (intraday) or session dates (daily, stamped 09:30 local)."""
@@ -235,6 +243,8 @@ class FakeYahoo(FakeServer):
             return Answer(404, b"<html>not here</html>", {}, "text/html")
         symbol = path[len(self.data_path) :]
         tf = YAHOO_INTERVALS.get(query.get("interval", "1d"), "?")
+        if (symbol, tf) in self.raw:
+            return _json(200, self.raw[(symbol, tf)])
         entry = self.series.get((symbol, tf))
         if entry is None:
             return _json(404, {"chart": {"result": None, "error": {

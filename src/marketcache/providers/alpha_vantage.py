@@ -33,6 +33,7 @@ from marketcache.timeframes import Timeframe
 INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "60min"}
 DEFAULT_HOST = "https://www.alphavantage.co/query?"
 COMPACT_DAYS = 100
+EXCHANGE_TZ = "America/New_York"
 
 
 class AlphaVantageProvider(Provider):
@@ -72,13 +73,17 @@ class AlphaVantageProvider(Provider):
                 recent = start >= pd.Timestamp.now() - pd.Timedelta(days=COMPACT_DAYS - 5)
                 data, _ = self.client.get_daily(symbol, outputsize="compact" if recent else "full")
                 return Page(_series_frame(data, symbol, None), more=False)
-            month_start = pd.Timestamp(start.year, start.month, 1)
-            next_month = month_start + pd.DateOffset(months=1)
+            # `month` is a New York calendar month; the next page starts at its end, in UTC
+            local = start.tz_localize("UTC").tz_convert(EXCHANGE_TZ)
+            next_local = pd.Timestamp(local.year, local.month, 1, tz=EXCHANGE_TZ) + pd.DateOffset(
+                months=1
+            )
+            next_month = next_local.tz_convert("UTC").tz_localize(None)
             data, _ = self.client.get_intraday(
                 symbol,
                 interval=INTERVALS[timeframe.name],
                 outputsize="full",
-                month=f"{start:%Y-%m}",
+                month=f"{local:%Y-%m}",
                 extended_hours="false",
                 adjusted="false",
             )
@@ -170,7 +175,7 @@ def _series_frame(data: Any, symbol: str, timeframe: Timeframe | None) -> pd.Dat
     frame = pd.DataFrame(rows, columns=columns)
     stamps = pd.to_datetime(frame["timestamp"], errors="coerce")
     if timeframe is not None:  # US/Eastern bar-end labels → UTC bar opens
-        local = stamps.dt.tz_localize("America/New_York", ambiguous="NaT", nonexistent="NaT")
+        local = stamps.dt.tz_localize(EXCHANGE_TZ, ambiguous="NaT", nonexistent="NaT")
         stamps = local.dt.tz_convert("UTC").dt.tz_localize(None) - timedelta(
             minutes=timeframe.minutes
         )

@@ -127,20 +127,26 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
     max_attempts: int = 8,
 ) -> T:
-    """Run `call`, retrying retryable ProviderErrors until the budget (seconds) is spent."""
-    deadline = time.monotonic() + budget
+    """Run `call`, retrying retryable ProviderErrors until the budget (seconds) is spent.
+
+    The budget counts time spent in calls plus time slept, so a dead provider fails over in
+    bounded time.
+    """
+    spent = 0.0
     attempt = 0
     while True:
+        began = time.monotonic()
         try:
             return call()
         except ProviderError as exc:
+            spent += time.monotonic() - began
             if not exc.retryable:
                 raise
             attempt += 1
-            hinted = exc.retry_after
             backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (attempt - 1))
-            delay = hinted if hinted is not None else backoff * random.uniform(0.5, 1.0)
-            delay = min(delay, MAX_BACKOFF * 4)
-            if attempt >= max_attempts or time.monotonic() + delay > deadline:
+            hinted = exc.retry_after
+            delay = min(hinted, MAX_BACKOFF * 4) if hinted is not None else backoff * random.uniform(0.5, 1.0)
+            if attempt >= max_attempts or spent + delay > budget:
                 raise
             sleep(delay)
+            spent += delay
