@@ -185,6 +185,12 @@ class UnifiedCache:
         self._recover(sym, tf, year)
         meta_path = self.layout.meta_path(sym, tf, year)
         meta = read_metadata(meta_path) if meta_path.exists() else None
+        if meta is not None:
+            part = _drop_unchanged_last_row(meta, part)
+            if part.empty:
+                rows = int(meta["file_info"]["rows"])
+                score = meta["data_quality"]["score"]
+                return YearWrite(year, "unchanged", rows, rows, 0, 0, score)
         if meta is not None and self._can_append(sym, tf, year, meta, part):
             return self._append(sym, tf, year, meta, part, provider)
         old = self.read_year(sym, tf, year) if meta is not None else None
@@ -247,6 +253,7 @@ class UnifiedCache:
             tail=check.tail,
             provider=provider,
             new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]),
+            last_row=_last_row(part),
         )
         pending = self._write_pending(sym, tf, year, new_meta)
         append_durable(data_path, member, committed)
@@ -309,6 +316,7 @@ class UnifiedCache:
             tail=check.tail,
             provider=provider,
             new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]) if len(part) else None,
+            last_row=_last_row(merged),
         )
         pending = self._write_pending(sym, tf, year, new_meta)
         write_atomic(self.layout.data_path(sym, tf, year), data)
@@ -338,6 +346,7 @@ class UnifiedCache:
         tail: TailContext | None,
         provider: str,
         new_span: tuple[Any, Any] | None,
+        last_row: dict[str, Any] | None,
     ) -> dict[str, Any]:
         score, breakdown = score_counts(counts)
         prov = self.settings.providers.get(provider)
@@ -378,6 +387,7 @@ class UnifiedCache:
                 "columns": columns,
                 "sha256": sha256,
                 "members": members,
+                "last_row": last_row,
             },
             "provider_info": {
                 "name": provider,
@@ -1095,6 +1105,37 @@ def _sha256_prefix(path: Path, size: int) -> Any:
             h.update(chunk)
             remaining -= len(chunk)
     return h
+
+
+def _last_row(df: pd.DataFrame) -> dict[str, Any] | None:
+    """The last stored bar, kept in metadata so a re-fetched copy can be recognised."""
+    if df.empty:
+        return None
+    row = df.iloc[-1]
+    out: dict[str, Any] = {"timestamp": _iso(row["timestamp"])}
+    for col in df.columns[1:]:
+        value = float(row[col])
+        out[col] = None if np.isnan(value) else value
+    return out
+
+
+def _drop_unchanged_last_row(meta: dict[str, Any], part: pd.DataFrame) -> pd.DataFrame:
+    """Drop the first row of `part` when it repeats the stored last bar exactly.
+
+    A refresh re-asks for the last stored bar (it may have been revised); when it was not,
+    the new bars can still be appended instead of rewriting the year.
+    """
+    last = meta["file_info"].get("last_row")
+    if not last or part.empty or pd.Timestamp(last["timestamp"]) != part["timestamp"].iloc[0]:
+        return part
+    first = part.iloc[0]
+    for col in part.columns[1:]:
+        stored = last.get(col)
+        value = float(first[col])
+        same = (stored is None and np.isnan(value)) or (stored is not None and stored == value)
+        if not same:
+            return part
+    return part.iloc[1:].reset_index(drop=True)
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:

@@ -122,6 +122,14 @@ class Settings:
         return self.symbols.get(symbol.upper(), SymbolSettings())
 
 
+DEFAULT_SELECTION = (
+    SelectionRule(("binance", "yahoo"), AssetClass.CRYPTO),
+    SelectionRule(("yahoo", "alpha_vantage"), AssetClass.STOCK, ("1d", "1w", "1M")),
+    SelectionRule(("alpha_vantage", "yahoo"), AssetClass.STOCK),
+    SelectionRule(("yahoo",), AssetClass.FX),
+)
+
+
 def default_config_text() -> str:
     return resources.files("marketcache").joinpath("default_providers.yaml").read_text("utf-8")
 
@@ -218,6 +226,8 @@ class _Parser:
             self.rule(r, f"selection[{i}]", providers)
             for i, r in enumerate(self.seq(top.get("selection") or [], "selection"))
         )
+        if "selection" not in top:
+            selection = DEFAULT_SELECTION
         symbols = self.symbols(top.get("symbols") or {})
         datasets = tuple(
             self.dataset(d, f"datasets[{i}]")

@@ -232,6 +232,9 @@ class _Runner:
         except MarketCacheError as exc:
             result.status = "failed"
             result.errors.append(str(exc))
+        except Exception as exc:  # a bug must not stop the other symbols; it is reported
+            result.status = "failed"
+            result.errors.append(f"internal error {type(exc).__name__}: {exc}")
         self.sink.advance(f"{job.symbol} {job.timeframe}", bars=result.rows_added)
         return result
 
@@ -277,7 +280,7 @@ class _Runner:
             if self.request.dry_run:
                 self._plan_only(plan, chain, result)
                 return
-            self._execute(job, tf, plan, chain, result, now)
+            self._execute(job, tf, plan, chain, result, now, expected, present)
         self._summarise(job, result)
 
     def _quarantine_corrupt(self, job: Job, years: Iterable[int], result: JobResult) -> None:
@@ -342,6 +345,8 @@ class _Runner:
         chain: list[Choice],
         result: JobResult,
         now: pd.Timestamp,
+        expected: pd.DatetimeIndex,
+        present: np.ndarray,
     ) -> None:
         if plan.empty and not plan.unreachable:
             result.status = "up-to-date"
@@ -354,7 +359,13 @@ class _Runner:
                 result.rows_updated += put.rows_updated
                 if outcome.provider not in result.providers:
                     result.providers.append(outcome.provider)
-                self.cache.update_coverage(job.symbol, job.timeframe, resolved=[span])
+                holes = _unanswered(span, expected, present, outcome.frame)
+                self.cache.update_coverage(
+                    job.symbol,
+                    job.timeframe,
+                    resolved=[span],
+                    verified_empty=[(h, now, "no bars") for h in holes],
+                )
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
                 )
@@ -430,6 +441,35 @@ class _Outcome:
     provider: str
     verified_empty: bool = False
     reason: str = ""
+
+
+def _unanswered(
+    span: Span, expected: pd.DatetimeIndex, present: np.ndarray, frame: pd.DataFrame
+) -> list[Span]:
+    """Runs of expected bars in `span` that are neither stored nor in the provider's answer.
+
+    Only bars before the latest bar known count: missing bars at the tail may be late, not
+    absent, and are asked for again on the next run.
+    """
+    have = np.union1d(
+        np.asarray(present, dtype="datetime64[ns]").astype(np.int64),
+        frame["timestamp"].to_numpy("datetime64[ns]").astype(np.int64),
+    )
+    if not len(have):
+        return []
+    exp = expected[(expected >= span.start) & (expected < span.end)].asi8
+    exp = exp[exp < have[-1]]
+    missing = ~np.isin(exp, have)
+    if not missing.any():
+        return []
+    idx = np.flatnonzero(missing)
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts, ends = np.r_[idx[0], idx[breaks + 1]], np.r_[idx[breaks], idx[-1]]
+    out = []
+    for s, e in zip(starts, ends, strict=True):
+        stop = exp[e + 1] if e + 1 < len(exp) else span.end.value
+        out.append(Span(pd.Timestamp(exp[s]), pd.Timestamp(stop)))
+    return out
 
 
 def _reach(

@@ -245,6 +245,9 @@ class Renderer:
                 self.err.print(f"error: {first}; run `marketcache validate --fix`", markup=False)
 
     def populate_report(self, report: Any) -> None:
+        for r in report.results:
+            for e in r.errors:
+                self.err.print(f"error: {r.symbol} {r.timeframe}: {e}", markup=False)
         if self.as_json:
             self.emit(report.as_json())
             return
@@ -264,6 +267,3 @@ class Renderer:
                 f"{r.rows_added:,}", fetched or "-", str(len(r.gaps_left)), _score(r.quality),
             )  # fmt: skip
         self.show(table)
-        for r in report.results:
-            for e in r.errors:
-                self.err.print(f"error: {r.symbol} {r.timeframe}: {e}", markup=False)
