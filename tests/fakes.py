@@ -255,7 +255,12 @@ class FakeYahoo(FakeServer):
             epochs = frame["epoch"].to_numpy(np.int64)
         elif tf in ("1d", "1w", "1M"):
             local = (frame["timestamp"] + pd.Timedelta(hours=9, minutes=30)).dt.tz_localize(tz)
-            epochs = local.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[s]").astype(np.int64)
+            epochs = (
+                local.dt.tz_convert("UTC")
+                .dt.tz_localize(None)
+                .to_numpy("datetime64[s]")
+                .astype(np.int64)
+            )
         else:
             epochs = frame["timestamp"].to_numpy("datetime64[s]").astype(np.int64)
         sel = (epochs >= p1) & (epochs < p2)
@@ -370,4 +375,3 @@ def config_for(
         + block("alpha_vantage", alpha_vantage, ", api_key: '${ALPHAVANTAGE_API_KEY}'")
         + extra
     )
-

@@ -22,7 +22,9 @@ def plan(present: pd.DatetimeIndex, **kw: object) -> list[tuple[pd.Timestamp, pd
     wanted = kw.pop("wanted", Span(T("2024-01-01"), T("2024-01-11")))
     assert isinstance(wanted, Span)
     exp = expected_bars("24/7", H, wanted.start, wanted.end)
-    p = plan_fetch(timeframe=H, wanted=wanted, expected=exp, present=present.to_numpy(), now=NOW, **kw)  # type: ignore[arg-type]
+    p = plan_fetch(
+        timeframe=H, wanted=wanted, expected=exp, present=present.to_numpy(), now=NOW, **kw
+    )  # type: ignore[arg-type]
     return [(s.start, s.end) for s in p.fetch]
 
 
@@ -131,4 +133,6 @@ def test_a_forced_provider() -> None:
     with pytest.raises(UsageError, match="has no 4h bars"):
         select("AAPL", "4h", SETTINGS, CAPS, ALL, forced="yahoo")
     with pytest.raises(UsageError, match="not usable"):
-        select("AAPL", "1d", SETTINGS, CAPS, {**ALL, "alpha_vantage": False}, forced="alpha_vantage")
+        select(
+            "AAPL", "1d", SETTINGS, CAPS, {**ALL, "alpha_vantage": False}, forced="alpha_vantage"
+        )

@@ -44,9 +44,13 @@ def crypto(fake_binance: FakeBinance, tmp_path: Path) -> tuple[FakeBinance, str,
     return fake_binance, write_config(tmp_path, config_for(binance=fake_binance)), series
 
 
-def test_first_run_rerun_and_extension(cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path) -> None:
+def test_first_run_rerun_and_extension(
+    cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path
+) -> None:
     server, conf, series = crypto
-    first = populate(cli, conf, "ABCUSDT", "-t", "1h", "--start", "2023-12-01", "--end", "2024-02-01")
+    first = populate(
+        cli, conf, "ABCUSDT", "-t", "1h", "--start", "2023-12-01", "--end", "2024-02-01"
+    )
     assert first.code == 0, first.err
     report = first.json()
     job = report["results"][0]
@@ -60,7 +64,9 @@ def test_first_run_rerun_and_extension(cli: Cli, crypto: tuple[FakeBinance, str,
     assert np.array_equal(stored["close"].to_numpy(), series["close"].to_numpy()[: 24 * 62])
 
     server.requests.clear()
-    again = populate(cli, conf, "ABCUSDT", "-t", "1h", "--start", "2023-12-01", "--end", "2024-02-01")
+    again = populate(
+        cli, conf, "ABCUSDT", "-t", "1h", "--start", "2023-12-01", "--end", "2024-02-01"
+    )
     assert again.code == 0 and again.json()["results"][0]["status"] == "up-to-date"
     assert server.data_requests() == []  # a complete past range costs no request
 
@@ -78,7 +84,9 @@ def test_first_run_rerun_and_extension(cli: Cli, crypto: tuple[FakeBinance, str,
     assert meta["file_info"]["members"] == 2, "the month was appended, not rewritten"
 
 
-def test_a_hole_in_the_middle_is_repaired_with_one_request(cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path) -> None:
+def test_a_hole_in_the_middle_is_repaired_with_one_request(
+    cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path
+) -> None:
     server, conf, series = crypto
     part = series[series["timestamp"] < "2024-01-10"]
     cache_of(tmp_path, conf).put(part.drop(index=range(300, 340)), "ABCUSDT", "1h", "binance")
@@ -92,10 +100,22 @@ def test_a_hole_in_the_middle_is_repaired_with_one_request(cli: Cli, crypto: tup
     assert len(cache_of(tmp_path, conf).get("ABCUSDT", "1h")) == len(part)
 
 
-def test_ranges_answered_empty_are_not_asked_again(cli: Cli, fake_binance: FakeBinance, tmp_path: Path) -> None:
+def test_ranges_answered_empty_are_not_asked_again(
+    cli: Cli, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
     symbol, interval, recorded = fake_binance.add_fixture("klines-XRPETH-1m.json")  # real gaps
     conf = write_config(tmp_path, config_for(binance=fake_binance))
-    args = ("XRPETH", "-t", "1m", "--start", "2019-10-11", "--end", "2019-10-13 11:00", "--provider", "binance")
+    args = (
+        "XRPETH",
+        "-t",
+        "1m",
+        "--start",
+        "2019-10-11",
+        "--end",
+        "2019-10-13 11:00",
+        "--provider",
+        "binance",
+    )
     first = populate(cli, conf, *args)
     assert first.code == 0, first.err
     stored = cache_of(tmp_path, conf).get(symbol, interval)
@@ -108,9 +128,12 @@ def test_ranges_answered_empty_are_not_asked_again(cli: Cli, fake_binance: FakeB
     holes = meta["coverage"]["verified_empty"]
     assert holes and {e["answer"] for e in holes} == {"no bars"}
     missing = sum(
-        (pd.Timestamp(e["end"]) - pd.Timestamp(e["start"])) // pd.Timedelta(minutes=1) for e in holes
+        (pd.Timestamp(e["end"]) - pd.Timestamp(e["start"])) // pd.Timedelta(minutes=1)
+        for e in holes
     )
-    assert missing >= meta["data_quality"]["missing_bars"] > 1000  # the recorded gaps, and any lead-in
+    assert (
+        missing >= meta["data_quality"]["missing_bars"] > 1000
+    )  # the recorded gaps, and any lead-in
     fake_binance.requests.clear()
     second = populate(cli, conf, *args)
     assert second.code == 0 and second.json()["results"][0]["status"] == "up-to-date"
@@ -121,8 +144,12 @@ def test_ranges_answered_empty_are_not_asked_again(cli: Cli, fake_binance: FakeB
     assert third.code == 0 and len(fake_binance.data_requests()) >= 1
 
 
-def test_holidays_are_not_gaps_over_a_full_nyse_year(cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path) -> None:
-    sessions = expected_bars("XNYS", Timeframe("1d"), pd.Timestamp("2023-01-01"), pd.Timestamp("2024-01-01"))
+def test_holidays_are_not_gaps_over_a_full_nyse_year(
+    cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
+    sessions = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2023-01-01"), pd.Timestamp("2024-01-01")
+    )
     fake_yahoo.add("AAPL", "1d", make_bars("", 0, index=sessions, seed=9))
     conf = write_config(tmp_path, config_for(yahoo=fake_yahoo))
     r = populate(cli, conf, "AAPL", "-t", "1d", "--start", "2023-01-01", "--end", "2024-01-01")
@@ -130,14 +157,19 @@ def test_holidays_are_not_gaps_over_a_full_nyse_year(cli: Cli, fake_yahoo: FakeY
     job = r.json()["results"][0]
     assert job["rows_added"] == 250 and job["providers"] == ["yahoo"]
     meta = cache_of(tmp_path, conf).metadata("AAPL", "1d", 2023)
-    assert meta["data_quality"]["gaps"] == 0 and meta["data_quality"]["breakdown"]["completeness"] == 1.0
+    assert (
+        meta["data_quality"]["gaps"] == 0
+        and meta["data_quality"]["breakdown"]["completeness"] == 1.0
+    )
     fake_yahoo.requests.clear()
     again = populate(cli, conf, "AAPL", "-t", "1d", "--start", "2023-01-01", "--end", "2024-01-01")
     assert again.json()["results"][0]["status"] == "up-to-date"
     assert fake_yahoo.data_requests() == []
 
 
-def test_the_recorded_yahoo_daily_series_is_stored_as_sent(cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path) -> None:
+def test_the_recorded_yahoo_daily_series_is_stored_as_sent(
+    cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
     _, _, body = fake_yahoo.add_fixture("chart-AAPL-2020-08-31-to-2020-11-07.json")
     conf = write_config(tmp_path, config_for(yahoo=fake_yahoo))
     r = populate(cli, conf, "AAPL", "-t", "1d", "--start", "2020-08-31", "--end", "2020-11-07")
@@ -147,12 +179,22 @@ def test_the_recorded_yahoo_daily_series_is_stored_as_sent(cli: Cli, fake_yahoo:
     quote = result["indicators"]["quote"][0]
     for col in ("open", "high", "low", "close", "volume"):
         assert np.array_equal(stored[col].to_numpy(), np.array(quote[col], dtype=float)), col
-    assert np.array_equal(stored["adj_close"].to_numpy(), np.array(result["indicators"]["adjclose"][0]["adjclose"]))
-    dates = pd.to_datetime(result["timestamp"], unit="s", utc=True).tz_convert("America/New_York").normalize()
-    assert np.array_equal(stored["timestamp"].to_numpy(), dates.tz_localize(None).to_numpy("datetime64[ns]"))
+    assert np.array_equal(
+        stored["adj_close"].to_numpy(), np.array(result["indicators"]["adjclose"][0]["adjclose"])
+    )
+    dates = (
+        pd.to_datetime(result["timestamp"], unit="s", utc=True)
+        .tz_convert("America/New_York")
+        .normalize()
+    )
+    assert np.array_equal(
+        stored["timestamp"].to_numpy(), dates.tz_localize(None).to_numpy("datetime64[ns]")
+    )
 
 
-def test_a_provisional_last_bar_is_replaced_and_the_open_bar_never_stored(cli: Cli, fake_binance: FakeBinance, tmp_path: Path) -> None:
+def test_a_provisional_last_bar_is_replaced_and_the_open_bar_never_stored(
+    cli: Cli, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
     now = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("min")
     index = pd.date_range(end=now, periods=120, freq="1min")  # the last one is still open
     series = make_bars("", 0, index=index, seed=4)
@@ -173,9 +215,22 @@ def test_a_provisional_last_bar_is_replaced_and_the_open_bar_never_stored(cli: C
     assert len(stored) >= 118
 
 
-def test_dry_run_fetches_nothing(cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path) -> None:
+def test_dry_run_fetches_nothing(
+    cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path
+) -> None:
     server, conf, _ = crypto
-    r = populate(cli, conf, "ABCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-02-01", "--dry-run")
+    r = populate(
+        cli,
+        conf,
+        "ABCUSDT",
+        "-t",
+        "1h",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-02-01",
+        "--dry-run",
+    )
     assert r.code == 0
     job = r.json()["results"][0]
     assert job["status"] == "planned"
@@ -189,7 +244,9 @@ def test_dry_run_fetches_nothing(cli: Cli, crypto: tuple[FakeBinance, str, pd.Da
     assert "fetch plan" in table.out and "binance" in table.out
 
 
-def test_one_bad_symbol_does_not_stop_the_others(cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path) -> None:
+def test_one_bad_symbol_does_not_stop_the_others(
+    cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path
+) -> None:
     server, conf, _ = crypto
     server.add("DEFUSDT", "1h", make_bars("2024-01-01", 100, "1h"))
     symbols = tmp_path / "symbols.txt"
@@ -206,12 +263,16 @@ def test_one_bad_symbol_does_not_stop_the_others(cli: Cli, crypto: tuple[FakeBin
     assert "NOPEUSDT" in r.err
 
 
-def test_failover_to_yahoo_when_binance_answers_503(cli: Cli, fake_binance: FakeBinance, fake_yahoo: FakeYahoo, tmp_path: Path) -> None:
+def test_failover_to_yahoo_when_binance_answers_503(
+    cli: Cli, fake_binance: FakeBinance, fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
     served = make_bars("2024-01-01", 48, "1D", seed=8)
     fake_binance.add("ABCUSDT", "1d", served)
     fake_yahoo.add("ABC-USD", "1d", served, tz="UTC")
     fake_binance.fail_next(1000, status=503)
-    conf = write_config(tmp_path, config_for(binance=fake_binance, yahoo=fake_yahoo, retry_budget=1.0))
+    conf = write_config(
+        tmp_path, config_for(binance=fake_binance, yahoo=fake_yahoo, retry_budget=1.0)
+    )
     r = populate(cli, conf, "ABCUSDT", "-t", "1d", "--start", "2024-01-01", "--end", "2024-02-18")
     assert r.code == 0, r.err
     job = r.json()["results"][0]
@@ -223,11 +284,25 @@ def test_failover_to_yahoo_when_binance_answers_503(cli: Cli, fake_binance: Fake
     assert len(fake_binance.data_requests()) >= 2, "binance was tried (and retried) first"
 
 
-def test_a_failed_range_is_recorded_and_reported(cli: Cli, fake_binance: FakeBinance, tmp_path: Path) -> None:
+def test_a_failed_range_is_recorded_and_reported(
+    cli: Cli, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
     fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 48, "1h"))
     fake_binance.fail_next(1000, status=503)
     conf = write_config(tmp_path, config_for(binance=fake_binance, retry_budget=0.5))
-    r = populate(cli, conf, "ABCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-01-03", "--provider", "binance")
+    r = populate(
+        cli,
+        conf,
+        "ABCUSDT",
+        "-t",
+        "1h",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-03",
+        "--provider",
+        "binance",
+    )
     assert r.code == 1
     job = r.json()["results"][0]
     assert job["status"] == "failed" and "HTTP 503" in job["gaps_left"][0]["reason"]
@@ -235,16 +310,22 @@ def test_a_failed_range_is_recorded_and_reported(cli: Cli, fake_binance: FakeBin
     assert meta["coverage"]["missing_ranges"][0]["start"] == "2024-01-01T00:00:00"
 
 
-def test_bare_populate_refreshes_the_datasets(cli: Cli, fake_binance: FakeBinance, fake_av: FakeAlphaVantage, tmp_path: Path) -> None:
+def test_bare_populate_refreshes_the_datasets(
+    cli: Cli, fake_binance: FakeBinance, fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
     fake_binance.add("ABCUSDT", "1d", make_bars("2024-01-01", 30, "1D"))
-    sessions = expected_bars("XNYS", Timeframe("1h"), pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-05"))
+    sessions = expected_bars(
+        "XNYS", Timeframe("1h"), pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-05")
+    )
     fake_av.add_intraday("IBM", "60min", make_bars("", 0, index=sessions))
     datasets = (
         "datasets:\n"
         "  - {symbols: [ABCUSDT], timeframes: [1d], start: 2024-01-01, end: 2024-01-31}\n"
         "  - {symbols: [IBM], timeframes: [1h], start: 2024-01-02, end: 2024-01-05}\n"
     )
-    conf = write_config(tmp_path, config_for(binance=fake_binance, alpha_vantage=fake_av, extra=datasets))
+    conf = write_config(
+        tmp_path, config_for(binance=fake_binance, alpha_vantage=fake_av, extra=datasets)
+    )
     r = populate(cli, conf)
     assert r.code == 0, r.err
     got = {(j["symbol"], j["timeframe"]): j for j in r.json()["results"]}
@@ -253,23 +334,34 @@ def test_bare_populate_refreshes_the_datasets(cli: Cli, fake_binance: FakeBinanc
     assert got[("IBM", "1h")]["rows_added"] == len(sessions) == 21
 
 
-def test_a_held_lock_exits_4(cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path) -> None:
+def test_a_held_lock_exits_4(
+    cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path
+) -> None:
     _, conf, _ = crypto
     Path(conf).write_text(Path(conf).read_text() + "settings: {lock_wait: 0.3}\n")
     lock = tmp_path / "data-cache" / "ABCUSDT" / "1h" / ".lock"
     lock.parent.mkdir(parents=True)
     code = ("import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)")  # fmt: skip
-    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        r = populate(cli, conf, "ABCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-01-02")
+        r = populate(
+            cli, conf, "ABCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-01-02"
+        )
         assert r.code == 4
         assert r.json()["results"][0]["status"] == "locked"
     finally:
         holder.kill()
         holder.wait()
-    assert populate(cli, conf, "ABCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-01-02").code == 0
+    assert (
+        populate(
+            cli, conf, "ABCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-01-02"
+        ).code
+        == 0
+    )
 
 
 def test_quiet_and_plain_output(cli: Cli, crypto: tuple[FakeBinance, str, pd.DataFrame]) -> None:
@@ -282,9 +374,15 @@ def test_quiet_and_plain_output(cli: Cli, crypto: tuple[FakeBinance, str, pd.Dat
     assert quiet.code == 0 and quiet.out == "" and quiet.err == ""
 
 
-def test_the_installed_command_runs_as_a_cron_job_would(crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path) -> None:
+def test_the_installed_command_runs_as_a_cron_job_would(
+    crypto: tuple[FakeBinance, str, pd.DataFrame], tmp_path: Path
+) -> None:
     _, conf, _ = crypto
-    env = {**os.environ, "MARKETCACHE_CONFIG": conf, "MARKETCACHE_CACHE_DIR": str(tmp_path / "cron-cache")}
+    env = {
+        **os.environ,
+        "MARKETCACHE_CONFIG": conf,
+        "MARKETCACHE_CACHE_DIR": str(tmp_path / "cron-cache"),
+    }
     out = subprocess.run(
         [sys.executable, "-m", "marketcache", "populate", "ABCUSDT", "-t", "1h", "--start", "2024-01-01",
          "--end", "2024-01-03", "--json"],

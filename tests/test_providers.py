@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,20 +73,26 @@ def _build(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
         server.add_intraday("IBM", "60min", served)  # type: ignore[attr-defined]
         symbol, tf = "IBM", Timeframe("1h")
         settings = parse_settings(config_for(alpha_vantage=server, timeout=0.5, retry_budget=10))
-    provider = provider_class(name)(settings.providers[name], tmp_path / "state", sleep=sleeps.append)
+    provider = provider_class(name)(
+        settings.providers[name], tmp_path / "state", sleep=sleeps.append
+    )
     start = served["timestamp"].iloc[0]
     end = served["timestamp"].iloc[-1] + pd.Timedelta(hours=1)
     return Case(provider, server, symbol, tf, served, start, end, sleeps)
 
 
 @pytest.fixture(params=["binance", "yahoo", "alpha_vantage"])
-def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
+def case(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Case]:
     built = _build(request.param, tmp_path, monkeypatch)
     yield built
     built.server.close()
 
 
-def fetch(c: Case, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> pd.DataFrame:
+def fetch(
+    c: Case, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
+) -> pd.DataFrame:
     return c.provider.fetch(c.symbol, c.timeframe, start or c.start, end or c.end).frame
 
 
@@ -98,7 +105,9 @@ def test_canonical_sorted_utc_frame_equal_to_what_was_served(case: Case) -> None
     assert len(got) == len(case.served)
     for col in ("open", "high", "low", "close", "volume"):
         assert np.array_equal(got[col].to_numpy(), case.served[col].to_numpy()), col
-    assert np.array_equal(got["timestamp"].to_numpy(), case.served["timestamp"].to_numpy("datetime64[ns]"))
+    assert np.array_equal(
+        got["timestamp"].to_numpy(), case.served["timestamp"].to_numpy("datetime64[ns]")
+    )
     assert result.requests >= 2, "the range needs more than one page"
     assert len(case.server.data_requests()) >= 2
 
@@ -152,7 +161,9 @@ def test_a_dead_provider_fails_within_its_retry_budget(case: Case) -> None:
     assert sum(case.sleeps) <= 2.0
 
 
-def test_binance_never_returns_the_still_open_kline(fake_binance: FakeBinance, tmp_path: Path) -> None:
+def test_binance_never_returns_the_still_open_kline(
+    fake_binance: FakeBinance, tmp_path: Path
+) -> None:
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
     index = pd.date_range(end=now.floor("min"), periods=30, freq="1min")
     fake_binance.add("OPENUSDT", "1m", make_bars("", 0, index=index))
@@ -162,11 +173,15 @@ def test_binance_never_returns_the_still_open_kline(fake_binance: FakeBinance, t
     assert got["timestamp"].iloc[-1] == index[-2]  # the bar opened at floor(now) is still open
 
 
-def test_yahoo_daily_bars_carry_the_session_date_and_raw_prices(fake_yahoo: FakeYahoo, tmp_path: Path) -> None:
+def test_yahoo_daily_bars_carry_the_session_date_and_raw_prices(
+    fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
     symbol, recorded, body = fake_yahoo.add_fixture("chart-AAPL-2020-08-31-to-2020-11-07.json")
     settings = parse_settings(config_for(yahoo=fake_yahoo))
     p = provider_class("yahoo")(settings.providers["yahoo"], tmp_path)
-    got = p.fetch("AAPL", Timeframe("1d"), pd.Timestamp("2020-08-01"), pd.Timestamp("2020-12-01")).frame
+    got = p.fetch(
+        "AAPL", Timeframe("1d"), pd.Timestamp("2020-08-01"), pd.Timestamp("2020-12-01")
+    ).frame
     quote = body["chart"]["result"][0]["indicators"]["quote"][0]
     adj = body["chart"]["result"][0]["indicators"]["adjclose"][0]["adjclose"]
     assert got["timestamp"].iloc[0] == pd.Timestamp("2020-08-31")  # 13:30Z = 09:30 New York
@@ -177,36 +192,48 @@ def test_yahoo_daily_bars_carry_the_session_date_and_raw_prices(fake_yahoo: Fake
     assert (tmp_path / "yfinance").is_dir(), "yfinance's caches live in the cache folder"
 
 
-def test_yahoo_weekend_minute_request_without_timestamps_is_empty(fake_yahoo: FakeYahoo, tmp_path: Path) -> None:
+def test_yahoo_weekend_minute_request_without_timestamps_is_empty(
+    fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
     body = fake_yahoo.add_recorded(
         "chart-AAPL-2025-02-01-to-2025-02-02-includePrePost-false-interval-1m.json"
     )
     assert "timestamp" not in body["chart"]["result"][0]
     settings = parse_settings(config_for(yahoo=fake_yahoo))
     p = provider_class("yahoo")(settings.providers["yahoo"], tmp_path)
-    saturday = pd.Timestamp.now().normalize() - pd.Timedelta(days=(pd.Timestamp.now().day_of_week + 2) % 7)
+    saturday = pd.Timestamp.now().normalize() - pd.Timedelta(
+        days=(pd.Timestamp.now().day_of_week + 2) % 7
+    )
     got = p.fetch("AAPL", Timeframe("1m"), saturday, saturday + pd.Timedelta(days=1))
     assert got.frame.empty and got.requests == 1
     with pytest.raises(RangeUnavailable, match="only since"):  # 1m is kept for 30 days only
         p.fetch("AAPL", Timeframe("1m"), pd.Timestamp("2025-02-01"), pd.Timestamp("2025-02-02"))
 
 
-def test_alpha_vantage_quota_is_reported_not_retried(fake_av: FakeAlphaVantage, tmp_path: Path) -> None:
+def test_alpha_vantage_quota_is_reported_not_retried(
+    fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
     fake_av.add_fixture("intraday-1min-MSFT.json")
     fake_av.quota_left = 0
     sleeps: list[float] = []
     settings = parse_settings(config_for(alpha_vantage=fake_av))
-    p = provider_class("alpha_vantage")(settings.providers["alpha_vantage"], tmp_path, sleep=sleeps.append)
+    p = provider_class("alpha_vantage")(
+        settings.providers["alpha_vantage"], tmp_path, sleep=sleeps.append
+    )
     with pytest.raises(QuotaExhausted, match="25 requests per day"):
         p.fetch("MSFT", Timeframe("1m"), pd.Timestamp("2017-12-18"), pd.Timestamp("2017-12-19"))
     assert sleeps == [] and len(fake_av.data_requests()) == 1
 
 
-def test_alpha_vantage_recorded_intraday_is_converted_to_utc_bar_opens(fake_av: FakeAlphaVantage, tmp_path: Path) -> None:
+def test_alpha_vantage_recorded_intraday_is_converted_to_utc_bar_opens(
+    fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
     _, body = fake_av.add_fixture("intraday-1min-MSFT.json")
     settings = parse_settings(config_for(alpha_vantage=fake_av))
     p = provider_class("alpha_vantage")(settings.providers["alpha_vantage"], tmp_path)
-    got = p.fetch("MSFT", Timeframe("1m"), pd.Timestamp("2017-12-18"), pd.Timestamp("2017-12-19")).frame
+    got = p.fetch(
+        "MSFT", Timeframe("1m"), pd.Timestamp("2017-12-18"), pd.Timestamp("2017-12-19")
+    ).frame
     series = body["Time Series (1min)"]
     assert len(got) == len(series)
     # 14:56 New York (EST, UTC-5) labels the bar that opened 14:55 → 19:55 UTC
@@ -236,10 +263,8 @@ def _instance(cls: type[BaseException]) -> BaseException:
     exc = cls.__new__(cls)
     Exception.__init__(exc, "boom")
     for attr, value in {"message": "boom", "code": 0, "status_code": 500, "response": None}.items():
-        try:
+        with contextlib.suppress(AttributeError):
             setattr(exc, attr, value)
-        except AttributeError:
-            pass
     return exc
 
 
@@ -250,8 +275,14 @@ def test_every_third_party_exception_is_mapped() -> None:
     import yfinance.exceptions
 
     mappers = [
-        (map_binance_error, [*_exception_classes(binance.exceptions), *_exception_classes(requests.exceptions)]),
-        (map_yahoo_error, [*_exception_classes(yfinance.exceptions), *_exception_classes(requests.exceptions)]),
+        (
+            map_binance_error,
+            [*_exception_classes(binance.exceptions), *_exception_classes(requests.exceptions)],
+        ),
+        (
+            map_yahoo_error,
+            [*_exception_classes(yfinance.exceptions), *_exception_classes(requests.exceptions)],
+        ),
         (map_alpha_vantage_error, [ValueError, *_exception_classes(requests.exceptions)]),
     ]
     seen = 0
@@ -276,12 +307,16 @@ def test_mapping_distinguishes_the_cases_that_matter() -> None:
 
     unknown = BinanceAPIException(R(400), 400, '{"code": -1121, "msg": "Invalid symbol."}')
     assert isinstance(map_binance_error(unknown, "X"), SymbolNotFound)
-    limited = BinanceAPIException(R(429, {"Retry-After": "7"}), 429, '{"code": -1003, "msg": "Too many"}')
+    limited = BinanceAPIException(
+        R(429, {"Retry-After": "7"}), 429, '{"code": -1003, "msg": "Too many"}'
+    )
     mapped = map_binance_error(limited, "X")
     assert isinstance(mapped, RateLimited) and mapped.retry_after == 7.0
     banned = BinanceAPIException(R(418), 418, "<html>teapot</html>")
     assert isinstance(map_binance_error(banned, "X"), RateLimited)
-    assert isinstance(map_yahoo_error(YFRateLimitError(), "X", R(429, {"Retry-After": "3"})), RateLimited)
+    assert isinstance(
+        map_yahoo_error(YFRateLimitError(), "X", R(429, {"Retry-After": "3"})), RateLimited
+    )
     assert isinstance(map_yahoo_error(YFPricesMissingError("X", ""), "X"), SymbolNotFound)
     assert isinstance(map_yahoo_error(requests.exceptions.ReadTimeout(), "X"), ProviderUnavailable)
     assert map_yahoo_error(requests.exceptions.ReadTimeout(), "X").retryable

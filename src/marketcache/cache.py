@@ -281,10 +281,7 @@ class UnifiedCache:
             merged = part
             added = len(part)
         else:
-            if allow_shrink:
-                merged = part
-            else:
-                merged = _merge(old, part)
+            merged = part if allow_shrink else _merge(old, part)
             old_ts = old["timestamp"].to_numpy()
             new_ts = part["timestamp"].to_numpy()
             added = int((~np.isin(new_ts, old_ts)).sum())
@@ -681,7 +678,7 @@ class UnifiedCache:
             for tf in self.layout.timeframes(sym):
                 for year in {*self.layout.years(sym, tf), *self._data_years(sym, tf)}:
                     self._recover_if_needed(sym, tf, year)
-        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
             here = Path(dirpath)
             if here == self.layout.index_dir:
                 continue
@@ -713,7 +710,7 @@ class UnifiedCache:
         self, symbol: str | None = None, timeframe: str | None = None
     ) -> list[tuple[str, str, int]]:
         """Every (symbol, tf, year) that has a data or a metadata file, in scope."""
-        out = []
+        out: list[tuple[str, str, int]] = []
         symbols = [normalize_symbol(symbol)] if symbol else self.layout.symbols()
         for sym in symbols:
             tfs = [parse_timeframe(timeframe).name] if timeframe else self.layout.timeframes(sym)
@@ -1037,7 +1034,8 @@ def clean_frame(df: pd.DataFrame, validator: OHLCVValidator) -> pd.DataFrame:
             & (frame["high"] >= frame[["open", "close"]].max(axis=1)).to_numpy()
             & (frame["low"] <= frame[["open", "close"]].min(axis=1)).to_numpy()
         )
-    return frame[good].reset_index(drop=True)
+    cleaned: pd.DataFrame = frame[good].reset_index(drop=True)
+    return cleaned
 
 
 def salvage_bytes(raw: bytes) -> tuple[pd.DataFrame | None, str]:
@@ -1210,10 +1208,10 @@ def _leftover_reason(path: Path) -> str:
         return "temporary file of an interrupted write"
     if name.endswith(META_SUFFIX + PENDING_SUFFIX):
         return "pending metadata of an interrupted write"
-    if name.endswith(DATA_SUFFIX) and name.removesuffix(DATA_SUFFIX).isdigit():
-        if not path.with_name(name.removesuffix(DATA_SUFFIX) + META_SUFFIX).exists():
-            return "data without metadata"
-    if name.endswith(META_SUFFIX) and name.removesuffix(META_SUFFIX).isdigit():
-        if not path.with_name(name.removesuffix(META_SUFFIX) + DATA_SUFFIX).exists():
-            return "metadata without data"
+    stem = name.removesuffix(DATA_SUFFIX)
+    if name.endswith(DATA_SUFFIX) and stem.isdigit():
+        return "" if path.with_name(stem + META_SUFFIX).exists() else "data without metadata"
+    stem = name.removesuffix(META_SUFFIX)
+    if name.endswith(META_SUFFIX) and stem.isdigit():
+        return "" if path.with_name(stem + DATA_SUFFIX).exists() else "metadata without data"
     return ""

@@ -96,7 +96,7 @@ def _fx_open_mask(idx: pd.DatetimeIndex, tf: Timeframe) -> np.ndarray:
         return dow < 5 if tf.name == "1d" else np.ones(len(idx), dtype=bool)
     hour = np.asarray(idx.hour)
     closed = (dow == 5) | ((dow == 6) & (hour < _FX_CLOSE_HOUR)) | ((dow == 4) & (hour >= 22))
-    return ~closed
+    return np.asarray(~closed)
 
 
 def _exchange_bars(
@@ -109,11 +109,14 @@ def _exchange_bars(
         grid = _regular_grid(tf, start, end)
         return grid[np.asarray(grid.day_of_week) < 5] if tf.name == "1d" else grid
     schedule = cal.schedule.loc[lo:hi]
-    sessions = pd.DatetimeIndex(schedule.index).tz_localize(None).astype("datetime64[ns]")
+    sessions = pd.DatetimeIndex(
+        pd.DatetimeIndex(schedule.index).tz_localize(None).astype("datetime64[ns]")
+    )
     if tf.name == "1d":
         idx = sessions
     elif tf.name == "1w":
-        idx = pd.DatetimeIndex(sessions - pd.to_timedelta(sessions.day_of_week, unit="D")).unique()
+        monday = sessions - pd.to_timedelta(np.asarray(sessions.day_of_week), unit="D")
+        idx = pd.DatetimeIndex(monday).unique()
     elif tf.name == "1M":
         idx = pd.DatetimeIndex(sessions.to_period("M").to_timestamp()).unique()
     else:

@@ -38,14 +38,16 @@ def parse_date(text: str | datetime | pd.Timestamp, *, option: str = "date") -> 
             return (utcnow() - pd.Timedelta(days=days)).normalize()
         if raw.lower() in ("now", "today"):
             return utcnow().normalize() if raw.lower() == "today" else utcnow()
+        parsed: pd.Timestamp | None
         try:
-            ts = pd.Timestamp(raw)
+            parsed = pd.Timestamp(raw)
         except (ValueError, TypeError, OverflowError):
-            ts = None
-        if ts is None or pd.isna(ts) or not re.match(r"^\d{4}-\d{2}-\d{2}", raw):
+            parsed = None
+        if parsed is None or pd.isna(parsed) or not re.match(r"^\d{4}-\d{2}-\d{2}", raw):
             raise UsageError(
                 f"{option} '{text}' is not a date: use YYYY-MM-DD, 'YYYY-MM-DD HH:MM' or 30d/2y"
             ) from None
+        ts = parsed
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     if not (_MIN_DATE <= ts < _MAX_DATE):

@@ -166,7 +166,8 @@ def build_jobs(request: PopulateRequest, settings: Settings) -> list[Job]:
     else:
         if not settings.datasets:
             raise UsageError(
-                f"no symbols given and {settings.source} has no datasets: name symbols or add datasets"
+                f"no symbols given and {settings.source} has no datasets: "
+                "name symbols or add datasets"
             )
         for ds in settings.datasets:
             ds_start = start if start is not None else parse_date(ds.start)
@@ -415,7 +416,8 @@ class _Runner:
             if fetched.dropped_rows > len(fetched.frame):
                 definitive = False
                 reasons.append(
-                    f"{choice.provider}: most rows failed validation ({fetched.dropped_rows} dropped)"
+                    f"{choice.provider}: most rows failed validation "
+                    f"({fetched.dropped_rows} dropped)"
                 )
                 continue
             return _Outcome(fetched.frame, choice.provider)

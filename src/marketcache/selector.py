@@ -78,9 +78,9 @@ def select(
             break
     chain = []
     for name in names:
-        caps = capabilities.get(name)
-        if caps is None or not usable.get(name, False):
+        found = capabilities.get(name)
+        if found is None or not usable.get(name, False):
             continue
-        if timeframe in caps.timeframes and asset in caps.asset_classes:
+        if timeframe in found.timeframes and asset in found.asset_classes:
             chain.append(Choice(name, native_symbol(symbol, name, asset, settings)))
     return chain

@@ -173,9 +173,9 @@ class OHLCVValidator:
         prices = np.column_stack([o, h, lo, cl])
         nonfinite = ~np.isfinite(prices).all(axis=1) | ~np.isfinite(v) | np.isnat(ts)
         with np.errstate(invalid="ignore"):
-            nonpositive = (prices <= 0).any(axis=1)
+            nonpositive = np.asarray((prices <= 0).any(axis=1))
             negvol = v < 0
-            ohlc = (h < np.maximum(o, cl)) | (lo > np.minimum(o, cl)) | (h < lo)
+            ohlc = np.asarray((h < np.maximum(o, cl)) | (lo > np.minimum(o, cl)) | (h < lo))
         bad = nonfinite | nonpositive | negvol | ohlc
         c.nonfinite = int(nonfinite.sum())
         c.nonpositive_price = int(nonpositive.sum())
@@ -190,12 +190,12 @@ class OHLCVValidator:
         ts_i = ts.astype("int64")
         valid_ts = ~np.isnat(ts)
         if context is not None:
-            prev = np.datetime64(pd.Timestamp(context.timestamp).to_datetime64(), "ns")
-            ts_i_all = np.concatenate([[prev.astype("int64")], ts_i])
+            prev = pd.Timestamp(context.timestamp).value
+            ts_i_all = np.concatenate([np.array([prev], dtype=np.int64), ts_i])
         else:
             ts_i_all = ts_i
         step = np.diff(ts_i_all)
-        decreasing = step < 0 if context is not None else np.r_[False, step < 0]
+        decreasing = np.asarray(step < 0) if context is not None else np.r_[False, step < 0]
         is_sorted = not decreasing.any() and bool(valid_ts.all())
         if is_sorted:
             c.duplicates = int((np.diff(ts_i) == 0).sum())

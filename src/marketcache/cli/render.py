@@ -1,4 +1,7 @@
-"""Everything the CLI shows: Rich tables and progress, or one JSON document. The only Rich importer."""
+"""Everything the CLI shows: Rich tables and progress, or one JSON document.
+
+The only module that imports Rich.
+"""
 
 from __future__ import annotations
 
@@ -141,9 +144,10 @@ class Renderer:
             ("files", str(stats["files"])),
             ("rows", f"{stats['rows']:,}"),
             ("on disk", _size(stats["bytes_on_disk"])),
-            ("compression", f"{stats['compression_ratio']}x" if stats["compression_ratio"] else "-"),
+            ("compression", f"{stats['compression_ratio'] or '-'}x"),
             ("date span", f"{_short(stats['start'])} → {_short(stats['end'])}"),
-            ("quality mean / min", f"{_score(stats['quality_mean'])} / {_score(stats['quality_min'])}"),
+            ("quality mean / min",
+             f"{_score(stats['quality_mean'])} / {_score(stats['quality_min'])}"),
             ("providers", ", ".join(stats["providers"]) or "-"),
         ]  # fmt: skip
         for name, value in rows:

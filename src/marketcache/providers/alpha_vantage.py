@@ -156,7 +156,10 @@ def _param(url: str, name: str) -> str:
 
 
 def _series_frame(data: Any, symbol: str, timeframe: Timeframe | None) -> pd.DataFrame:
-    """{'2024-01-02 09:31:00': {'1. open': ...}} → canonical frame (intraday labels are bar ends)."""
+    """{'2024-01-02 09:31:00': {'1. open': ...}} → canonical frame.
+
+    Intraday labels are New York bar ends; they become UTC bar opens.
+    """
     if not isinstance(data, dict):
         raise ProviderUnavailable(
             "alpha_vantage time series is malformed", provider="alpha_vantage", symbol=symbol

@@ -145,7 +145,11 @@ def with_retries(
             attempt += 1
             backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (attempt - 1))
             hinted = exc.retry_after
-            delay = min(hinted, MAX_BACKOFF * 4) if hinted is not None else backoff * random.uniform(0.5, 1.0)
+            delay = (
+                min(hinted, MAX_BACKOFF * 4)
+                if hinted is not None
+                else backoff * random.uniform(0.5, 1.0)
+            )
             if attempt >= max_attempts or spent + delay > budget:
                 raise
             sleep(delay)

@@ -27,7 +27,7 @@ def canonical_name(name: str) -> str:
 
 def provider_class(name: str) -> type[Provider]:
     module, _, attr = PROVIDERS[canonical_name(name)].partition(":")
-    cls = getattr(import_module(module), attr)
+    cls: type[Provider] = getattr(import_module(module), attr)
     assert issubclass(cls, Provider)
     return cls
 

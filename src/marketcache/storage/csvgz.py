@@ -41,7 +41,7 @@ def encode(df: pd.DataFrame, columns: list[str], *, header: bool) -> tuple[bytes
 
 def decode(data: bytes) -> pd.DataFrame:
     """Parse every member of a csv.gz byte string into a frame (timestamp as datetime64[ns])."""
-    return parse_csv(igzip.decompress(data))
+    return parse_csv(bytes(igzip.decompress(data)))  # type: ignore[no-untyped-call]
 
 
 def parse_csv(raw: bytes) -> pd.DataFrame:
@@ -60,7 +60,7 @@ def parse_csv(raw: bytes) -> pd.DataFrame:
         )
     except pa.ArrowInvalid as exc:
         raise ValueError(str(exc).splitlines()[0]) from None
-    df = table.to_pandas()
+    df: pd.DataFrame = table.to_pandas()
     df["timestamp"] = df["timestamp"].astype("datetime64[ns]")
     return df
 
