@@ -142,10 +142,21 @@ class FakeBinance(FakeServer):
 
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], pd.DataFrame] = {}
+        self.encoded: dict[tuple[str, str], tuple[np.ndarray, list[bytes]]] = {}
         super().__init__()
 
     def add(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
-        self.series[(symbol, interval)] = frame.sort_values("timestamp").reset_index(drop=True)
+        """Serve `frame`; each kline is serialised once here, so paging is cheap."""
+        frame = frame.sort_values("timestamp").reset_index(drop=True)
+        ms = frame["timestamp"].to_numpy("datetime64[ms]").astype(np.int64)
+        step = INTERVAL_MS[interval]
+        cols = [frame[c].astype(float).tolist() for c in ("open", "high", "low", "close", "volume")]
+        rows = [
+            f'[{t},"{o!r}","{h!r}","{lo!r}","{c!r}","{v!r}",{t + step - 1},"0",0,"0","0","0"]'.encode()
+            for t, o, h, lo, c, v in zip(ms.tolist(), *cols, strict=True)
+        ]
+        self.series[(symbol, interval)] = frame
+        self.encoded[(symbol, interval)] = (ms, rows)
 
     def add_fixture(self, name: str) -> tuple[str, str, pd.DataFrame]:
         raw = json.loads((FIXTURES / "binance" / name).read_text())
@@ -166,22 +177,15 @@ class FakeBinance(FakeServer):
         if path != self.data_path:
             return _json(404, {"code": -1, "msg": "not found"})
         key = (query.get("symbol", ""), query.get("interval", ""))
-        frame = self.series.get(key)
-        if frame is None:
+        if key not in self.encoded:
             return _json(400, {"code": -1121, "msg": "Invalid symbol."})
-        step = INTERVAL_MS[key[1]]
-        ms = frame["timestamp"].to_numpy("datetime64[ms]").astype(np.int64)
+        ms, rows = self.encoded[key]
         lo = int(query.get("startTime", 0))
         hi = int(query.get("endTime", 2**62))
         limit = min(int(query.get("limit", 500)), 1000)
-        sel = np.flatnonzero((ms >= lo) & (ms <= hi))[:limit]
-        rows = [
-            [int(ms[i]), _num(frame["open"].iat[i]), _num(frame["high"].iat[i]),
-             _num(frame["low"].iat[i]), _num(frame["close"].iat[i]),
-             _num(frame["volume"].iat[i]), int(ms[i]) + step - 1, "0", 0, "0", "0", "0"]
-            for i in sel
-        ]  # fmt: skip
-        return _json(200, rows)
+        first = int(np.searchsorted(ms, lo, side="left"))
+        last = min(int(np.searchsorted(ms, hi, side="right")), first + limit)
+        return Answer(200, b"[" + b",".join(rows[first:last]) + b"]")
 
 
 # ---- Yahoo -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -136,3 +137,15 @@ def test_a_forced_provider() -> None:
         select(
             "AAPL", "1d", SETTINGS, CAPS, {**ALL, "alpha_vantage": False}, forced="alpha_vantage"
         )
+
+
+def test_long_ranges_are_committed_in_chunks() -> None:
+    m = Timeframe("1m")
+    wanted = Span(T("2024-01-01"), T("2024-03-01"))
+    exp = expected_bars("24/7", m, wanted.start, wanted.end)
+    p = plan_fetch(timeframe=m, wanted=wanted, expected=exp, present=np.zeros(0, "datetime64[ns]"),
+                   now=NOW, chunk_bars=20_000)  # fmt: skip
+    assert len(p.fetch) == 5  # 86,400 bars in pieces of at most 20,000
+    assert p.fetch[0].start == wanted.start and p.fetch[-1].end == wanted.end
+    assert all(a.end == b.start for a, b in zip(p.fetch, p.fetch[1:], strict=False))
+    assert max((s.end - s.start) // pd.Timedelta(minutes=1) for s in p.fetch) == 20_000

@@ -551,32 +551,38 @@ class UnifiedCache:
         return out
 
     def get_stats(self) -> dict[str, Any]:
-        """Cache-wide totals from metadata only."""
-        symbols: set[str] = set()
+        """Cache-wide totals from the _metadata index alone (rebuilt from the per-year
+        metadata when it is missing), so `info` costs the same for 10 or 10,000 files."""
+        symbols = read_json(self.layout.index_dir / "symbols.json", None)
+        if not isinstance(symbols, dict) or any(
+            "bytes" not in tf_entry
+            for entry in symbols.values()
+            for tf_entry in entry.get("timeframes", {}).values()
+        ):
+            symbols = self.rebuild_index() if self.root.is_dir() else {}
         timeframes: set[str] = set()
         providers: set[str] = set()
-        files = rows = size = raw = 0
-        scores: list[float] = []
+        files = rows = size = raw = scored = 0
+        score_sum = 0.0
+        minima: list[float] = []
         starts: list[str] = []
         ends: list[str] = []
-        corrupt: list[str] = []
-        for sym, tf, _year, meta in self.iter_metadata():
-            if isinstance(meta, CorruptFile):
-                corrupt.append(str(meta.path))
-                continue
-            info = meta["file_info"]
-            symbols.add(sym)
-            timeframes.add(tf)
-            files += 1
-            rows += int(info["rows"])
-            size += int(info["size_bytes"])
-            raw += int(info.get("raw_bytes", 0))
-            scores.append(float(meta["data_quality"]["score"]))
-            providers.update(s["provider"] for s in meta["coverage"].get("sources", []))
-            if meta.get("start_date"):
-                starts.append(meta["start_date"])
-            if meta.get("end_date"):
-                ends.append(meta["end_date"])
+        for entry in symbols.values():
+            for tf, e in entry["timeframes"].items():
+                timeframes.add(tf)
+                providers.update(e["providers"])
+                files += len(e["years"])
+                rows += e["rows"]
+                size += e["bytes"]
+                raw += e["raw_bytes"]
+                if e["quality_min"] is not None:
+                    minima.append(e["quality_min"])
+                    score_sum += e["quality_sum"]
+                    scored += e["quality_n"]
+                if e.get("start"):
+                    starts.append(e["start"])
+                if e.get("end"):
+                    ends.append(e["end"])
         return {
             "cache_dir": str(self.root),
             "symbols": len(symbols),
@@ -588,10 +594,9 @@ class UnifiedCache:
             "compression_ratio": round(raw / size, 2) if size else None,
             "start": min(starts, default=None),
             "end": max(ends, default=None),
-            "quality_mean": round(sum(scores) / len(scores), 4) if scores else None,
-            "quality_min": min(scores, default=None),
+            "quality_mean": round(score_sum / scored, 4) if scored else None,
+            "quality_min": min(minima, default=None),
             "providers": sorted(providers),
-            "corrupt_metadata": corrupt,
         }
 
     # ---- cleanup -------------------------------------------------------------------------
@@ -941,39 +946,77 @@ class UnifiedCache:
 
     # ---- _metadata/ index ----------------------------------------------------------------
 
+    def _index_entry(self, sym: str, tf: str) -> tuple[dict[str, Any], dict[str, float]]:
+        """One symbol/timeframe's line of the index, from its per-year metadata."""
+        entry: dict[str, Any] = {"years": [], "rows": 0, "bytes": 0, "raw_bytes": 0,
+                                 "start": None, "end": None, "providers": [],
+                                 "quality_min": None, "quality_sum": 0.0, "quality_n": 0}  # fmt: skip
+        scores: dict[str, float] = {}
+        provs: set[str] = set()
+        for _, _, year, meta in self.iter_metadata(sym, tf):
+            if isinstance(meta, CorruptFile):
+                continue
+            info = meta["file_info"]
+            entry["years"].append(year)
+            entry["rows"] += int(info["rows"])
+            entry["bytes"] += int(info["size_bytes"])
+            entry["raw_bytes"] += int(info.get("raw_bytes", 0))
+            if meta["start_date"] and entry["start"] is None:
+                entry["start"] = meta["start_date"]
+            if meta["end_date"]:
+                entry["end"] = meta["end_date"]
+            if info["rows"]:  # a year verified empty has no score to count
+                score = float(meta["data_quality"]["score"])
+                scores[str(year)] = score
+                entry["quality_sum"] += score
+                entry["quality_n"] += 1
+            provs.update(s["provider"] for s in meta["coverage"].get("sources", []))
+        entry["providers"] = sorted(provs)
+        entry["quality_min"] = min(scores.values(), default=None)
+        return entry, scores
+
+    def _write_index(self, symbols: dict[str, Any], quality: dict[str, Any]) -> None:
+        index = self.layout.index_dir
+        write_json(index / "symbols.json", symbols)
+        write_json(index / "quality_scores.json", quality)
+        write_json(index / "providers.json", _providers_index(symbols, self.settings))
+
+    def _set_entry(
+        self, symbols: dict[str, Any], quality: dict[str, Any], sym: str, tf: str
+    ) -> None:
+        entry, scores = self._index_entry(sym, tf)
+        sym_entry = symbols.setdefault(sym, {"timeframes": {}})
+        sym_entry["asset_class"] = self.profile(sym).asset_class.value
+        if entry["years"]:
+            sym_entry["timeframes"][tf] = entry
+            quality.setdefault(sym, {})[tf] = scores
+        else:
+            sym_entry["timeframes"].pop(tf, None)
+            quality.get(sym, {}).pop(tf, None)
+        if not sym_entry["timeframes"]:
+            symbols.pop(sym, None)
+            quality.pop(sym, None)
+
     def _refresh_index(self, sym: str, tf: str) -> None:
         """Keep _metadata/symbols.json, quality_scores.json and providers.json current."""
         index = self.layout.index_dir
         with hold(index / LOCK_NAME, wait=self.lock_wait, what="the cache index"):
             symbols = read_json(index / "symbols.json", {})
             quality = read_json(index / "quality_scores.json", {})
-            entry: dict[str, Any] = {"years": [], "rows": 0, "providers": []}
-            scores: dict[str, float] = {}
-            provs: set[str] = set()
-            for _, _, year, meta in self.iter_metadata(sym, tf):
-                if isinstance(meta, CorruptFile):
-                    continue
-                entry["years"].append(year)
-                entry["rows"] += int(meta["file_info"]["rows"])
-                entry.setdefault("start", meta["start_date"])
-                entry["end"] = meta["end_date"]
-                scores[str(year)] = meta["data_quality"]["score"]
-                provs.update(s["provider"] for s in meta["coverage"].get("sources", []))
-            entry["providers"] = sorted(provs)
-            sym_entry = symbols.setdefault(sym, {"timeframes": {}})
-            sym_entry["asset_class"] = self.profile(sym).asset_class.value
-            if entry["years"]:
-                sym_entry["timeframes"][tf] = entry
-                quality.setdefault(sym, {})[tf] = scores
-            else:
-                sym_entry["timeframes"].pop(tf, None)
-                quality.get(sym, {}).pop(tf, None)
-            if not sym_entry["timeframes"]:
-                symbols.pop(sym, None)
-                quality.pop(sym, None)
-            write_json(index / "symbols.json", symbols)
-            write_json(index / "quality_scores.json", quality)
-            write_json(index / "providers.json", _providers_index(symbols, self.settings))
+            self._set_entry(symbols, quality, sym, tf)
+            self._write_index(symbols, quality)
+
+    def rebuild_index(self) -> dict[str, Any]:
+        """Recompute the whole _metadata index from the per-year metadata files."""
+        index = self.layout.index_dir
+        with hold(index / LOCK_NAME, wait=self.lock_wait, what="the cache index"):
+            symbols: dict[str, Any] = {}
+            quality: dict[str, Any] = {}
+            for sym in self.layout.symbols():
+                for tf in self.layout.timeframes(sym):
+                    self._set_entry(symbols, quality, sym, tf)
+            self._write_index(symbols, quality)
+        return symbols
 
     def _prune_index(self) -> None:
         index = self.layout.index_dir

@@ -17,6 +17,7 @@ import pandas as pd
 from marketcache.timeframes import Timeframe
 
 MERGE_BARS = 100  # two holes closer than this many expected bars are fetched as one range
+CHUNK_BARS = 50_000  # a fetched range is committed at least this often (memory, crash loss)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def plan_fetch(
     overlap_bars: int = 1,
     earliest: pd.Timestamp | None = None,
     full_refresh: bool = False,
+    chunk_bars: int = CHUNK_BARS,
 ) -> FetchPlan:
     """The ranges to fetch so that every expected bar in `wanted` is stored or known empty."""
     plan = FetchPlan()
@@ -91,7 +93,12 @@ def plan_fetch(
             else:
                 reachable.append(span)
         spans = reachable
-    plan.fetch = [piece for span in spans for piece in split_by_year(span)]
+    plan.fetch = [
+        chunk
+        for span in spans
+        for piece in split_by_year(span)
+        for chunk in split_by_bars(piece, timeframe, chunk_bars)
+    ]
     return plan
 
 
@@ -118,6 +125,20 @@ def _runs(
         end = min(timeframe.next_open(pd.Timestamp(exp[e])), limit)
         spans.append(Span(pd.Timestamp(exp[s]), end))
     return spans
+
+
+def split_by_bars(span: Span, timeframe: Timeframe, bars: int) -> list[Span]:
+    """Cut a span into pieces of at most `bars` bars, committed one after another."""
+    if timeframe.name in ("1w", "1M"):
+        return [span]
+    width = pd.Timedelta(minutes=timeframe.minutes * bars)
+    pieces = []
+    start = span.start
+    while start < span.end:
+        end = min(span.end, start + width)
+        pieces.append(Span(start, end))
+        start = end
+    return pieces
 
 
 def split_by_year(span: Span) -> list[Span]:

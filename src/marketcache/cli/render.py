@@ -153,8 +153,6 @@ class Renderer:
         for name, value in rows:
             table.add_row(name, value)
         self.show(table)
-        for path in stats["corrupt_metadata"]:
-            self.warn(f"{path}: metadata unreadable; run `marketcache validate`")
 
     def symbol_info(self, detail: dict[str, Any]) -> None:
         if self.as_json:
