@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -438,6 +439,21 @@ class UnifiedCache:
             write_metadata(self.layout.meta_path(sym, tf, year), new_meta)
         pending.unlink()
 
+    def remove_stale_temp_files(self, symbol: str, timeframe: str) -> list[Path]:
+        """Delete temp files a killed writer left in this symbol/timeframe folder.
+
+        Every writer holds the folder's lock, so while we hold it any temp file is stale.
+        """
+        sym = normalize_symbol(symbol)
+        base = self.layout.timeframe_dir(sym, timeframe)
+        removed: list[Path] = []
+        with self.lock(sym, timeframe):
+            for path in base.iterdir() if base.is_dir() else []:
+                if TEMP_MARK in path.name:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
     def _recover_if_needed(self, sym: str, tf: str, year: int) -> None:
         if self._pending_path(sym, tf, year).exists():
             with self.lock(sym, tf):
@@ -456,6 +472,25 @@ class UnifiedCache:
         meta = self.metadata(sym, timeframe, year)
         path = self.layout.data_path(sym, timeframe, year)
         return _read_committed(path, meta)
+
+    def verify_year(self, symbol: str, timeframe: str, year: int) -> None:
+        """Check a year's committed bytes against its metadata (size, sha256) without parsing;
+        CorruptFile names the file when they differ."""
+        sym = normalize_symbol(symbol)
+        self._recover_if_needed(sym, timeframe, year)
+        meta = self.metadata(sym, timeframe, year)
+        path = self.layout.data_path(sym, timeframe, year)
+        size = int(meta["file_info"]["size_bytes"])
+        try:
+            on_disk = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptFile(path, "data file is missing (metadata exists)") from None
+        if on_disk < size:
+            raise CorruptFile(path, f"file is truncated: {on_disk} of {size} bytes")
+        if _sha256_prefix(path, size).hexdigest() != meta["file_info"]["sha256"]:
+            raise CorruptFile(
+                path, "sha256 does not match metadata (the file changed or is damaged)"
+            )
 
     def get(
         self,
@@ -948,9 +983,10 @@ class UnifiedCache:
 
     def _index_entry(self, sym: str, tf: str) -> tuple[dict[str, Any], dict[str, float]]:
         """One symbol/timeframe's line of the index, from its per-year metadata."""
-        entry: dict[str, Any] = {"years": [], "rows": 0, "bytes": 0, "raw_bytes": 0,
-                                 "start": None, "end": None, "providers": [],
-                                 "quality_min": None, "quality_sum": 0.0, "quality_n": 0}  # fmt: skip
+        entry: dict[str, Any] = {
+            "years": [], "rows": 0, "bytes": 0, "raw_bytes": 0, "start": None, "end": None,
+            "providers": [], "quality_min": None, "quality_sum": 0.0, "quality_n": 0,
+        }  # fmt: skip
         scores: dict[str, float] = {}
         provs: set[str] = set()
         for _, _, year, meta in self.iter_metadata(sym, tf):
@@ -1124,12 +1160,20 @@ def _read_committed(path: Path, meta: dict[str, Any]) -> pd.DataFrame:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
     if len(data) < size:
         raise CorruptFile(path, f"file is truncated: {len(data)} of {size} bytes")
-    if hashlib.sha256(data).hexdigest() != info["sha256"]:
-        raise CorruptFile(path, "sha256 does not match metadata (the file changed or is damaged)")
+    # hash while decoding (hashlib releases the GIL); nothing is returned before it matches
+    digest: list[str] = []
+    hasher = threading.Thread(target=lambda: digest.append(hashlib.sha256(data).hexdigest()))
+    hasher.start()
     try:
         df = csvgz.decode(data)
+        error = None
     except (ValueError, OSError, EOFError) as exc:
-        raise CorruptFile(path, f"cannot decode: {exc}") from None
+        error = str(exc)
+    hasher.join()
+    if digest[0] != info["sha256"]:
+        raise CorruptFile(path, "sha256 does not match metadata (the file changed or is damaged)")
+    if error is not None:
+        raise CorruptFile(path, f"cannot decode: {error}")
     if len(df) != int(info["rows"]):
         raise CorruptFile(path, f"holds {len(df)} rows, metadata says {info['rows']}")
     return df

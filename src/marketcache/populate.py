@@ -256,6 +256,8 @@ class _Runner:
             )
         profile = cache.profile(job.symbol)
         with cache.lock(job.symbol, job.timeframe):
+            for stale in cache.remove_stale_temp_files(job.symbol, job.timeframe):
+                result.notes.append(f"removed {stale.name}, left by an interrupted run")
             now = utcnow()
             end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
             if job.start >= end:
@@ -289,7 +291,7 @@ class _Runner:
             if year not in self.cache.list_years(job.symbol, job.timeframe):
                 continue
             try:
-                self.cache.read_year(job.symbol, job.timeframe, year)
+                self.cache.verify_year(job.symbol, job.timeframe, year)
             except CorruptFile as exc:
                 aside = self.cache.quarantine_year(job.symbol, job.timeframe, year)
                 result.notes.append(f"{exc}; moved aside as {aside.name if aside else '-'}")

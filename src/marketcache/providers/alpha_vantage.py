@@ -87,8 +87,8 @@ class AlphaVantageProvider(Provider):
                 extended_hours="false",
                 adjusted="false",
             )
-        except Exception as exc:
-            raise map_alpha_vantage_error(exc, symbol) from exc
+        except Exception as exc:  # `from None`: the request URL (with the key) stays out
+            raise map_alpha_vantage_error(exc, symbol) from None
         frame = _series_frame(data, symbol, timeframe)
         return Page(frame, more=next_month < end, next_start=next_month)
 
@@ -110,8 +110,8 @@ def _client_class() -> type:
             symbol = _param(url, "symbol")
             try:
                 response = self._session.get(url, headers=self.headers, proxies=self.proxy)
-            except Exception as exc:
-                raise map_alpha_vantage_error(exc, symbol) from exc
+            except Exception as exc:  # `from None`: the request URL carries the API key
+                raise map_alpha_vantage_error(exc, symbol) from None
             raise_for_status(response, "alpha_vantage", symbol)
             if response.status_code >= 400:
                 raise ProviderError(

@@ -123,6 +123,15 @@ class YahooProvider(Provider):
         except Exception as exc:
             raise map_yahoo_error(exc, symbol, self.session.last_response) from exc
         body = _chart_body(response, symbol)
+        answered_for = (
+            ((body["chart"].get("result") or [{}])[0] or {}).get("meta", {}).get("symbol")
+        )
+        if answered_for and str(answered_for).upper() != symbol.upper():
+            raise ProviderUnavailable(
+                f"yahoo answered with {answered_for}'s data when asked for {symbol}",
+                provider="yahoo",
+                symbol=symbol,
+            )
         frame = chart_frame(body, timeframe)
         return Page(frame, more=page_end < end, next_start=page_end)
 
