@@ -361,6 +361,7 @@ def config_for(
     timeout: float = 2.0,
     retry_budget: float = 20.0,
     extra: str = "",
+    rate: str = "{per_second: 200}",
 ) -> str:
     """A providers.yaml pointing every provider at the fakes (unset ones at a dead port)."""
     dead = "http://127.0.0.1:9"
@@ -369,7 +370,7 @@ def config_for(
         url = server.url if server else dead
         return (
             f"  {name}: {{base_url: '{url}', timeout: {timeout}, retry_budget: {retry_budget},"
-            f" rate_limit: {{per_second: 200}}{more}}}\n"
+            f" rate_limit: {rate}{more}}}\n"
         )
 
     return (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in args or "--verbose" in args
     as_json = "--json" in args
+    if not verbose:  # a library's background thread must not print a traceback either
+        threading.excepthook = _thread_error
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="marketcache", standalone_mode=False)
@@ -44,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"unexpected {type(exc).__name__}: {exc}"
         return _fail(message + ("" if verbose else " (run with -v for details)"), 1, as_json)
     return int(result) if isinstance(result, int) else EXIT_OK
+
+
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "a helper thread"
+    sys.stderr.write(f"warning: {name} stopped: {args.exc_type.__name__}: {args.exc_value}\n")
 
 
 def _fail(message: str, code: int, as_json: bool) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from marketcache.errors import (
+    MarketCacheError,
     ProviderError,
     ProviderUnavailable,
     QuotaExhausted,
@@ -194,6 +195,8 @@ def map_alpha_vantage_error(exc: Exception, symbol: str) -> ProviderError:
 
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, MarketCacheError):  # e.g. StorageError from the rate-limit bucket
+        raise exc
     if isinstance(exc, requests.RequestException):
         return map_requests_error(exc, "alpha_vantage", symbol)
     if isinstance(exc, ValueError):

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from marketcache.errors import (
+    MarketCacheError,
     ProviderError,
     ProviderUnavailable,
     RateLimited,
@@ -97,6 +98,8 @@ def map_binance_error(exc: Exception, symbol: str) -> ProviderError:
 
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, MarketCacheError):  # e.g. StorageError from the rate-limit bucket
+        raise exc
     if isinstance(exc, BinanceAPIException):
         status, code = exc.status_code, exc.code
         retry = retry_after_seconds(getattr(exc.response, "headers", None))

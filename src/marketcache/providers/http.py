@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -21,7 +22,7 @@ import requests
 from requests_ratelimiter import LimiterSession
 
 from marketcache.config import ProviderSettings
-from marketcache.errors import ProviderError, ProviderUnavailable, RateLimited
+from marketcache.errors import ProviderError, ProviderUnavailable, RateLimited, StorageError
 
 T = TypeVar("T")
 MAX_BACKOFF = 30.0
@@ -40,7 +41,10 @@ class TimeoutSession(LimiterSession):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
-        return super().request(method, url, *args, **kwargs)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        except sqlite3.Error as exc:  # the shared rate-limit bucket, e.g. on a full disk
+            raise StorageError(f"cannot use the shared rate limit bucket: {exc}") from None
 
 
 def make_session(
@@ -51,6 +55,7 @@ def make_session(
 ) -> TimeoutSession:
     """A session limited as `settings` says; the bucket is shared through `state_dir`."""
     rate = settings.rate_limit
+    limited = any(v is not None for v in vars(rate).values())
     kwargs: dict[str, Any] = {
         "per_second": rate.per_second or 0,
         "per_minute": rate.per_minute or 0,
@@ -61,7 +66,9 @@ def make_session(
         "max_delay": settings.retry_budget or None,
         "limit_statuses": (429, 418),
     }
-    if state_dir is not None:
+    if not limited:  # no limit configured: an in-memory bucket that never fills
+        kwargs["per_second"] = 1_000_000
+    elif state_dir is not None:
         from pyrate_limiter import SQLiteBucket
 
         state_dir.mkdir(parents=True, exist_ok=True)

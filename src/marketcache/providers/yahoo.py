@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from marketcache.errors import (
+    MarketCacheError,
     ProviderError,
     ProviderUnavailable,
     RangeUnavailable,
@@ -211,6 +212,8 @@ def map_yahoo_error(exc: Exception, symbol: str, last_response: Any = None) -> P
 
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, MarketCacheError):  # e.g. StorageError from the rate-limit bucket
+        raise exc
     retry = retry_after_seconds(getattr(last_response, "headers", None))
     if isinstance(exc, yfe.YFRateLimitError):
         return RateLimited(
