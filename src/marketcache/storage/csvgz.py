@@ -53,7 +53,9 @@ def decode(data: bytes) -> pd.DataFrame:
     if len(data) < THREADED_ABOVE:
         return parse_csv(bytes(igzip.decompress(data)))  # type: ignore[no-untyped-call]
     head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 1024)
-    stream = igzip_threaded.open(io.BytesIO(data), "rb", threads=1, block_size=1 << 20)
+    stream = igzip_threaded.open(  # type: ignore[no-untyped-call]
+        io.BytesIO(data), "rb", threads=1, block_size=1 << 20
+    )
     try:
         return parse_csv(head, stream)
     finally:
