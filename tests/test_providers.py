@@ -189,7 +189,10 @@ def test_yahoo_daily_bars_carry_the_session_date_and_raw_prices(
     assert np.array_equal(got["close"].to_numpy(), np.array(quote["close"], dtype=float))
     assert np.array_equal(got["adj_close"].to_numpy(), np.array(adj, dtype=float))
     assert (got["adj_close"] != got["close"]).any(), "raw close, adjusted close kept apart"
-    assert (tmp_path / "yfinance").is_dir(), "yfinance's caches live in the cache folder"
+    from yfinance.cache import _CookieDBManager, _TzDBManager
+
+    for manager in (_CookieDBManager, _TzDBManager):  # yfinance's caches live in the cache folder
+        assert Path(manager.get_location()) == tmp_path / "yfinance"
 
 
 def test_yahoo_weekend_minute_request_without_timestamps_is_empty(

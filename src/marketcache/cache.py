@@ -256,9 +256,9 @@ class UnifiedCache:
             new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]),
             last_row=_last_row(part),
         )
-        pending = self._write_pending(sym, tf, year, new_meta)
+        # no pending record: until the metadata names the new size, the member is a torn tail
         append_durable(data_path, member, committed)
-        self._finish_commit(sym, tf, year, new_meta, pending)
+        write_metadata(self.layout.meta_path(sym, tf, year), new_meta)
         return YearWrite(
             year, "append", int(info["rows"]), int(info["rows"]) + len(part), len(part), 0,
             new_meta["data_quality"]["score"],

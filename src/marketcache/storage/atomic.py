@@ -24,21 +24,26 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` so that a crash leaves either the old or the new file."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace `path` by `data` so that a crash leaves either the old or the new file.
+
+    `durable=False` skips the fsyncs, for derived files that are rebuilt when unreadable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def append_durable(path: Path, data: bytes, committed_size: int) -> int:

@@ -46,7 +46,9 @@ def write_metadata(path: Path, meta: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    """A derived index file: atomic, not fsynced (it is rebuilt if ever unreadable)."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text.encode("utf-8"), durable=False)
 
 
 def read_json(path: Path, default: Any) -> Any:
