@@ -47,7 +47,13 @@ from marketcache.storage.metadata import (
 )
 from marketcache.symbols import AssetClass, classify, normalize_symbol
 from marketcache.timeframes import parse_timeframe
-from marketcache.validate import OHLCVValidator, TailContext, ValidationCounts, score_counts
+from marketcache.validate import (
+    OHLCVValidator,
+    TailContext,
+    ValidationCounts,
+    score_counts,
+    sound_rows,
+)
 
 MAX_MEMBERS = 64  # compact a year file once this many appended gzip members pile up
 PENDING_SUFFIX = ".pending"
@@ -816,7 +822,7 @@ class UnifiedCache:
                     check.repairs.append("cut the torn tail")
             result = validator.validate(df)
             if fix and not result.is_valid:
-                cleaned = clean_frame(df, validator)
+                cleaned = clean_frame(df)
                 check.repairs.append(
                     f"dropped {len(df) - len(cleaned)} invalid or duplicate rows and sorted"
                 )
@@ -1099,21 +1105,10 @@ def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def clean_frame(df: pd.DataFrame, validator: OHLCVValidator) -> pd.DataFrame:
+def clean_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Drop rows with bad values, dedupe (last wins) and sort — what `validate --fix` keeps."""
     frame = normalize_frame(df)
-    prices = frame[["open", "high", "low", "close"]].to_numpy()
-    vol = frame["volume"].to_numpy()
-    with np.errstate(invalid="ignore"):
-        good = (
-            np.isfinite(prices).all(axis=1)
-            & np.isfinite(vol)
-            & (prices > 0).all(axis=1)
-            & (vol >= 0)
-            & (frame["high"] >= frame[["open", "close"]].max(axis=1)).to_numpy()
-            & (frame["low"] <= frame[["open", "close"]].min(axis=1)).to_numpy()
-        )
-    cleaned: pd.DataFrame = frame[good].reset_index(drop=True)
+    cleaned: pd.DataFrame = frame[sound_rows(frame)].reset_index(drop=True)
     return cleaned
 
 

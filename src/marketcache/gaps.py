@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from marketcache.timeframes import Timeframe
+from marketcache.validate import in_sorted
 
 MERGE_BARS = 100  # two holes closer than this many expected bars are fetched as one range
 CHUNK_BARS = 50_000  # a fetched range is committed at least this often (memory, crash loss)
@@ -69,7 +70,7 @@ def plan_fetch(
     if full_refresh:
         spans = [wanted] if len(exp) else []
     else:
-        missing = ~_isin_sorted(exp, have)
+        missing = ~in_sorted(exp, have)
         fresh_after = (now - recheck_after).value
         for ve in verified_empty:
             if ve.checked_at.value >= fresh_after:
@@ -100,14 +101,6 @@ def plan_fetch(
         for chunk in split_by_bars(piece, timeframe, chunk_bars)
     ]
     return plan
-
-
-def _isin_sorted(needles: np.ndarray, hay: np.ndarray) -> np.ndarray:
-    if not len(hay):
-        return np.zeros(len(needles), dtype=bool)
-    pos = np.searchsorted(hay, needles)
-    pos[pos == len(hay)] = len(hay) - 1
-    return np.asarray(hay[pos] == needles)
 
 
 def _runs(

@@ -229,7 +229,7 @@ class OHLCVValidator:
                 self.calendar, self.timeframe, first, last + pd.Timedelta(1, "ns")
             )
             exp_i = expected.asi8
-            present_mask = _members(exp_i, uniq)
+            present_mask = in_sorted(exp_i, uniq)
             c.expected_bars = len(exp_i)
             c.present_bars = int(present_mask.sum())
             c.missing_bars = c.expected_bars - c.present_bars
@@ -299,7 +299,22 @@ def _floats(col: pd.Series, name: str, errors: list[str]) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _members(needles: np.ndarray, sorted_hay: np.ndarray) -> np.ndarray:
+def sound_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose values can be stored: finite, prices > 0, volume >= 0, OHLC consistent."""
+    prices = frame[list(PRICE_COLUMNS)].to_numpy(dtype="float64", na_value=np.nan)
+    vol = frame["volume"].to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(
+            np.isfinite(prices).all(axis=1)
+            & np.isfinite(vol)
+            & (prices > 0).all(axis=1)
+            & (vol >= 0)
+            & (prices[:, 1] >= np.maximum(prices[:, 0], prices[:, 3]))
+            & (prices[:, 2] <= np.minimum(prices[:, 0], prices[:, 3]))
+        )
+
+
+def in_sorted(needles: np.ndarray, sorted_hay: np.ndarray) -> np.ndarray:
     """needles[i] in sorted_hay, for a sorted unique haystack (O(n log m), no sort)."""
     if not len(sorted_hay):
         return np.zeros(len(needles), dtype=bool)

@@ -83,6 +83,18 @@ def root(
     """Keep a cache of OHLCV market data complete, fresh and trustworthy."""
 
 
+def _not_cached(ctx: Context, sym: str, tf: str | None) -> UsageError:
+    what = f"{sym} {tf}" if tf else sym
+    return UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+
+
+def _cached_detail(ctx: Context, sym: str, tf: str | None) -> dict[str, Any]:
+    detail = ctx.cache.get_data_info(sym, tf)
+    if not detail["timeframes"]:
+        raise _not_cached(ctx, sym, tf)
+    return detail
+
+
 def _scope(symbol: str | None, timeframe: str | None) -> tuple[str | None, str | None]:
     sym = normalize_symbol(symbol) if symbol else None
     tf = parse_timeframe(timeframe).name if timeframe else None
@@ -152,10 +164,7 @@ def info(
     if sym is None:
         ctx.out.stats(ctx.cache.get_stats())
         return 0
-    detail = ctx.cache.get_data_info(sym, tf)
-    if not detail["timeframes"]:
-        what = f"{sym} {tf}" if tf else sym
-        raise UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+    detail = _cached_detail(ctx, sym, tf)
     ctx.out.symbol_info(detail)
     return 0
 
@@ -180,10 +189,7 @@ def list_(
             rows.append({"symbol": s, "timeframes": tfs})
         ctx.out.listing("symbols", rows)
         return 0
-    detail = ctx.cache.get_data_info(sym, tf)
-    if not detail["timeframes"]:
-        what = f"{sym} {tf}" if tf else sym
-        raise UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+    detail = _cached_detail(ctx, sym, tf)
     if tf is None:
         for name, entry in detail["timeframes"].items():
             rows.append(
@@ -268,8 +274,7 @@ def validate(
     threshold = ctx.settings.options.min_score if min_score is None else min_score
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:
-        what = f"{sym} {tf}" if tf else sym
-        raise UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
+        raise _not_cached(ctx, sym, tf)
     checks: list[YearCheck] = []
     with ctx.out.progress(len(targets), label="validating") as progress:
         for s, t, year in targets:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from marketcache.config import ProviderSettings
@@ -21,6 +20,7 @@ from marketcache.models import utcnow
 from marketcache.providers.http import with_retries
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
+from marketcache.validate import sound_rows
 
 CANONICAL = ["timestamp", "open", "high", "low", "close", "volume"]
 
@@ -178,17 +178,7 @@ def canonical_frame(
     if still_open.any():
         notes.append(f"left out {int(still_open.sum())} bar(s) still open")
         df = df[~still_open]
-    prices = df[["open", "high", "low", "close"]].to_numpy()
-    vol = df["volume"].to_numpy()
-    with np.errstate(invalid="ignore"):
-        sound = (
-            np.isfinite(prices).all(axis=1)
-            & np.isfinite(vol)
-            & (prices > 0).all(axis=1)
-            & (vol >= 0)
-            & (prices[:, 1] >= np.maximum(prices[:, 0], prices[:, 3]))
-            & (prices[:, 2] <= np.minimum(prices[:, 0], prices[:, 3]))
-        )
+    sound = sound_rows(df)
     dropped = int((~sound).sum())
     if dropped:
         first = df["timestamp"].to_numpy()[~sound][0]
