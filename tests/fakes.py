@@ -48,6 +48,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each data request
         self.faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         server = self
@@ -93,6 +94,8 @@ class FakeServer:
         is_data = parts.path.startswith(self.data_path)
         with self._lock:
             self.requests.append((parts.path, query))
+            if is_data:
+                self.arrivals.append(time.monotonic())
             fault = self.faults.popleft() if is_data and self.faults else None
         if fault is not None and fault.delay:
             time.sleep(fault.delay)

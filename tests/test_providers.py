@@ -324,3 +324,32 @@ def test_mapping_distinguishes_the_cases_that_matter() -> None:
     assert isinstance(map_yahoo_error(requests.exceptions.ReadTimeout(), "X"), ProviderUnavailable)
     assert map_yahoo_error(requests.exceptions.ReadTimeout(), "X").retryable
     assert not map_binance_error(unknown, "X").retryable
+
+
+def test_two_processes_share_one_rate_limit(fake_binance: FakeBinance, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fake_binance.add("RATEUSDT", "1h", make_bars("2024-01-01", 10, "1h"))
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance, rate="{per_second: 4}"))
+    code = (
+        "import sys; from pathlib import Path; import pandas as pd\n"
+        "from marketcache.config import load_settings\n"
+        "from marketcache.providers.registry import provider_class\n"
+        "from marketcache.timeframes import Timeframe\n"
+        "s = load_settings(sys.argv[1])\n"
+        "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
+        "for _ in range(6):\n"
+        "    p.fetch('RATEUSDT', Timeframe('1h'), pd.Timestamp('2024-01-01'), pd.Timestamp('2024-01-02'))\n"
+    )
+    state = tmp_path / "cache" / "_metadata"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(conf), str(state)]) for _ in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    times = sorted(fake_binance.arrivals)
+    assert len(times) == 12
+    busiest = max(sum(1 for t in times if start <= t < start + 0.95) for start in times)
+    assert busiest <= 5, f"{busiest} requests within one second at a shared limit of 4/s"
+    assert times[-1] - times[0] >= 1.5, "12 requests at 4/s take at least two windows"
