@@ -67,6 +67,3 @@ class DateRange:
             raise UsageError(
                 f"start {self.start} is not before end {self.end}: give --start earlier than --end"
             )
-
-    def as_json(self) -> dict[str, str]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat()}

@@ -17,7 +17,7 @@ validating them with the `TailContext` of the rows before them and adding the co
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -99,18 +99,6 @@ class ValidationResult:
     @property
     def duplicates(self) -> int:
         return self.counts.duplicates
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "breakdown": self.breakdown,
-            "validation_errors": self.errors,
-            "gaps": self.gaps,
-            "duplicates": self.duplicates,
-            "missing_bars": self.counts.missing_bars,
-            "counts": asdict(self.counts),
-            "tail": asdict(self.tail) if self.tail else None,
-        }
 
 
 def score_counts(counts: ValidationCounts) -> tuple[float, dict[str, float]]:
