@@ -421,3 +421,107 @@ def test_the_api_key_appears_nowhere(
         assert any(SECRET in q.get("apikey", "") for q in av.data_requests()), "the key was used"
     finally:
         av.close()
+
+
+_value = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.sampled_from(["12.5", "x", "", "-3"]),
+)
+
+
+def _yahoo_body(n: int, draw_values: Any, stamps: Any) -> dict[str, Any]:
+    return {"chart": {"error": None, "result": [{
+        "meta": {"symbol": "FUZ", "exchangeTimezoneName": "America/New_York", "dataGranularity": "1d"},
+        "timestamp": stamps,
+        "indicators": {"quote": [{c: draw_values for c in ("open", "high", "low", "close", "volume")}],
+                       "adjclose": [{"adjclose": draw_values}]},
+    }]}}  # fmt: skip
+
+
+_yahoo_bodies = st.one_of(
+    st.builds(
+        lambda stamps, values: _yahoo_body(len(stamps), values, stamps),
+        st.lists(st.integers(min_value=1704200000, max_value=1706000000), max_size=25),
+        st.lists(_value, max_size=25),
+    ),
+    st.builds(
+        lambda v: {"chart": {"result": v, "error": None}},
+        st.one_of(st.none(), st.just([]), st.just([None]), st.just([{}])),
+    ),
+    st.builds(lambda t: {"chart": t}, st.one_of(st.none(), st.text(max_size=5), st.integers())),
+    st.text(max_size=30),
+)
+
+
+@given(body=_yahoo_bodies)
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_fuzzed_yahoo_charts_never_crash_and_never_store_garbage(yahoo_raw: Any, body: Any) -> None:
+    yahoo_raw.raw[("FUZ", "1d")] = body
+    settings_ = parse_settings(config_for(yahoo=yahoo_raw, retry_budget=0))
+    p = provider_class("yahoo")(settings_.providers["yahoo"], None, sleep=lambda s: None)
+    try:
+        frame = p.fetch(
+            "FUZ", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2024-02-01")
+        ).frame
+    except ProviderError:
+        return
+    if len(frame):
+        assert frame["timestamp"].is_monotonic_increasing and frame["timestamp"].is_unique
+        assert np.isfinite(frame[["open", "high", "low", "close", "volume"]].to_numpy()).all()
+        assert (frame["high"] >= frame[["open", "close"]].max(axis=1)).all()
+
+
+@pytest.fixture(scope="module")
+def yahoo_raw() -> Iterator[Any]:
+    from fakes import FakeYahoo
+
+    server = FakeYahoo()
+    yield server
+    server.close()
+
+
+_av_rows = st.dictionaries(
+    st.one_of(st.sampled_from(["2024-01-03 10:31:00", "2024-01-03 10:32:00", "2024-01-03 10:33:00"]), st.text(max_size=12)),
+    st.one_of(st.dictionaries(st.sampled_from(["1. open", "2. high", "3. low", "4. close", "5. volume"]),
+                              _value.map(lambda v: v if isinstance(v, str) or v is None else repr(v))), st.integers()),
+    max_size=6,
+)  # fmt: skip
+
+
+@given(series=_av_rows)
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_fuzzed_alpha_vantage_series_never_crash(av_raw: Any, series: dict[str, Any]) -> None:
+    av_raw.intraday[("FUZ", "1min")] = series
+    settings_ = parse_settings(config_for(alpha_vantage=av_raw, retry_budget=0))
+    p = provider_class("alpha_vantage")(
+        settings_.providers["alpha_vantage"], None, sleep=lambda s: None
+    )
+    try:
+        frame = p.fetch(
+            "FUZ", Timeframe("1m"), pd.Timestamp("2024-01-03"), pd.Timestamp("2024-01-04")
+        ).frame
+    except ProviderError:
+        return
+    if len(frame):
+        assert frame["timestamp"].is_unique
+        assert np.isfinite(frame[["open", "high", "low", "close", "volume"]].to_numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def av_raw() -> Iterator[Any]:
+    key = "fuzz-key"
+    old = os.environ.get("ALPHAVANTAGE_API_KEY")
+    os.environ["ALPHAVANTAGE_API_KEY"] = key
+    server = FakeAlphaVantage(key)
+    yield server
+    server.close()
+    if old is None:
+        os.environ.pop("ALPHAVANTAGE_API_KEY", None)
+    else:
+        os.environ["ALPHAVANTAGE_API_KEY"] = old

@@ -124,9 +124,7 @@ class YahooProvider(Provider):
         except Exception as exc:
             raise map_yahoo_error(exc, symbol, self.session.last_response) from exc
         body = _chart_body(response, symbol)
-        answered_for = (
-            ((body["chart"].get("result") or [{}])[0] or {}).get("meta", {}).get("symbol")
-        )
+        answered_for = _meta(body).get("symbol")
         if answered_for and str(answered_for).upper() != symbol.upper():
             raise ProviderUnavailable(
                 f"yahoo answered with {answered_for}'s data when asked for {symbol}",
@@ -143,7 +141,10 @@ def _chart_body(response: Any, symbol: str) -> dict[str, Any]:
         body = json.loads(response.text)
     except ValueError:
         body = None
-    error = (body or {}).get("chart", {}).get("error") if isinstance(body, dict) else None
+    chart = body.get("chart") if isinstance(body, dict) else None
+    error = chart.get("error") if isinstance(chart, dict) else None
+    if not isinstance(error, dict):
+        error = None
     description = (error or {}).get("description") or (error or {}).get("code") or ""
     if status == 404 or (error and error.get("code") == "Not Found"):
         raise SymbolNotFound(
@@ -162,7 +163,7 @@ def _chart_body(response: Any, symbol: str) -> dict[str, Any]:
     raise_for_status(response, "yahoo", symbol)
     if status >= 400:
         raise ProviderError(f"yahoo answered HTTP {status}", provider="yahoo", symbol=symbol)
-    if not isinstance(body, dict) or not isinstance(body.get("chart"), dict):
+    if not isinstance(body, dict) or not isinstance(chart, dict):
         raise ProviderUnavailable(
             "yahoo answered a body that is not chart JSON (truncated or an error page)",
             provider="yahoo",
@@ -171,14 +172,25 @@ def _chart_body(response: Any, symbol: str) -> dict[str, Any]:
     return body
 
 
+def _first_result(body: dict[str, Any]) -> dict[str, Any] | None:
+    results = body["chart"].get("result")
+    first = results[0] if isinstance(results, list) and results else None
+    return first if isinstance(first, dict) else None
+
+
+def _meta(body: dict[str, Any]) -> dict[str, Any]:
+    meta = (_first_result(body) or {}).get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
 def chart_frame(body: dict[str, Any], timeframe: Timeframe) -> pd.DataFrame:
     """The canonical frame of one chart answer (empty when Yahoo has no bars there)."""
-    result = (body["chart"].get("result") or [None])[0]
+    result = _first_result(body)
     columns = ["timestamp", "open", "high", "low", "close", "volume", "adj_close"]
     if not result or not result.get("timestamp"):
         return pd.DataFrame(columns=columns)
     try:
-        meta = result.get("meta") or {}
+        meta = _meta(body)
         stamps = np.asarray(result["timestamp"], dtype="int64")
         quote = (result.get("indicators", {}).get("quote") or [{}])[0]
         adj = ((result.get("indicators", {}).get("adjclose") or [{}])[0] or {}).get("adjclose")
