@@ -43,14 +43,14 @@ OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
 class ProgressSink(Protocol):
     def advance(self, current: str = "", bars: int = 0) -> None: ...
 
-    def note(self, current: str) -> None: ...
+    def note(self, current: str, bars: int = 0, requests: int = 0) -> None: ...
 
 
 class _NoProgress:
     def advance(self, current: str = "", bars: int = 0) -> None:
         pass
 
-    def note(self, current: str) -> None:
+    def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
         pass
 
 
@@ -355,7 +355,13 @@ class _Runner:
             result.status = "up-to-date"
         failed = False
         for span in plan.fetch:
+            asked = result.requests
             outcome = self._fetch_with_failover(job, tf, span, chain, result)
+            self.sink.note(
+                f"{job.symbol} {job.timeframe}",
+                bars=0 if outcome.frame is None else len(outcome.frame),
+                requests=result.requests - asked,
+            )
             if outcome.frame is not None and len(outcome.frame):
                 put = self.cache.put(outcome.frame, job.symbol, job.timeframe, outcome.provider)
                 result.rows_added += put.rows_added

@@ -74,20 +74,25 @@ class ProgressSink:
         self._task = task
         self.started = time.monotonic()
         self.bars = 0
+        self.requests = 0
+
+    def _describe(self, current: str) -> str:
+        if not self.requests:
+            return current
+        rate = self.requests / max(time.monotonic() - self.started, 1e-6)
+        return f"{current} · {self.bars:,} bars · {rate:,.1f} req/s"
 
     def advance(self, current: str = "", bars: int = 0) -> None:
-        self.bars += bars
+        """One symbol × timeframe done."""
         if self._progress is not None:
-            rate = self.bars / max(time.monotonic() - self.started, 1e-6)
-            self._progress.update(
-                self._task,
-                advance=1,
-                description=f"{current} · {self.bars:,} bars · {rate:,.0f}/s" if bars else current,
-            )
+            self._progress.update(self._task, advance=1, description=self._describe(current))
 
-    def note(self, current: str) -> None:
+    def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
+        """Work inside the current job: a range fetched and committed."""
+        self.bars += bars
+        self.requests += requests
         if self._progress is not None:
-            self._progress.update(self._task, description=current)
+            self._progress.update(self._task, description=self._describe(current))
 
 
 class Renderer:
