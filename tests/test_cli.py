@@ -174,6 +174,10 @@ def test_validate_names_corrupt_files_and_fix_repairs(cli: Cli, filled: Path) ->
     assert report[("AAPL", 2023)]["status"] == "fixed"
     assert report[("AAPL", 2023)]["rows"] == 500 - 260
     assert list(tf_dir.glob("2024.csv.gz.corrupt-*")), "the damaged original is kept aside"
+    meta = json.loads((tf_dir / "2024.metadata.json").read_text())
+    assert (
+        meta["data_source"] == "binance" and meta["coverage"]["sources"][0]["provider"] == "binance"
+    )
     assert cli("validate", "--cache-dir", str(filled)).code == 0
 
 
@@ -258,4 +262,3 @@ def test_a_held_lock_exits_4(cli: Cli, filled: Path, held_lock: Path, tmp_path: 
     with pytest.raises(BlockingIOError):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
-    _ = json  # the lock test speaks only through exit codes

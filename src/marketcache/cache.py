@@ -672,17 +672,18 @@ class UnifiedCache:
             path = self.layout.data_path(sym, tf, year)
             if isinstance(meta, CorruptFile):
                 continue
-            if year < cutoff.year or cutoff <= pd.Timestamp(year, 1, 1):
-                if year < cutoff.year:
-                    actions.append(
-                        CleanupAction(str(path), "delete-year", sym, tf, year,
-                                      int(meta["file_info"]["rows"]), f"before {cutoff.date()}")
-                    )  # fmt: skip
-                    if not dry_run:
-                        with self.lock(sym, tf):
-                            self._delete_year(sym, tf, year)
-                        touched.add((sym, tf))
+            if year < cutoff.year:  # the whole year is older than the cutoff
+                actions.append(
+                    CleanupAction(str(path), "delete-year", sym, tf, year,
+                                  int(meta["file_info"]["rows"]), f"before {cutoff.date()}")
+                )  # fmt: skip
+                if not dry_run:
+                    with self.lock(sym, tf):
+                        self._delete_year(sym, tf, year)
+                    touched.add((sym, tf))
                 continue
+            if cutoff == pd.Timestamp(year, 1, 1) or not meta["start_date"]:
+                continue  # nothing of this year lies before the cutoff
             if pd.Timestamp(meta["start_date"]) >= cutoff:
                 continue
             with self.lock(sym, tf):
@@ -813,7 +814,7 @@ class UnifiedCache:
                 if salvaged is None:
                     check.status = "corrupt"
                     return check
-                df, meta, rewrite = salvaged, None, True
+                df, rewrite = salvaged, True  # keep readable metadata: coverage, created_at
             if meta is not None and data_path.stat().st_size > meta["file_info"]["size_bytes"]:
                 check.problems.append(f"{data_path}: torn tail after the committed size")
                 if fix:
