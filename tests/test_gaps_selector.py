@@ -124,7 +124,7 @@ ALL = {n: True for n in PROVIDERS}
     ],
 )
 def test_selection(symbol: str, tf: str, usable: dict[str, bool], chain: list[Choice]) -> None:
-    assert select(symbol.replace("/", "/"), tf, SETTINGS, CAPS, usable) == chain
+    assert select(symbol, tf, SETTINGS, CAPS, usable) == chain
 
 
 def test_a_forced_provider() -> None:

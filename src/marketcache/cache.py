@@ -747,10 +747,7 @@ class UnifiedCache:
                         (here / LOCK_NAME).unlink(missing_ok=True)
                         here.rmdir()
         if not dry_run:
-            for sym in self.layout.symbols():
-                for tf in self.layout.timeframes(sym):
-                    self._refresh_index(sym, tf)
-            self._prune_index()
+            self.rebuild_index()
         return actions
 
     def years_on_disk(
@@ -1060,22 +1057,6 @@ class UnifiedCache:
                     self._set_entry(symbols, quality, sym, tf)
             self._write_index(symbols, quality)
         return symbols
-
-    def _prune_index(self) -> None:
-        index = self.layout.index_dir
-        with hold(index / LOCK_NAME, wait=self.lock_wait, what="the cache index"):
-            symbols = read_json(index / "symbols.json", {})
-            present = set(self.layout.symbols())
-            stale = [s for s in symbols if s not in present]
-            if not stale:
-                return
-            quality = read_json(index / "quality_scores.json", {})
-            for s in stale:
-                symbols.pop(s, None)
-                quality.pop(s, None)
-            write_json(index / "symbols.json", symbols)
-            write_json(index / "quality_scores.json", quality)
-            write_json(index / "providers.json", _providers_index(symbols, self.settings))
 
 
 # ---- helpers -------------------------------------------------------------------------------

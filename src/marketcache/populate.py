@@ -41,13 +41,13 @@ OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
 
 
 class ProgressSink(Protocol):
-    def advance(self, current: str = "", bars: int = 0) -> None: ...
+    def advance(self, current: str = "") -> None: ...
 
     def note(self, current: str, bars: int = 0, requests: int = 0) -> None: ...
 
 
 class _NoProgress:
-    def advance(self, current: str = "", bars: int = 0) -> None:
+    def advance(self, current: str = "") -> None:
         pass
 
     def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
@@ -236,7 +236,7 @@ class _Runner:
         except Exception as exc:  # a bug must not stop the other symbols; it is reported
             result.status = "failed"
             result.errors.append(f"internal error {type(exc).__name__}: {exc}")
-        self.sink.advance(f"{job.symbol} {job.timeframe}", bars=result.rows_added)
+        self.sink.advance(f"{job.symbol} {job.timeframe}")
         return result
 
     def _run(self, job: Job, result: JobResult) -> None:
@@ -265,9 +265,9 @@ class _Runner:
                 return
             wanted = Span(job.start, end)
             years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
-            self._quarantine_corrupt(job, years, result)
+            stored_years = self._quarantine_corrupt(job, years, result)
             expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
-            present, verified = self._stored(job, years, expected)
+            present, verified = self._stored(job, stored_years, expected)
             plan = plan_fetch(
                 timeframe=tf,
                 wanted=wanted,
@@ -286,35 +286,36 @@ class _Runner:
             self._execute(job, tf, plan, chain, result, now, expected, present)
         self._summarise(job, result)
 
-    def _quarantine_corrupt(self, job: Job, years: Iterable[int], result: JobResult) -> None:
+    def _quarantine_corrupt(self, job: Job, years: Iterable[int], result: JobResult) -> list[int]:
+        """Check the stored years of the range (size + sha256); move corrupt ones aside.
+        Returns the years that remain stored."""
+        kept = []
+        cached = set(self.cache.list_years(job.symbol, job.timeframe))
         for year in years:
-            if year not in self.cache.list_years(job.symbol, job.timeframe):
+            if year not in cached:
                 continue
             try:
                 self.cache.verify_year(job.symbol, job.timeframe, year)
+                kept.append(year)
             except CorruptFile as exc:
                 aside = self.cache.quarantine_year(job.symbol, job.timeframe, year)
                 result.notes.append(f"{exc}; moved aside as {aside.name if aside else '-'}")
+        return kept
 
     def _stored(
         self, job: Job, years: Iterable[int], expected: pd.DatetimeIndex
     ) -> tuple[np.ndarray, list[VerifiedEmpty]]:
-        """Stored bar times in the years wanted (from metadata when a year is gap-free)."""
+        """Stored bar times in the stored `years` (from metadata when a year is gap-free)."""
         present: list[np.ndarray] = []
         verified: list[VerifiedEmpty] = []
         for year in years:
-            if year not in self.cache.list_years(job.symbol, job.timeframe):
-                continue
             meta = self.cache.metadata(job.symbol, job.timeframe, year)
             for ve in meta["coverage"].get("verified_empty", []):
+                checked = pd.Timestamp(ve["checked_at"])
+                if checked.tzinfo is not None:
+                    checked = checked.tz_convert("UTC").tz_localize(None)
                 verified.append(
-                    VerifiedEmpty(
-                        pd.Timestamp(ve["start"]),
-                        pd.Timestamp(ve["end"]),
-                        pd.Timestamp(ve["checked_at"]).tz_localize(None)
-                        if pd.Timestamp(ve["checked_at"]).tzinfo
-                        else pd.Timestamp(ve["checked_at"]),
-                    )
+                    VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
                 )
             info, dq = meta["file_info"], meta["data_quality"]
             if not info["rows"]:
@@ -437,8 +438,9 @@ class _Runner:
 
     def _summarise(self, job: Job, result: JobResult) -> None:
         scores = []
+        cached = set(self.cache.list_years(job.symbol, job.timeframe))
         for year in range(job.start.year, job.end.year + 1):
-            if year in self.cache.list_years(job.symbol, job.timeframe):
+            if year in cached:
                 meta = self.cache.metadata(job.symbol, job.timeframe, year)
                 if meta["file_info"]["rows"]:
                     scores.append(meta["data_quality"]["score"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 
@@ -30,20 +30,8 @@ class Timeframe:
         return int(self.name[:-1]) * _UNIT_MINUTES[self.name[-1]]
 
     @property
-    def delta(self) -> timedelta:
-        return timedelta(minutes=self.minutes)
-
-    @property
     def is_intraday(self) -> bool:
         return self.name not in ("1d", "1w", "1M")
-
-    @property
-    def pandas_freq(self) -> str:
-        if self.name == "1M":
-            return "MS"
-        if self.name == "1w":
-            return "W-MON"
-        return f"{self.minutes}min"
 
     def floor(self, ts: datetime) -> pd.Timestamp:
         """The open time of the bar that contains `ts`."""

@@ -82,7 +82,7 @@ class ProgressSink:
         rate = self.requests / max(time.monotonic() - self.started, 1e-6)
         return f"{current} · {self.bars:,} bars · {rate:,.1f} req/s"
 
-    def advance(self, current: str = "", bars: int = 0) -> None:
+    def advance(self, current: str = "") -> None:
         """One symbol × timeframe done."""
         if self._progress is not None:
             self._progress.update(self._task, advance=1, description=self._describe(current))
