@@ -16,9 +16,7 @@ from marketcache import UnifiedCache
 from marketcache.cli.app import main
 from marketcache.config import parse_settings
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI clones next to shared/
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # recorded payloads, see its README
 
 
 def make_bars(
