@@ -50,6 +50,7 @@ class FakeServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each data request
         self.faults: deque[Fault] = deque()
+        self.skew = pd.Timedelta(0)  # this server's clock minus ours, as its Date header says
         self._lock = threading.Lock()
         server = self
 
@@ -58,6 +59,10 @@ class FakeServer:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                told = time.time() if timestamp is None else timestamp
+                return super().date_time_string(told + server.skew.total_seconds())
 
             def do_GET(self) -> None:
                 server._handle(self)
@@ -197,18 +202,34 @@ YAHOO_INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "60m": "1
                    "1d": "1d", "1wk": "1w", "1mo": "1M"}  # fmt: skip
 
 
+@dataclass
+class YahooSeries:
+    """The truth a fake Yahoo serves from: bars as traded, and the actions of the symbol."""
+
+    frame: pd.DataFrame  # as traded; daily: session dates; intraday: UTC bar opens
+    tz: str
+    open_at: str  # local time Yahoo stamps a daily bar with (the session open)
+    splits: list[tuple[str, float]]  # (first session on the new basis, new shares per old)
+    dividends: list[tuple[str, float]]  # (ex date, amount as traded)
+
+
 class FakeYahoo(FakeServer):
     """Cookie (/), crumb (/v1/test/getcrumb) and chart (/v8/finance/chart/SYMBOL) endpoints.
 
-    Daily bars are served stamped at the regular session's open in the exchange's zone, as
-    Yahoo does; `null` quotes and missing `timestamp` arrays are reproduced.
+    It answers as Yahoo does, "as of" `self.as_of` (default: now): OHLC and volume split-
+    adjusted by every split known on that day, `adjclose` also dividend-adjusted (CRSP rule),
+    and the `events` (splits, dividends — amounts in the adjusted basis) inside the asked
+    window. Daily bars are stamped at the session open in the exchange's zone (09:30 New York,
+    10:00 Sydney, 00:00 London for FX); `null` quotes and missing `timestamp` arrays are
+    reproduced.
     """
 
     data_path = "/v8/finance/chart/"
 
     def __init__(self) -> None:
-        self.series: dict[tuple[str, str], tuple[pd.DataFrame, str]] = {}
+        self.series: dict[tuple[str, str], YahooSeries] = {}
         self.raw: dict[tuple[str, str], Any] = {}
+        self.as_of: pd.Timestamp | None = None
         super().__init__()
 
     def add_recorded(self, name: str) -> dict[str, Any]:
@@ -218,12 +239,25 @@ class FakeYahoo(FakeServer):
         self.raw[(meta["symbol"], YAHOO_INTERVALS[meta["dataGranularity"]])] = body
         return dict(body)
 
-    def add(self, symbol: str, tf: str, frame: pd.DataFrame, tz: str = "America/New_York") -> None:
-        """`frame` has UTC timestamps (intraday) or session dates (daily, stamped 09:30 local)."""
-        self.series[(symbol, tf)] = (frame.sort_values("timestamp").reset_index(drop=True), tz)
+    def add(
+        self,
+        symbol: str,
+        tf: str,
+        frame: pd.DataFrame,
+        tz: str = "America/New_York",
+        *,
+        open_at: str = "09:30",
+        splits: list[tuple[str, float]] | None = None,
+        dividends: list[tuple[str, float]] | None = None,
+    ) -> None:
+        """Serve `frame` (as traded: UTC bar opens intraday, session dates daily)."""
+        self.series[(symbol, tf)] = YahooSeries(
+            frame.sort_values("timestamp").reset_index(drop=True), tz, open_at,
+            sorted(splits or []), sorted(dividends or []),
+        )  # fmt: skip
 
     def add_fixture(self, name: str) -> tuple[str, pd.DataFrame, dict[str, Any]]:
-        """Serve a recorded chart body; returns (symbol, the rows as recorded, the body)."""
+        """Serve a recorded chart body as is; returns (symbol, the rows as recorded, the body)."""
         record = json.loads((FIXTURES / "yahoo" / name).read_text())
         result = record["body"]["chart"]["result"][0]
         meta = result["meta"]
@@ -234,12 +268,12 @@ class FakeYahoo(FakeServer):
                 **{c: quote[c] for c in ("open", "high", "low", "close", "volume")},
             }
         )
-        if "adjclose" in result["indicators"]:
-            frame["adj_close"] = result["indicators"]["adjclose"][0]["adjclose"]
         frame["timestamp"] = pd.to_datetime(frame["epoch"], unit="s")
-        tf = YAHOO_INTERVALS[meta["dataGranularity"]]
-        self.series[(meta["symbol"], tf)] = (frame, meta["exchangeTimezoneName"])
+        self.add_recorded(name)
         return meta["symbol"], frame, record["body"]
+
+    def now(self) -> pd.Timestamp:
+        return self.as_of if self.as_of is not None else pd.Timestamp.now().floor("s")
 
     def answer(self, path: str, query: dict[str, str]) -> Answer:
         if path in ("/", ""):
@@ -252,47 +286,92 @@ class FakeYahoo(FakeServer):
         tf = YAHOO_INTERVALS.get(query.get("interval", "1d"), "?")
         if (symbol, tf) in self.raw:
             return _json(200, self.raw[(symbol, tf)])
+        recorded = next((b for (sym, _), b in self.raw.items() if sym == symbol), None)
+        if recorded is not None and (symbol, tf) not in self.series:  # known symbol, no bars
+            meta = recorded["chart"]["result"][0]["meta"]
+            return _json(200, {"chart": {"result": [{"meta": meta, "indicators": {"quote": [{}]}}], "error": None}})  # fmt: skip
         entry = self.series.get((symbol, tf))
         if entry is None:
-            return _json(404, {"chart": {"result": None, "error": {
-                "code": "Not Found", "description": "No data found, symbol may be delisted"}}})  # fmt: skip
-        frame, tz = entry
+            other = next((v for (sym, _), v in self.series.items() if sym == symbol), None)
+            if other is None:
+                return _json(404, {"chart": {"result": None, "error": {
+                    "code": "Not Found", "description": "No data found, symbol may be delisted"}}})  # fmt: skip
+            entry = YahooSeries(other.frame.iloc[:0], other.tz, other.open_at, other.splits, other.dividends)  # fmt: skip
+        return _json(200, self._chart(symbol, tf, entry, query))
+
+    def _chart(self, symbol: str, tf: str, s: YahooSeries, query: dict[str, str]) -> Any:
         p1, p2 = int(query.get("period1", 0)), int(query.get("period2", 2**40))
-        if "epoch" in frame:
-            epochs = frame["epoch"].to_numpy(np.int64)
-        elif tf in ("1d", "1w", "1M"):
-            local = (frame["timestamp"] + pd.Timedelta(hours=9, minutes=30)).dt.tz_localize(tz)
-            epochs = (
-                local.dt.tz_convert("UTC")
-                .dt.tz_localize(None)
-                .to_numpy("datetime64[s]")
-                .astype(np.int64)
-            )
+        now = self.now()
+        daily = tf in ("1d", "1w", "1M")
+        frame = s.frame
+        if daily:
+            frame = frame[frame["timestamp"] < now.normalize()]  # today's session is not over
         else:
-            epochs = frame["timestamp"].to_numpy("datetime64[s]").astype(np.int64)
+            frame = frame[frame["timestamp"] < now]
+        splits = [(d, r) for d, r in s.splits if pd.Timestamp(d) <= now]
+        dividends = [(d, a) for d, a in s.dividends if pd.Timestamp(d) <= now]
+        epochs = self._epochs(frame["timestamp"], s) if daily else _epoch(frame["timestamp"])
+        # split adjustment as of `now`, per bar: the product of the later splits' ratios
+        day = frame["timestamp"].dt.normalize()
+        factor = np.ones(len(frame))
+        for d, r in splits:
+            factor[(day < pd.Timestamp(d)).to_numpy()] *= r
+        closes = frame["close"].to_numpy(float)
+        divf = np.ones(len(frame))
+        for d, a in dividends:  # CRSP: scale closes before ex by 1 - amount / previous close
+            before = np.flatnonzero((day < pd.Timestamp(d)).to_numpy())
+            if len(before):
+                divf[: before[-1] + 1] *= 1 - a / closes[before[-1]]
         sel = (epochs >= p1) & (epochs < p2)
-        part = frame[sel]
-        meta = {"symbol": symbol, "exchangeTimezoneName": tz, "dataGranularity": query.get("interval"),
+        meta = {"symbol": symbol, "exchangeTimezoneName": s.tz, "dataGranularity": query.get("interval"),
                 "currency": "USD", "gmtoffset": -18000, "timezone": "EST"}  # fmt: skip
         result: dict[str, Any] = {"meta": meta, "indicators": {"quote": [{}]}}
-        if len(part):
+        if sel.any():
+            part, f = frame[sel], factor[sel]
             result["timestamp"] = [int(e) for e in epochs[sel]]
-            result["indicators"]["quote"][0] = {
-                c: [None if pd.isna(v) else float(v) for v in part[c]]
-                for c in ("open", "high", "low", "close", "volume")
-            }
-            if "adj_close" in part:
-                result["indicators"]["adjclose"] = [
-                    {"adjclose": [None if pd.isna(v) else float(v) for v in part["adj_close"]]}
-                ]
-        return _json(200, {"chart": {"result": [result], "error": None}})
+            quote = {c: part[c].to_numpy(float) / f for c in ("open", "high", "low", "close")}
+            quote["volume"] = part["volume"].to_numpy(float) * f
+            result["indicators"]["quote"][0] = {c: _nullable(v) for c, v in quote.items()}
+            if daily:
+                result["indicators"]["adjclose"] = [{"adjclose": _nullable(quote["close"] * divf[sel])}]
+        events: dict[str, Any] = {}
+        for d, r in splits:
+            e = int(self._epochs(pd.Series([pd.Timestamp(d)]), s)[0])
+            if p1 <= e < p2:
+                num, den = (r, 1.0) if r >= 1 else (1.0, round(1 / r, 6))
+                events.setdefault("splits", {})[str(e)] = {
+                    "date": e, "numerator": num, "denominator": den, "splitRatio": f"{num:g}:{den:g}"}  # fmt: skip
+        for d, a in dividends:
+            e = int(self._epochs(pd.Series([pd.Timestamp(d)]), s)[0])
+            later = float(np.prod([r for sd, r in splits if pd.Timestamp(sd) > pd.Timestamp(d)]))
+            if p1 <= e < p2:
+                events.setdefault("dividends", {})[str(e)] = {"amount": a / later, "date": e}
+        if events:
+            result["events"] = events
+        return {"chart": {"result": [result], "error": None}}
+
+    def _epochs(self, days: pd.Series, s: YahooSeries) -> np.ndarray:
+        """Session dates → epoch seconds of the local open (how Yahoo stamps daily bars)."""
+        hours, minutes = (int(x) for x in s.open_at.split(":"))
+        local = (pd.to_datetime(days) + pd.Timedelta(hours=hours, minutes=minutes)).dt.tz_localize(s.tz)
+        return _epoch(local.dt.tz_convert("UTC").dt.tz_localize(None))
+
+
+def _epoch(ts: pd.Series) -> np.ndarray:
+    return np.asarray(pd.to_datetime(ts).to_numpy("datetime64[s]").astype(np.int64))
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in values]
 
 
 # ---- Alpha Vantage ---------------------------------------------------------------------------
 
 
 class FakeAlphaVantage(FakeServer):
-    """GET /query?function=TIME_SERIES_INTRADAY|TIME_SERIES_DAILY (labels are US/Eastern bar ends)."""
+    """GET /query?function=TIME_SERIES_INTRADAY|TIME_SERIES_DAILY.
+
+    Intraday labels are US/Eastern bar *starts*; daily series are as traded (unadjusted)."""
 
     data_path = "/query"
 
@@ -311,10 +390,9 @@ class FakeAlphaVantage(FakeServer):
         return meta["2. Symbol"], body
 
     def add_intraday(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
-        """`frame` timestamps are UTC bar opens; served as US/Eastern bar-end labels."""
-        minutes = int(interval.removesuffix("min"))
-        ends = (frame["timestamp"] + pd.Timedelta(minutes=minutes)).dt.tz_localize("UTC")
-        labels = ends.dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d %H:%M:%S")
+        """`frame` timestamps are UTC bar opens; served as US/Eastern bar-start labels."""
+        opens = frame["timestamp"].dt.tz_localize("UTC")
+        labels = opens.dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d %H:%M:%S")
         self.intraday[(symbol, interval)] = {
             label: _av_row(row) for label, row in zip(labels, frame.itertuples(), strict=True)
         }

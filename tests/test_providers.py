@@ -63,8 +63,8 @@ def _build(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     elif name == "yahoo":
         server = FakeYahoo()
         served = make_bars("", 0, index=_recent(24 * 400), seed=2)
-        server.add("ABC-USD", "1h", served)  # type: ignore[attr-defined]
-        symbol, tf = "ABC-USD", Timeframe("1h")
+        server.add("BTC-USD", "1h", served)  # type: ignore[attr-defined]
+        symbol, tf = "BTC-USD", Timeframe("1h")
         settings = parse_settings(config_for(yahoo=server, timeout=0.5, retry_budget=10))
     else:
         monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "demo-key")
@@ -208,7 +208,8 @@ def test_yahoo_weekend_minute_request_without_timestamps_is_empty(
         days=(pd.Timestamp.now().day_of_week + 2) % 7
     )
     got = p.fetch("AAPL", Timeframe("1m"), saturday, saturday + pd.Timedelta(days=1))
-    assert got.frame.empty and got.requests == 1
+    # one daily answer to learn the splits up to now (intraday bars are split-adjusted), one 1m
+    assert got.frame.empty and got.requests == 2
     with pytest.raises(RangeUnavailable, match="only since"):  # 1m is kept for 30 days only
         p.fetch("AAPL", Timeframe("1m"), pd.Timestamp("2025-02-01"), pd.Timestamp("2025-02-02"))
 
@@ -239,9 +240,13 @@ def test_alpha_vantage_recorded_intraday_is_converted_to_utc_bar_opens(
     ).frame
     series = body["Time Series (1min)"]
     assert len(got) == len(series)
-    # 14:56 New York (EST, UTC-5) labels the bar that opened 14:55 → 19:55 UTC
+    # Alpha Vantage labels bars by their start: the documented extended-hours day runs
+    # 04:00-20:00 and its 5min series ends at 19:55; a Paris 1min series ends 11:29 New York,
+    # the minute before the 17:30 close (alpha_vantage issue #205). So 14:56 New York (EST,
+    # UTC-5) is the bar that opened 14:56 → 19:56 UTC; the first label opens the first bar.
     last = got.iloc[-1]
-    assert last["timestamp"] == pd.Timestamp("2017-12-18 19:55:00")
+    assert last["timestamp"] == pd.Timestamp("2017-12-18 19:56:00")
+    assert got.iloc[0]["timestamp"] == pd.Timestamp("2017-12-18 18:17:00")
     assert last["close"] == float(series["2017-12-18 14:56:00"]["4. close"])
 
 

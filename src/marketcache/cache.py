@@ -23,6 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marketcache.actions import (
+    ADJUST_MODES,
+    CorporateActions,
+    Dividend,
+    Split,
+    adj_close,
+    adjust,
+    merge_actions,
+)
 from marketcache.calendars import calendar_for
 from marketcache.config import Settings, load_settings
 from marketcache.errors import CorruptFile, StorageError, UsageError
@@ -51,12 +60,17 @@ from marketcache.validate import (
     OHLCVValidator,
     TailContext,
     ValidationCounts,
+    ValidationResult,
     score_counts,
     sound_rows,
+    unfilled_bars,
 )
 
 MAX_MEMBERS = 64  # compact a year file once this many appended gzip members pile up
 PENDING_SUFFIX = ".pending"
+ACTIONS_FILE = "corporate_actions.json"
+ACTIONS_LOCK = ".actions.lock"
+SAME = 1e-9  # relative difference below which a re-fetched value is the stored one
 
 
 def _now() -> str:
@@ -153,7 +167,98 @@ class UnifiedCache:
 
     def validator(self, symbol: str, timeframe: str) -> OHLCVValidator:
         prof = self.profile(symbol)
-        return OHLCVValidator(parse_timeframe(timeframe), prof.calendar, prof.asset_class)
+        splits = {}
+        if prof.asset_class is not AssetClass.CRYPTO:
+            splits = {s.date: s.ratio for s in self.get_actions(prof.symbol).splits}
+        return OHLCVValidator(
+            parse_timeframe(timeframe), prof.calendar, prof.asset_class, splits=splits
+        )
+
+    def adjusts(self, symbol: str, timeframe: str) -> bool:
+        """Whether this series carries an `adj_close` (daily or longer, not crypto)."""
+        tf = parse_timeframe(timeframe)
+        return not tf.is_intraday and self.profile(symbol).asset_class is not AssetClass.CRYPTO
+
+    # ---- corporate actions ---------------------------------------------------------------
+
+    def _actions_path(self, sym: str) -> Path:
+        return self.layout.symbol_dir(sym) / ACTIONS_FILE
+
+    def get_actions(self, symbol: str) -> CorporateActions:
+        """Every split and dividend known for `symbol` (empty when none was ever seen)."""
+        sym = normalize_symbol(symbol)
+        path = self._actions_path(sym)
+        data = read_json(path, None)
+        if data is None:
+            if path.exists():
+                raise CorruptFile(path, "corporate actions are not valid JSON")
+            return CorporateActions(sym)
+        try:
+            return CorporateActions.from_json(data)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CorruptFile(path, f"corporate actions are malformed ({exc})") from None
+
+    def record_actions(
+        self,
+        symbol: str,
+        splits: list[Split],
+        dividends: list[Dividend],
+        *,
+        source: str,
+        checked_through: str | None = None,
+    ) -> bool:
+        """Merge newly seen actions into SYMBOL/corporate_actions.json (written atomically);
+        True when a price-adjusting fact changed, so stored `adj_close` must be redone."""
+        sym = normalize_symbol(symbol)
+        path = self._actions_path(sym)
+        with hold(self.layout.symbol_dir(sym) / ACTIONS_LOCK, wait=self.lock_wait, what=sym):
+            known = self.get_actions(sym)
+            merged, changed = merge_actions(
+                known, splits, dividends, source=source, checked_through=checked_through,
+                now=_now(),
+            )  # fmt: skip
+            if merged.as_json() != known.as_json():
+                write_metadata(path, merged.as_json())
+        return changed
+
+    def readjust(self, symbol: str, timeframe: str) -> list[int]:
+        """Recompute `adj_close` of every stored year from the closes and the known actions;
+        rewrite (crash-safe) the years whose values changed. Returns those years."""
+        sym = normalize_symbol(symbol)
+        tf = parse_timeframe(timeframe).name
+        if not self.adjusts(sym, tf):
+            return []
+        actions = self.get_actions(sym)
+        rewritten: list[int] = []
+        with self.lock(sym, tf):
+            years = self.layout.years(sym, tf)
+            frames = [self.read_year(sym, tf, y) for y in years]
+            if not frames:
+                return []
+            series = pd.concat(frames, ignore_index=True)
+            if series.empty:
+                return []
+            fresh = adj_close(series, actions)
+            offset = 0
+            for year, df in zip(years, frames, strict=True):
+                values = fresh[offset : offset + len(df)]
+                offset += len(df)
+                if df.empty:
+                    continue
+                if "adj_close" in df.columns and np.allclose(
+                    df["adj_close"].to_numpy("float64"), values, rtol=SAME, atol=0.0
+                ):
+                    continue
+                df = df.assign(adj_close=values)
+                meta = self.metadata(sym, tf, year)
+                self._rewrite(
+                    sym, tf, year, meta, None, df, meta.get("data_source", "unknown"),
+                    allow_shrink=True, record_source=False,
+                )  # fmt: skip
+                rewritten.append(year)
+            if rewritten:
+                self._refresh_index(sym, tf)
+        return rewritten
 
     def lock(self, symbol: str, timeframe: str) -> contextlib.AbstractContextManager[None]:
         """The per symbol/timeframe lock (re-entrant in this process)."""
@@ -171,10 +276,12 @@ class UnifiedCache:
         timeframe: str,
         provider: str = "unknown",
     ) -> PutResult:
-        """Merge `df` into the cache: new values win at equal timestamps; nothing cached is lost."""
+        """Merge `df` into the cache: new values win at equal timestamps, but a missing (NaN or
+        absent) new value never erases a stored one; nothing cached is lost. A tz-aware daily
+        frame is stored under its local session dates."""
         sym = normalize_symbol(symbol)
         tf = parse_timeframe(timeframe).name
-        frame = normalize_frame(df)
+        frame = normalize_frame(df, sessions=not parse_timeframe(tf).is_intraday)
         result = PutResult(sym, tf)
         if frame.empty:
             return result
@@ -281,6 +388,7 @@ class UnifiedCache:
         provider: str,
         *,
         allow_shrink: bool = False,
+        record_source: bool = True,
     ) -> YearWrite:
         rows_before = 0 if old is None else len(old)
         added = updated = 0
@@ -319,7 +427,9 @@ class UnifiedCache:
             errors=check.errors,
             tail=check.tail,
             provider=provider,
-            new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]) if len(part) else None,
+            new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1])
+            if len(part) and record_source
+            else None,
             last_row=_last_row(merged),
         )
         pending = self._write_pending(sym, tf, year, new_meta)
@@ -352,11 +462,12 @@ class UnifiedCache:
         new_span: tuple[Any, Any] | None,
         last_row: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        score, breakdown = score_counts(counts)
         prov = self.settings.providers.get(provider)
         coverage = dict((previous or {}).get("coverage") or {})
         coverage.setdefault("missing_ranges", [])
         coverage.setdefault("verified_empty", [])
+        counts = self._with_unfilled(sym, tf, counts, coverage["missing_ranges"], start, end)
+        score, breakdown = score_counts(counts)
         coverage["calendar"] = self.profile(sym).calendar
         sources = list(coverage.get("sources") or [])
         if new_span is not None:
@@ -405,6 +516,23 @@ class UnifiedCache:
                 "sources": coverage["sources"],
             },
         }
+
+    def _with_unfilled(
+        self,
+        sym: str,
+        tf: str,
+        counts: ValidationCounts,
+        missing_ranges: list[dict[str, Any]],
+        start: Any,
+        end: Any,
+    ) -> ValidationCounts:
+        """`counts` with the expected bars of `missing_ranges` outside [start, end]."""
+        first = pd.Timestamp(start) if start is not None else None
+        last = pd.Timestamp(end) if end is not None else None
+        unfilled = unfilled_bars(
+            self.profile(sym).calendar, parse_timeframe(tf), missing_ranges, first, last
+        )
+        return ValidationCounts(**{**asdict(counts), "unfilled_bars": unfilled})
 
     def _pending_path(self, sym: str, tf: str, year: int) -> Path:
         meta_path = self.layout.meta_path(sym, tf, year)
@@ -504,10 +632,18 @@ class UnifiedCache:
         timeframe: str,
         start: Any = None,
         end: Any = None,
+        *,
+        adjust: str = "none",
     ) -> pd.DataFrame:
-        """Bars in [start, end) across years, sorted, with a `timestamp` column."""
+        """Bars in [start, end) across years, sorted, with a `timestamp` column.
+
+        `adjust`: "none" as stored (as traded); "splits" divides prices and multiplies volume
+        by the splits after each bar; "all" also applies dividends (back-adjusted total return).
+        """
         sym = normalize_symbol(symbol)
         tf = parse_timeframe(timeframe).name
+        if adjust not in ADJUST_MODES:
+            raise UsageError(f"adjust={adjust!r}: use one of {', '.join(ADJUST_MODES)}")
         lo = parse_date(start, option="start") if start is not None else None
         hi = parse_date(end, option="end") if end is not None else None
         if lo is not None and hi is not None and lo >= hi:
@@ -528,6 +664,8 @@ class UnifiedCache:
             if hi is not None:
                 mask &= (ts < hi).to_numpy()
             df = df[mask].reset_index(drop=True)
+        if adjust != "none":
+            df = _adjusted(df, self.get_actions(sym), adjust)
         return df
 
     def list_symbols(self) -> list[str]:
@@ -818,7 +956,7 @@ class UnifiedCache:
                     with open(data_path, "r+b") as fh:
                         fh.truncate(meta["file_info"]["size_bytes"])
                     check.repairs.append("cut the torn tail")
-            result = validator.validate(df)
+            result = self._scored(sym, tf, validator.validate(df), meta, df)
             if fix and not result.is_valid:
                 cleaned = clean_frame(df)
                 check.repairs.append(
@@ -831,7 +969,7 @@ class UnifiedCache:
                 check.repairs.append("no valid rows left: year removed (original kept aside)")
             elif rewrite:
                 self._rewrite(sym, tf, year, meta, None, df, provider, allow_shrink=True)
-                result = validator.validate(df)
+                result = self._scored(sym, tf, validator.validate(df), meta, df)
             elif meta is not None:
                 self._store_quality(sym, tf, year, meta, result.counts, result.errors, result.tail)
             self._refresh_index(sym, tf)
@@ -841,11 +979,33 @@ class UnifiedCache:
             check.status = "fixed"
         elif check.problems:
             check.status = "corrupt"
-        if result.score < min_score and not df.empty:
+        if result.score < min_score and (not df.empty or result.counts.unfilled_bars):
             check.problems.append(f"quality {result.score:.4f} below {min_score:g}")
             if check.status == "ok":
                 check.status = "low-score"
         return check
+
+    def _rescore(self, sym: str, tf: str, meta: dict[str, Any]) -> None:
+        """Recompute the stored score after the coverage (missing ranges) changed."""
+        dq = meta["data_quality"]
+        counts = self._with_unfilled(
+            sym, tf, ValidationCounts.from_json(dq.get("counts", {})),
+            meta["coverage"].get("missing_ranges", []), meta["start_date"], meta["end_date"],
+        )  # fmt: skip
+        dq["score"], dq["breakdown"] = score_counts(counts)
+        dq["counts"] = asdict(counts)
+
+    def _scored(
+        self, sym: str, tf: str, result: ValidationResult, meta: dict[str, Any] | None,
+        df: pd.DataFrame,
+    ) -> ValidationResult:  # fmt: skip
+        """`result` with the coverage's missing ranges counted into completeness."""
+        missing = ((meta or {}).get("coverage") or {}).get("missing_ranges", [])
+        first = df["timestamp"].min() if len(df) else None
+        last = df["timestamp"].max() if len(df) else None
+        result.counts = self._with_unfilled(sym, tf, result.counts, missing, first, last)
+        result.score, result.breakdown = score_counts(result.counts)
+        return result
 
     def _store_quality(
         self,
@@ -980,6 +1140,7 @@ class UnifiedCache:
                     self._rewrite(sym, tf, year, {"coverage": cov}, None, empty, "none")
                 elif cov != meta.get("coverage"):
                     meta["coverage"] = cov
+                    self._rescore(sym, tf, meta)
                     write_metadata(meta_path, meta)
             self._refresh_index(sym, tf)
 
@@ -1005,7 +1166,8 @@ class UnifiedCache:
                 entry["start"] = meta["start_date"]
             if meta["end_date"]:
                 entry["end"] = meta["end_date"]
-            if info["rows"]:  # a year verified empty has no score to count
+            # a year verified empty has no score to count; one whose ranges failed has
+            if info["rows"] or meta["data_quality"].get("counts", {}).get("unfilled_bars"):
                 score = float(meta["data_quality"]["score"])
                 scores[str(year)] = score
                 entry["quality_sum"] += score
@@ -1062,8 +1224,16 @@ class UnifiedCache:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Canonical columns and dtypes, UTC-naive timestamps, unique (last wins) and sorted."""
+def _adjusted(df: pd.DataFrame, actions: CorporateActions, mode: str) -> pd.DataFrame:
+    return adjust(df, actions, mode).reset_index(drop=True)
+
+
+def normalize_frame(df: pd.DataFrame, *, sessions: bool = False) -> pd.DataFrame:
+    """Canonical columns and dtypes, UTC-naive timestamps, unique (last wins) and sorted.
+
+    With `sessions` (daily and longer bars) a tz-aware timestamp keeps its local date: a
+    yfinance frame stamped 2024-01-02 00:00 New York is the 2024-01-02 session, not 05:00 UTC.
+    """
     if not isinstance(df, pd.DataFrame):
         raise UsageError("put() takes a pandas DataFrame")
     frame = df
@@ -1076,8 +1246,12 @@ def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise UsageError(f"frame lacks columns: {', '.join(missing)}")
     columns = csvgz.columns_for(frame)
-    ts = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True)
-    out = pd.DataFrame({"timestamp": ts.dt.tz_localize(None).astype("datetime64[ns]")})
+    raw = frame["timestamp"]
+    if sessions and isinstance(raw.dtype, pd.DatetimeTZDtype):
+        ts = raw.dt.tz_localize(None).dt.normalize()
+    else:
+        ts = pd.to_datetime(raw, errors="coerce", utc=True).dt.tz_localize(None)
+    out = pd.DataFrame({"timestamp": ts.astype("datetime64[ns]")})
     for col in columns[1:]:
         out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
     out = out[out["timestamp"].notna().to_numpy()]
@@ -1194,17 +1368,23 @@ def _drop_unchanged_last_row(meta: dict[str, Any], part: pd.DataFrame) -> pd.Dat
     for col in part.columns[1:]:
         stored = last.get(col)
         value = float(first[col])
-        same = (stored is None and np.isnan(value)) or (stored is not None and stored == value)
+        same = (stored is None and np.isnan(value)) or (
+            stored is not None and bool(np.isclose(value, stored, rtol=SAME, atol=0.0))
+        )
         if not same:
             return part
     return part.iloc[1:].reset_index(drop=True)
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Rows of both, new values winning at equal timestamps — except where the new value is
+    missing (NaN, or a column the new frame lacks): there the stored value stays."""
     columns = csvgz.columns_for(old if len(old.columns) >= len(new.columns) else new)
-    both = pd.concat([old.reindex(columns=columns), new.reindex(columns=columns)])
-    both = both.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable")
-    return both.reset_index(drop=True)
+    fresh = new.set_index("timestamp").reindex(columns=columns[1:])
+    stored = old.set_index("timestamp").reindex(columns=columns[1:])
+    merged = fresh.combine_first(stored).reindex(columns=columns[1:])
+    merged.index.name = "timestamp"
+    return merged.reset_index()
 
 
 def _count_changed(old: pd.DataFrame, new: pd.DataFrame) -> int:
@@ -1214,9 +1394,10 @@ def _count_changed(old: pd.DataFrame, new: pd.DataFrame) -> int:
     changed = np.zeros(len(joined), dtype=bool)
     for col in csvgz.BASE_COLUMNS[1:] + csvgz.OPTIONAL_COLUMNS:
         if col in new.columns and f"{col}_old" in joined.columns:
-            a = joined[col].to_numpy()
-            b = joined[f"{col}_old"].to_numpy()
-            changed |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
+            a = joined[col].to_numpy("float64")
+            b = joined[f"{col}_old"].to_numpy("float64")
+            # a missing new value keeps the stored one (see _merge): not a change
+            changed |= ~(np.isclose(a, b, rtol=SAME, atol=0.0, equal_nan=True) | np.isnan(a))
         elif col in new.columns and col in old.columns:
             continue
         elif col in new.columns:

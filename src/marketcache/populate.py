@@ -442,8 +442,9 @@ class _Runner:
         for year in range(job.start.year, job.end.year + 1):
             if year in cached:
                 meta = self.cache.metadata(job.symbol, job.timeframe, year)
-                if meta["file_info"]["rows"]:
-                    scores.append(meta["data_quality"]["score"])
+                dq = meta["data_quality"]
+                if meta["file_info"]["rows"] or dq.get("counts", {}).get("unfilled_bars"):
+                    scores.append(dq["score"])
         result.quality = min(scores) if scores else None
 
 

@@ -2,7 +2,8 @@
 
 The score is a weighted sum of components, each the share of bars that pass one family of checks:
 
-    completeness = present expected bars / expected bars (calendar-aware)        weight 0.40
+    completeness = present expected bars / (expected bars between the first and    weight 0.40
+                   last stored bar + expected bars of `missing_ranges` outside them)
     validity     = 1 - rows with bad values / rows                                weight 0.25
                    (non-finite, price <= 0, volume < 0, high < max(open, close),
                     low > min(open, close), high < low)
@@ -71,6 +72,8 @@ class ValidationCounts:
     jumps: int = 0
     stale_bars: int = 0
     zero_volume_moves: int = 0
+    split_like_jumps: int = 0  # jumps of a split's size on a day with no known split
+    unfilled_bars: int = 0  # expected bars in missing_ranges outside the stored span
 
     def __add__(self, other: ValidationCounts) -> ValidationCounts:
         return ValidationCounts(
@@ -108,10 +111,9 @@ def score_counts(counts: ValidationCounts) -> tuple[float, dict[str, float]]:
     def share(bad: int) -> float:
         return max(0.0, 1.0 - bad / rows)
 
+    wanted = counts.expected_bars + counts.unfilled_bars
     breakdown = {
-        "completeness": (
-            counts.present_bars / counts.expected_bars if counts.expected_bars else 1.0
-        ),
+        "completeness": counts.present_bars / wanted if wanted else 1.0,
         "validity": share(counts.bad_rows),
         "uniqueness": share(counts.duplicates + counts.out_of_order),
         "continuity": share(counts.jumps),
@@ -119,8 +121,9 @@ def score_counts(counts: ValidationCounts) -> tuple[float, dict[str, float]]:
         "volume": share(counts.zero_volume_moves),
     }
     breakdown = {k: round(min(1.0, v), 6) for k, v in breakdown.items()}
-    # no rows (a range verified empty) has nothing wrong with it
-    score = sum(WEIGHTS[k] * v for k, v in breakdown.items()) if counts.rows else 1.0
+    # no rows: a range verified empty has nothing wrong with it; a range that failed does
+    scored = counts.rows or counts.unfilled_bars
+    score = sum(WEIGHTS[k] * v for k, v in breakdown.items()) if scored else 1.0
     return round(score, 4), breakdown
 
 
@@ -135,7 +138,9 @@ class OHLCVValidator:
         *,
         jump_threshold: float | None = None,
         stale_run: int = STALE_RUN,
+        splits: dict[str, float] | None = None,
     ) -> None:
+        self.splits = splits or {}  # session date (YYYY-MM-DD) -> ratio of a known split
         self.timeframe = timeframe
         self.calendar = calendar
         self.asset_class = asset_class
@@ -233,8 +238,21 @@ class OHLCVValidator:
         prev_close = context.close if context is not None else None
         chain = closes if prev_close is None else np.concatenate([[prev_close], closes])
         with np.errstate(divide="ignore", invalid="ignore"):
-            change = np.abs(chain[1:] / chain[:-1] - 1.0)
-        c.jumps = int((change > self.jump_threshold).sum())
+            ratio = chain[1:] / chain[:-1]
+        jumped = np.abs(ratio - 1.0) > self.jump_threshold
+        at_bar = uniq if prev_close is not None else uniq[1:]  # the bar each ratio ends on
+        if jumped.any():
+            jumped &= ~self._explained_by_split(at_bar, ratio)
+            split_like = jumped & _split_sized(ratio)
+            c.split_like_jumps = int(split_like.sum())
+            if c.split_like_jumps:
+                at = pd.Timestamp(at_bar[split_like][0])
+                errors.append(
+                    f"{c.split_like_jumps} jumps of a split's size with no known split"
+                    f" (first at {at:%Y-%m-%d}, x{ratio[split_like][0]:.4g}): a corporate action"
+                    " may be missing or prices mix bases; run validate --against-source"
+                )
+        c.jumps = int(jumped.sum())
         if c.jumps:
             errors.append(f"{c.jumps} bar-to-bar moves above {self.jump_threshold:.0%}")
 
@@ -267,6 +285,49 @@ class OHLCVValidator:
         score, breakdown = score_counts(c)
         is_valid = c.bad_rows == 0 and c.duplicates == 0 and c.out_of_order == 0
         return ValidationResult(is_valid, score, breakdown, c, errors[:MAX_ERRORS], tail)
+
+    def _explained_by_split(self, stamps: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """Jumps on a known split's session whose size matches that split (within 35 %)."""
+        out = np.zeros(len(ratio), dtype=bool)
+        if not self.splits or not len(stamps):
+            return out
+        days = pd.DatetimeIndex(stamps).strftime("%Y-%m-%d")
+        for i, day in enumerate(days):
+            r = self.splits.get(day)
+            if r is not None and np.isfinite(ratio[i]) and abs(ratio[i] * r - 1.0) < 0.35:
+                out[i] = True
+        return out
+
+
+SPLIT_SIZES = np.array([2, 3, 4, 5, 7, 8, 10, 15, 20, 1.5, 2.5])
+
+
+def _split_sized(ratio: np.ndarray) -> np.ndarray:
+    """Close-to-close ratios within 2 % of a usual split or reverse split (1/r or r)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.asarray(ratio, dtype="float64")[:, None]
+        near = (np.abs(r * SPLIT_SIZES - 1.0) < 0.02) | (np.abs(r / SPLIT_SIZES - 1.0) < 0.02)
+    return np.asarray(near.any(axis=1))
+
+
+def unfilled_bars(
+    calendar: str,
+    timeframe: Timeframe,
+    missing_ranges: list[dict[str, Any]],
+    first: pd.Timestamp | None,
+    last: pd.Timestamp | None,
+) -> int:
+    """Expected bars of `missing_ranges` that lie outside [first, last] (the stored span,
+    whose holes the validator already counts); with nothing stored, all of them."""
+    found: list[np.ndarray] = []
+    for entry in missing_ranges:
+        exp = expected_bars(
+            calendar, timeframe, pd.Timestamp(entry["start"]), pd.Timestamp(entry["end"])
+        ).asi8
+        if first is not None and last is not None:
+            exp = exp[(exp < first.value) | (exp > last.value)]
+        found.append(exp)
+    return len(np.unique(np.concatenate(found))) if found else 0
 
 
 def _timestamps(col: pd.Series, errors: list[str]) -> np.ndarray:

@@ -9,7 +9,6 @@ timeout) and maps its answers to our errors. Intraday history is fetched a month
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -93,6 +92,10 @@ class AlphaVantageProvider(Provider):
         frame = _series_frame(data, symbol, timeframe)
         return Page(frame, more=next_month < end, next_start=next_month)
 
+    def _server_time(self) -> pd.Timestamp | None:
+        told = self._client._session.server_time if self._client is not None else None
+        return pd.Timestamp(told, unit="s") if told is not None else None
+
 
 def _client_class() -> type:
     from alpha_vantage.timeseries import TimeSeries
@@ -157,9 +160,11 @@ def _param(url: str, name: str) -> str:
 
 
 def _series_frame(data: Any, symbol: str, timeframe: Timeframe | None) -> pd.DataFrame:
-    """{'2024-01-02 09:31:00': {'1. open': ...}} → canonical frame.
+    """{'2024-01-02 09:30:00': {'1. open': ...}} → canonical frame.
 
-    Intraday labels are New York bar ends; they become UTC bar opens.
+    Intraday labels are New York bar *starts* (the extended-hours 5min series ends at 19:55,
+    the regular-hours 1min series of a Paris stock at 11:29 New York = 17:29 Paris, the last
+    minute before the 17:30 close); they become UTC bar opens unchanged.
     """
     if not isinstance(data, dict):
         raise ProviderUnavailable(
@@ -178,11 +183,9 @@ def _series_frame(data: Any, symbol: str, timeframe: Timeframe | None) -> pd.Dat
         )
     frame = pd.DataFrame(rows, columns=columns)
     stamps = pd.to_datetime(frame["timestamp"], errors="coerce")
-    if timeframe is not None:  # US/Eastern bar-end labels → UTC bar opens
+    if timeframe is not None:  # US/Eastern bar-start labels → UTC bar opens
         local = stamps.dt.tz_localize(EXCHANGE_TZ, ambiguous="NaT", nonexistent="NaT")
-        stamps = local.dt.tz_convert("UTC").dt.tz_localize(None) - timedelta(
-            minutes=timeframe.minutes
-        )
+        stamps = local.dt.tz_convert("UTC").dt.tz_localize(None)
     frame["timestamp"] = stamps
     for col in columns[1:]:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from marketcache.actions import Dividend, Split
 from marketcache.config import ProviderSettings
 from marketcache.errors import ProviderUnavailable, RangeUnavailable
 from marketcache.models import utcnow
@@ -48,6 +49,22 @@ class Page:
     frame: pd.DataFrame
     more: bool
     next_start: pd.Timestamp | None = None  # for services that page by time window
+    events: Events | None = None  # corporate actions the answer carried
+
+
+@dataclass
+class Events:
+    """Splits and dividends (as traded) an answer reported, and the sessions it covered."""
+
+    splits: list[Split] = field(default_factory=list)
+    dividends: list[Dividend] = field(default_factory=list)
+    checked_through: str | None = None  # the answer covered actions up to this day
+
+    def add(self, other: Events) -> None:
+        self.splits += [s for s in other.splits if s not in self.splits]
+        self.dividends += [d for d in other.dividends if d not in self.dividends]
+        if other.checked_through and other.checked_through > (self.checked_through or ""):
+            self.checked_through = other.checked_through
 
 
 @dataclass
@@ -56,6 +73,7 @@ class FetchResult:
     requests: int = 0
     dropped_rows: int = 0
     notes: list[str] = field(default_factory=list)
+    events: Events | None = None  # None: this provider does not report corporate actions
 
 
 class Provider:
@@ -103,6 +121,7 @@ class Provider:
             start = timeframe.next_open(earliest)
         frames: list[pd.DataFrame] = []
         result = FetchResult(pd.DataFrame(columns=CANONICAL))
+        self._begin_fetch(symbol, timeframe, start, end, result)
         cursor = start
         for _ in range(100_000):
             page_start = cursor
@@ -112,6 +131,9 @@ class Provider:
                 sleep=self.sleep,
             )
             result.requests += 1
+            if page.events is not None:
+                result.events = result.events or Events()
+                result.events.add(page.events)
             if len(page.frame):
                 frames.append(page.frame)
             if not page.more:
@@ -123,11 +145,37 @@ class Provider:
         else:  # pragma: no cover - a provider that never stops paging
             raise ProviderUnavailable(f"{self.name} paged without end", provider=self.name)
         frame = pd.concat(frames, ignore_index=True) if frames else result.frame
-        result.frame, result.dropped_rows, notes = canonical_frame(frame, start, end, timeframe)
+        result.frame, result.dropped_rows, notes = canonical_frame(
+            frame, start, end, timeframe, now=self.clock()
+        )
         result.notes.extend(notes)
         return result
 
+    def clock(self) -> pd.Timestamp:
+        """Now, by the provider's clock where it told us (HTTP Date), else by ours.
+
+        The earlier of the two wins: a bar is closed only when both clocks agree it is, so a
+        machine running ahead of the exchange never stores a half-formed bar.
+        """
+        now = utcnow()
+        told = self._server_time()
+        return min(now, told) if told is not None else now
+
     # ---- hooks ---------------------------------------------------------------------------
+
+    def _server_time(self) -> pd.Timestamp | None:
+        """The provider's clock at its last answer on this thread (None: not known)."""
+        return None
+
+    def _begin_fetch(
+        self,
+        symbol: str,
+        timeframe: Timeframe,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        result: FetchResult,
+    ) -> None:
+        """Called once before the first page (e.g. to learn corporate actions)."""
 
     def _fetch_page(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
@@ -146,7 +194,12 @@ class Provider:
 
 
 def canonical_frame(
-    frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, timeframe: Timeframe
+    frame: pd.DataFrame,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    timeframe: Timeframe,
+    *,
+    now: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, int, list[str]]:
     """Sorted, unique, inside [start, end), only closed bars with sound values.
 
@@ -166,7 +219,7 @@ def canonical_frame(
     df["timestamp"] = pd.to_datetime(df["timestamp"], errors="coerce").astype("datetime64[ns]")
     for col in cols[1:]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    now = utcnow()
+    now = now if now is not None else utcnow()
     in_range = (df["timestamp"] >= start) & (df["timestamp"] < end)
     df = df[in_range.fillna(False).to_numpy()]
     closing = (

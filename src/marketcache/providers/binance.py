@@ -69,6 +69,10 @@ class BinanceProvider(Provider):
             )
         return Page(_klines_frame(rows, symbol), more=len(rows) >= PAGE)
 
+    def _server_time(self) -> pd.Timestamp | None:
+        told = self._client.session.server_time if self._client is not None else None
+        return pd.Timestamp(told, unit="s") if told is not None else None
+
 
 def _ms(ts: pd.Timestamp) -> int:
     return int(pd.Timestamp(ts).value // 1_000_000)

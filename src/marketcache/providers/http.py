@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -31,20 +32,41 @@ USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) marketcache/0.1"
 
 
 class TimeoutSession(LimiterSession):
-    """A rate-limited session that never sends a request without a timeout."""
+    """A rate-limited session that never sends a request without a timeout.
+
+    It also remembers, per thread, the server's clock from the last answer's `Date` header,
+    so that adapters can judge a bar closed by the provider's clock rather than ours.
+    """
 
     def __init__(self, timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.default_timeout = timeout
         self.headers["User-Agent"] = USER_AGENT
+        self._clock = threading.local()
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
         try:
-            return super().request(method, url, *args, **kwargs)
+            response = super().request(method, url, *args, **kwargs)
         except sqlite3.Error as exc:  # the shared rate-limit bucket, e.g. on a full disk
             raise StorageError(f"cannot use the shared rate limit bucket: {exc}") from None
+        self._clock.told = _http_date(getattr(response, "headers", {}).get("Date"))
+        return response
+
+    @property
+    def server_time(self) -> float | None:
+        """Epoch seconds the server reported in its last answer on this thread."""
+        return getattr(self._clock, "told", None)
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def make_session(

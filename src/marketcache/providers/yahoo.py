@@ -1,8 +1,13 @@
 """Yahoo Finance chart API through yfinance's session machinery (cookie, crumb, consent).
 
-Every Yahoo host yfinance talks to is sent to `base_url` when it is not Yahoo's own. Bars are
-raw (auto_adjust=False semantics): OHLC as traded, the adjusted close in `adj_close`. Daily and
-longer bars are stamped with the exchange-local session date.
+Every Yahoo host yfinance talks to is sent to `base_url` when it is not Yahoo's own.
+
+Yahoo's chart OHLC and volume are split-adjusted as of the day they are asked (only `adjclose`
+carries dividends too). They are converted back to as traded with the split events of the
+same answer, so a split between two runs never leaves two bases in one series. Daily and
+longer bars are stamped with the exchange-local session date; their requests start a day
+early (markets east of UTC open on the previous UTC day) and run to now (so the answer holds
+every later split). The answer's splits and dividends are returned with the bars.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pandas as pd
 
+from marketcache.actions import Dividend, Split, to_as_traded
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,
@@ -25,7 +31,8 @@ from marketcache.errors import (
     RateLimited,
     SymbolNotFound,
 )
-from marketcache.providers.base import Capabilities, Page, Provider
+from marketcache.models import utcnow
+from marketcache.providers.base import Capabilities, Events, FetchResult, Page, Provider
 from marketcache.providers.http import (
     TimeoutSession,
     make_session,
@@ -33,7 +40,7 @@ from marketcache.providers.http import (
     raise_for_status,
     retry_after_seconds,
 )
-from marketcache.symbols import AssetClass
+from marketcache.symbols import AssetClass, classify
 from marketcache.timeframes import Timeframe
 
 INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "60m",
@@ -81,6 +88,7 @@ class YahooProvider(Provider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._session: YahooSession | None = None
+        self._splits: list[Split] = []
 
     @property
     def session(self) -> YahooSession:
@@ -109,11 +117,49 @@ class YahooProvider(Provider):
     def _fetch_page(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
     ) -> Page:
-        chunk = CHUNKS.get(timeframe.name)
-        page_end = min(end, start + pd.Timedelta(chunk)) if chunk else end
+        if timeframe.is_intraday:
+            chunk = CHUNKS.get(timeframe.name)
+            page_end = min(end, start + pd.Timedelta(chunk)) if chunk else end
+            body = self._chart(symbol, timeframe, start, page_end)
+            frame = to_as_traded(chart_frame(body, timeframe), self._splits)
+            return Page(frame, more=page_end < end, next_start=page_end)
+        # Daily and longer, in one answer: from a day before `start` (a session of a market
+        # east of UTC opens on the previous UTC day) up to now, so that the answer carries
+        # every split after its bars; bars outside [start, end) are cut by the base class.
+        body = self._chart(symbol, timeframe, start - pd.Timedelta(days=1), max(end, utcnow()))
+        events = chart_events(body)
+        frame = to_as_traded(chart_frame(body, timeframe), events.splits)
+        return Page(frame, more=False, events=events)
+
+    def _begin_fetch(
+        self,
+        symbol: str,
+        timeframe: Timeframe,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        result: FetchResult,
+    ) -> None:
+        """Intraday answers are split-adjusted too, but cover days: learn the splits up to
+        now from one daily answer first."""
+        self._splits = []
+        if not timeframe.is_intraday or classify(symbol) is not AssetClass.STOCK:
+            return  # daily answers carry their own events; crypto and FX do not split
+        body = self._chart(symbol, Timeframe("1d"), start - pd.Timedelta(days=1), utcnow())
+        result.requests += 1
+        events = chart_events(body)
+        self._splits = events.splits
+        result.events = events
+
+    def _server_time(self) -> pd.Timestamp | None:
+        told = self._session.server_time if self._session is not None else None
+        return pd.Timestamp(told, unit="s") if told is not None else None
+
+    def _chart(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> dict[str, Any]:
         params = {
             "period1": int(start.tz_localize("UTC").timestamp()),
-            "period2": int(page_end.tz_localize("UTC").timestamp()),
+            "period2": int(end.tz_localize("UTC").timestamp()),
             "interval": INTERVALS[timeframe.name],
             "includePrePost": "false",
             "events": "div,splits",
@@ -131,8 +177,7 @@ class YahooProvider(Provider):
                 provider="yahoo",
                 symbol=symbol,
             )
-        frame = chart_frame(body, timeframe)
-        return Page(frame, more=page_end < end, next_start=page_end)
+        return body
 
 
 def _chart_body(response: Any, symbol: str) -> dict[str, Any]:
@@ -215,6 +260,48 @@ def chart_frame(body: dict[str, Any], timeframe: Timeframe) -> pd.DataFrame:
         frame["adj_close"] = pd.to_numeric(pd.Series(adj), errors="coerce")
     empty = frame[["open", "high", "low", "close"]].isna().all(axis=1).to_numpy()
     return frame[~empty].reset_index(drop=True)
+
+
+def chart_events(body: dict[str, Any]) -> Events:
+    """The splits and dividends of one chart answer, as traded, dated by exchange session.
+
+    Yahoo states dividends in the split-adjusted basis of the day it answers; they are scaled
+    back with the splits of the same answer. `checked_through` is the last session answered.
+    """
+    result = _first_result(body) or {}
+    tz = _meta(body).get("exchangeTimezoneName") or "UTC"
+    raw = result.get("events") if isinstance(result.get("events"), dict) else {}
+    assert isinstance(raw, dict)
+
+    def items(kind: str) -> list[dict[str, Any]]:
+        block = raw.get(kind)
+        return [v for v in block.values() if isinstance(v, dict)] if isinstance(block, dict) else []
+
+    def session(epoch: Any) -> str:
+        return f"{pd.Timestamp(int(epoch), unit='s', tz='UTC').tz_convert(tz):%Y-%m-%d}"
+
+    events = Events()
+    try:
+        for item in items("splits"):
+            num, den = float(item.get("numerator") or 0), float(item.get("denominator") or 0)
+            if num > 0 and den > 0 and num != den:
+                events.splits.append(Split(session(item["date"]), num / den, "yahoo"))
+        events.splits.sort(key=lambda sp: sp.date)
+        for item in items("dividends"):
+            amount = float(item.get("amount") or 0)
+            if amount > 0:
+                ex = session(item["date"])
+                later = np.prod([sp.ratio for sp in events.splits if sp.date > ex])
+                events.dividends.append(Dividend(ex, amount * float(later), "yahoo"))
+        events.dividends.sort(key=lambda d: d.ex_date)
+        stamps = result.get("timestamp") or []
+        if stamps:
+            events.checked_through = session(max(int(t) for t in stamps))
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ProviderUnavailable(
+            f"yahoo chart events are malformed: {exc}", provider="yahoo"
+        ) from None
+    return events
 
 
 def map_yahoo_error(exc: Exception, symbol: str, last_response: Any = None) -> ProviderError:
