@@ -333,7 +333,9 @@ class FakeYahoo(FakeServer):
             quote["volume"] = part["volume"].to_numpy(float) * f
             result["indicators"]["quote"][0] = {c: _nullable(v) for c, v in quote.items()}
             if daily:
-                result["indicators"]["adjclose"] = [{"adjclose": _nullable(quote["close"] * divf[sel])}]
+                result["indicators"]["adjclose"] = [
+                    {"adjclose": _nullable(quote["close"] * divf[sel])}
+                ]
         events: dict[str, Any] = {}
         for d, r in splits:
             e = int(self._epochs(pd.Series([pd.Timestamp(d)]), s)[0])
@@ -353,7 +355,9 @@ class FakeYahoo(FakeServer):
     def _epochs(self, days: pd.Series, s: YahooSeries) -> np.ndarray:
         """Session dates → epoch seconds of the local open (how Yahoo stamps daily bars)."""
         hours, minutes = (int(x) for x in s.open_at.split(":"))
-        local = (pd.to_datetime(days) + pd.Timedelta(hours=hours, minutes=minutes)).dt.tz_localize(s.tz)
+        local = (pd.to_datetime(days) + pd.Timedelta(hours=hours, minutes=minutes)).dt.tz_localize(
+            s.tz
+        )
         return _epoch(local.dt.tz_convert("UTC").dt.tz_localize(None))
 
 

@@ -167,21 +167,33 @@ def test_holidays_are_not_gaps_over_a_full_nyse_year(
     assert fake_yahoo.data_requests() == []
 
 
-def test_the_recorded_yahoo_daily_series_is_stored_as_sent(
+def test_the_recorded_yahoo_daily_series_is_stored_as_traded_with_its_actions(
     cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path
 ) -> None:
+    # a real answer: AAPL's 4:1 split went ex on its first bar, a 0.205 dividend on 2020-11-06
     _, _, body = fake_yahoo.add_fixture("chart-AAPL-2020-08-31-to-2020-11-07.json")
     conf = write_config(tmp_path, config_for(yahoo=fake_yahoo))
     r = populate(cli, conf, "AAPL", "-t", "1d", "--start", "2020-08-31", "--end", "2020-11-07")
     assert r.code == 0, r.err
-    stored = cache_of(tmp_path, conf).get("AAPL", "1d")
+    cache = cache_of(tmp_path, conf)
+    stored = cache.get("AAPL", "1d")
     result = body["chart"]["result"][0]
     quote = result["indicators"]["quote"][0]
-    for col in ("open", "high", "low", "close", "volume"):
+    for col in ("open", "high", "low", "close", "volume"):  # no split after a bar: as sent
         assert np.array_equal(stored[col].to_numpy(), np.array(quote[col], dtype=float)), col
-    assert np.array_equal(
-        stored["adj_close"].to_numpy(), np.array(result["indicators"]["adjclose"][0]["adjclose"])
-    )
+    actions = cache.get_actions("AAPL")
+    assert [(s.date, s.ratio) for s in actions.splits] == [("2020-08-31", 4.0)]
+    assert [(d.ex_date, d.amount) for d in actions.dividends] == [("2020-11-06", 0.205)]
+    # adj_close from the known actions (CRSP): 1 - 0.205 / the close before the ex date
+    close = stored["close"].to_numpy()
+    before = (stored["timestamp"] < "2020-11-06").to_numpy()
+    factor = 1 - 0.205 / close[before][-1]
+    assert np.allclose(stored["adj_close"].to_numpy()[before], close[before] * factor, rtol=1e-12)
+    assert np.array_equal(stored["adj_close"].to_numpy()[~before], close[~before])
+    # the recorded adjclose was computed as of 2025 (dividends beyond this answer's window),
+    # which is why the cache computes adj_close from the actions it knows instead of storing it
+    recorded = np.array(result["indicators"]["adjclose"][0]["adjclose"])
+    assert not np.allclose(stored["adj_close"].to_numpy(), recorded, rtol=1e-3)
     dates = (
         pd.to_datetime(result["timestamp"], unit="s", utc=True)
         .tz_convert("America/New_York")
@@ -190,6 +202,10 @@ def test_the_recorded_yahoo_daily_series_is_stored_as_sent(
     assert np.array_equal(
         stored["timestamp"].to_numpy(), dates.tz_localize(None).to_numpy("datetime64[ns]")
     )
+    info = cli(
+        "info", "AAPL", "--cache-dir", str(tmp_path / "data-cache"), "--config", str(conf), "--json"
+    )
+    assert info.code == 0 and info.json()["corporate_actions"]["splits"][0]["ratio"] == 4.0
 
 
 def test_a_provisional_last_bar_is_replaced_and_the_open_bar_never_stored(

@@ -693,7 +693,8 @@ class UnifiedCache:
                         yield sym, tf, year, exc
 
     def get_data_info(self, symbol: str, timeframe: str | None = None) -> dict[str, Any]:
-        """Per timeframe and year: rows, range, provider, quality, gaps, size (metadata only)."""
+        """Per timeframe and year: rows, range, provider, quality, gaps, size, and the
+        symbol's corporate actions (metadata only)."""
         sym = normalize_symbol(symbol)
         out: dict[str, Any] = {"symbol": sym, "timeframes": {}}
         for _, tf, year, meta in self.iter_metadata(sym, timeframe):
@@ -727,6 +728,7 @@ class UnifiedCache:
             scores = [y["quality"] for y in good]
             entry["quality_min"] = min(scores, default=None)
             entry["quality_mean"] = round(sum(scores) / len(scores), 4) if scores else None
+        out["corporate_actions"] = self.get_actions(sym).as_json()
         return out
 
     def get_stats(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from marketcache.actions import adj_close
 from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
 from marketcache.config import Settings
@@ -30,7 +31,7 @@ from marketcache.errors import (
 )
 from marketcache.gaps import FetchPlan, Span, VerifiedEmpty, plan_fetch
 from marketcache.models import DateRange, parse_date, utcnow
-from marketcache.providers.base import Provider
+from marketcache.providers.base import Events, Provider
 from marketcache.providers.registry import build_providers, canonical_name
 from marketcache.selector import Choice, select
 from marketcache.symbols import AssetClass, normalize_symbol
@@ -38,6 +39,11 @@ from marketcache.timeframes import Timeframe, parse_timeframe, parse_timeframes
 
 DEFAULT_LOOKBACK = "365d"
 OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
+# Re-asked bars that differ from the stored ones by more than this (relative, any price) mean
+# the two answers are not on one basis (a split applied to one side, another provider's
+# prices): the series is fetched again from that provider instead of being spliced.
+SEAM_TOLERANCE = 0.005
+NO_SESSION = "the provider returned no bar for a session the calendar expects"
 
 
 class ProgressSink(Protocol):
@@ -89,9 +95,12 @@ class JobResult:
     requests: int = 0
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    actions_changed: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out.pop("actions_changed")
+        return out
 
 
 @dataclass
@@ -224,6 +233,10 @@ class _Runner:
         self.sink.note(f"{job.symbol} {job.timeframe}")
         try:
             self._run(job, result)
+            if result.actions_changed:  # other daily series of the symbol, each under its lock
+                for tf in self.cache.list_timeframes(job.symbol):
+                    if tf != job.timeframe and self.cache.readjust(job.symbol, tf):
+                        result.notes.append(f"re-adjusted {job.symbol} {tf} for new actions")
         except LockTimeout as exc:
             result.status = "locked"
             result.errors.append(str(exc))
@@ -284,6 +297,10 @@ class _Runner:
                 self._plan_only(plan, chain, result)
                 return
             self._execute(job, tf, plan, chain, result, now, expected, present)
+            readjusted = self.cache.readjust(job.symbol, job.timeframe)
+            if readjusted:
+                redone = ", ".join(map(str, readjusted))
+                result.notes.append(f"adj_close recomputed for {redone} (corporate actions)")
         self._summarise(job, result)
 
     def _quarantine_corrupt(self, job: Job, years: Iterable[int], result: JobResult) -> list[int]:
@@ -355,31 +372,40 @@ class _Runner:
         if plan.empty and not plan.unreachable:
             result.status = "up-to-date"
         failed = False
+        sessions = not tf.is_intraday and self.cache.profile(job.symbol).calendar != "24/7"
         for span in plan.fetch:
             asked = result.requests
-            outcome = self._fetch_with_failover(job, tf, span, chain, result)
+            outcome = self._fetch_with_failover(job, tf, span, chain, result, present)
+            if outcome.frame is not None and len(outcome.frame):
+                outcome = self._check_seam(job, tf, span, outcome, present, result)
             self.sink.note(
                 f"{job.symbol} {job.timeframe}",
                 bars=0 if outcome.frame is None else len(outcome.frame),
                 requests=result.requests - asked,
             )
             if outcome.frame is not None and len(outcome.frame):
-                put = self.cache.put(outcome.frame, job.symbol, job.timeframe, outcome.provider)
+                frame = self._with_adj_close(job, tf, outcome, result)
+                put = self.cache.put(frame, job.symbol, job.timeframe, outcome.provider)
                 result.rows_added += put.rows_added
                 result.rows_updated += put.rows_updated
                 if outcome.provider not in result.providers:
                     result.providers.append(outcome.provider)
                 holes = _unanswered(span, expected, present, outcome.frame)
-                self.cache.update_coverage(
-                    job.symbol,
-                    job.timeframe,
-                    resolved=[span],
-                    verified_empty=[(h, now, "no bars") for h in holes],
-                )
+                if sessions:  # a session the calendar expects is missing, not "empty"
+                    self.cache.update_coverage(
+                        job.symbol, job.timeframe, resolved=[span],
+                        missing=[(h, NO_SESSION) for h in holes],
+                    )  # fmt: skip
+                    result.gaps_left += [{**h.as_json(), "reason": NO_SESSION} for h in holes]
+                else:
+                    self.cache.update_coverage(
+                        job.symbol, job.timeframe, resolved=[span],
+                        verified_empty=[(h, now, "no bars") for h in holes],
+                    )  # fmt: skip
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
                 )
-            elif outcome.verified_empty:
+            elif outcome.verified_empty and not sessions:
                 self.cache.update_coverage(
                     job.symbol, job.timeframe, verified_empty=[(span, now, outcome.reason)]
                 )
@@ -387,12 +413,12 @@ class _Runner:
                     {**span.as_json(), "provider": outcome.provider, "rows": 0}
                 )
             else:
-                failed = True
-                self.cache.update_coverage(
-                    job.symbol, job.timeframe, missing=[(span, outcome.reason)]
-                )
-                result.gaps_left.append({**span.as_json(), "reason": outcome.reason})
-                result.errors.append(f"{span.start} → {span.end}: {outcome.reason}")
+                reason = NO_SESSION if outcome.verified_empty else outcome.reason
+                failed = failed or not outcome.verified_empty
+                self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
+                result.gaps_left.append({**span.as_json(), "reason": reason})
+                if not outcome.verified_empty:
+                    result.errors.append(f"{span.start} → {span.end}: {reason}")
         for span in plan.unreachable:
             reason = "beyond every provider's history window"
             self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
@@ -401,15 +427,22 @@ class _Runner:
             result.status = "partial" if result.rows_added else "failed"
 
     def _fetch_with_failover(
-        self, job: Job, tf: Timeframe, span: Span, chain: list[Choice], result: JobResult
+        self,
+        job: Job,
+        tf: Timeframe,
+        span: Span,
+        chain: list[Choice],
+        result: JobResult,
+        present: np.ndarray,
     ) -> _Outcome:
         reasons: list[str] = []
         empty_from: list[str] = []
         definitive = True  # every failure says "no data here" rather than "try later"
         for choice in chain:
             provider = self.providers[choice.provider]
+            start = self._actions_window(job, tf, choice.provider, span, present)
             try:
-                fetched = provider.fetch(choice.symbol, tf, span.start, span.end)
+                fetched = provider.fetch(choice.symbol, tf, start, span.end)
             except (SymbolNotFound, RangeUnavailable) as exc:
                 reasons.append(f"{choice.provider}: {exc}")
                 continue
@@ -429,12 +462,92 @@ class _Runner:
                     f"({fetched.dropped_rows} dropped)"
                 )
                 continue
-            return _Outcome(fetched.frame, choice.provider)
+            return _Outcome(fetched.frame, choice.provider, choice=choice, events=fetched.events)
         if empty_from and definitive:
             return _Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")
         if empty_from:
             reasons.append(f"{','.join(empty_from)}: no bars")
         return _Outcome(None, "", reason="; ".join(reasons) or "no provider answered")
+
+    def _actions_window(
+        self, job: Job, tf: Timeframe, provider: str, span: Span, present: np.ndarray
+    ) -> pd.Timestamp:
+        """Where to start asking a provider that reports corporate actions (Yahoo, daily).
+
+        Its answer holds the actions from its start to now. Asking from where that provider's
+        actions were last checked (or from the first stored bar, never checked) keeps the
+        known actions gap-free, so no dividend between two runs goes unseen — also after a
+        night another provider filled. Daily answers are one request however long.
+        """
+        if (
+            not self.cache.adjusts(job.symbol, tf.name)
+            or not self.providers[provider].reports_actions
+        ):
+            return span.start
+        checked = self.cache.get_actions(job.symbol).checked.get(provider)
+        since = pd.Timestamp(checked) if checked else None
+        if since is None and len(present):
+            since = pd.Timestamp(np.min(present))
+        return min(span.start, since) if since is not None else span.start
+
+    def _check_seam(
+        self,
+        job: Job,
+        tf: Timeframe,
+        span: Span,
+        outcome: _Outcome,
+        present: np.ndarray,
+        result: JobResult,
+    ) -> _Outcome:
+        """Compare re-asked bars with the stored ones; on a disagreement fetch the whole
+        stored series again from that provider rather than splice two bases."""
+        assert outcome.frame is not None and outcome.choice is not None
+        frame = outcome.frame
+        stamps = frame["timestamp"].to_numpy("datetime64[ns]")
+        overlap = stamps[np.isin(stamps, np.asarray(present, dtype="datetime64[ns]"))]
+        if not len(overlap):
+            return outcome
+        stored = self.cache.get(
+            job.symbol, job.timeframe, start=pd.Timestamp(overlap.min()),
+            end=pd.Timestamp(overlap.max()) + pd.Timedelta(1, "ns"),
+        )  # fmt: skip
+        worst, at = seam_difference(stored, frame)
+        if worst <= SEAM_TOLERANCE:
+            return outcome
+        what = (
+            f"seam: {outcome.provider} differs from the stored bars by {worst:.1%} at {at}"
+            " (another price basis)"
+        )
+        first = pd.Timestamp(np.min(present))
+        try:
+            fetched = self.providers[outcome.choice.provider].fetch(
+                outcome.choice.symbol, tf, first, span.end
+            )
+        except ProviderError as exc:
+            result.errors.append(f"{what}; fetching the series again failed: {exc}")
+            return _Outcome(None, "", reason=f"{what}; not spliced")
+        result.requests += fetched.requests
+        result.notes.append(f"{what}: fetched the series again from {first:%Y-%m-%d}")
+        events = fetched.events if fetched.events is not None else outcome.events
+        return _Outcome(fetched.frame, outcome.provider, choice=outcome.choice, events=events)
+
+    def _with_adj_close(
+        self, job: Job, tf: Timeframe, outcome: _Outcome, result: JobResult
+    ) -> pd.DataFrame:
+        """Record the answer's corporate actions and give the bars their `adj_close` from
+        every action known (the provider's own adjusted close is not kept: it goes stale)."""
+        assert outcome.frame is not None
+        frame = outcome.frame
+        if not self.cache.adjusts(job.symbol, tf.name):
+            return frame.drop(columns="adj_close", errors="ignore")
+        events = outcome.events
+        if events is not None and self.cache.record_actions(
+            job.symbol, events.splits, events.dividends,
+            source=outcome.provider, checked_through=events.checked_through,
+        ):  # fmt: skip
+            result.actions_changed = True
+            result.notes.append(f"{outcome.provider}: new corporate actions for {job.symbol}")
+        return frame.assign(adj_close=adj_close(frame, self.cache.get_actions(job.symbol)))
 
     def _summarise(self, job: Job, result: JobResult) -> None:
         scores = []
@@ -454,6 +567,8 @@ class _Outcome:
     provider: str
     verified_empty: bool = False
     reason: str = ""
+    choice: Choice | None = None
+    events: Events | None = None
 
 
 def _unanswered(
@@ -483,6 +598,24 @@ def _unanswered(
         stop = exp[e + 1] if e + 1 < len(exp) else span.end.value
         out.append(Span(pd.Timestamp(exp[s]), pd.Timestamp(stop)))
     return out
+
+
+def seam_difference(stored: pd.DataFrame, fetched: pd.DataFrame) -> tuple[float, str]:
+    """The largest relative price difference between bars of both frames at equal times,
+    and where it is ("" when they share no bar). Volume is left out: providers count it
+    differently; a basis change shows in every price."""
+    joined = fetched.merge(stored, on="timestamp", suffixes=("", "_stored"))
+    if joined.empty:
+        return 0.0, ""
+    worst = np.zeros(len(joined))
+    for col in ("open", "high", "low", "close"):
+        new = joined[col].to_numpy("float64")
+        old = joined[f"{col}_stored"].to_numpy("float64")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            diff = np.abs(new / old - 1.0)
+        worst = np.fmax(worst, np.nan_to_num(diff, nan=0.0))
+    i = int(np.argmax(worst))
+    return float(worst[i]), f"{pd.Timestamp(joined['timestamp'].iloc[i]):%Y-%m-%d %H:%M}"
 
 
 def _reach(

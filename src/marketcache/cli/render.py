@@ -188,6 +188,20 @@ class Renderer:
                 end_section=True,
             )  # fmt: skip
         self.show(table)
+        actions = detail.get("corporate_actions") or {}
+        if actions.get("splits") or actions.get("dividends"):
+            acts = Table(title=f"{detail['symbol']} corporate actions")
+            for col in ("kind", "date", "value", "source", "first seen"):
+                acts.add_column(col)
+            for sp in actions.get("splits", []):
+                acts.add_row(
+                    "split", sp["date"], f"{sp['ratio']:g}:1", sp["source"], sp["first_seen"]
+                )
+            for dv in actions.get("dividends", []):
+                acts.add_row(
+                    "dividend", dv["ex_date"], f"{dv['amount']:g}", dv["source"], dv["first_seen"]
+                )
+            self.show(acts)
 
     def listing(self, title: str, rows: list[dict[str, Any]]) -> None:
         if self.as_json:

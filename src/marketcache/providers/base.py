@@ -81,6 +81,7 @@ class Provider:
 
     name = "base"
     capabilities = Capabilities(frozenset(), frozenset())
+    reports_actions = False  # answers carry splits and dividends up to now (see Events)
 
     def __init__(
         self,

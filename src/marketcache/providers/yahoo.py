@@ -79,6 +79,7 @@ class YahooSession(TimeoutSession):
 
 class YahooProvider(Provider):
     name = "yahoo"
+    reports_actions = True
     capabilities = Capabilities(
         timeframes=frozenset(INTERVALS),
         asset_classes=frozenset({AssetClass.STOCK, AssetClass.CRYPTO, AssetClass.FX}),
