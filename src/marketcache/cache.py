@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from marketcache.actions import (
     adjust,
     merge_actions,
 )
-from marketcache.calendars import calendar_for
+from marketcache.calendars import calendar_for, expected_bars
 from marketcache.config import Settings, load_settings
 from marketcache.errors import CorruptFile, StorageError, UsageError
 from marketcache.models import parse_date
@@ -471,7 +471,17 @@ class UnifiedCache:
         coverage["calendar"] = self.profile(sym).calendar
         sources = list(coverage.get("sources") or [])
         if new_span is not None:
-            sources = _merge_sources(sources, provider, _iso(new_span[0]), _iso(new_span[1]))
+            calendar, timeframe = coverage["calendar"], parse_timeframe(tf)
+
+            def adjacent(a: str, b: str) -> bool:
+                after = pd.Timestamp(a) + pd.Timedelta(1, "ns")
+                return after <= pd.Timestamp(b) and not len(
+                    expected_bars(calendar, timeframe, after, pd.Timestamp(b))
+                )
+
+            sources = _merge_sources(
+                sources, provider, _iso(new_span[0]), _iso(new_span[1]), adjacent
+            )
         coverage["sources"] = sources
         now = _now()
         return {
@@ -1408,16 +1418,32 @@ def _count_changed(old: pd.DataFrame, new: pd.DataFrame) -> int:
 
 
 def _merge_sources(
-    sources: list[dict[str, str]], provider: str, start: str, end: str
+    sources: list[dict[str, str]],
+    provider: str,
+    start: str,
+    end: str,
+    adjacent: Callable[[str, str], bool] = lambda a, b: False,
 ) -> list[dict[str, str]]:
-    """Record that `provider` filled [start, end]; adjacent spans of one provider merge."""
-    out = [dict(s) for s in sources]
-    if out and out[-1]["provider"] == provider and out[-1]["end"] <= end:
-        last = out[-1]
-        if start <= last["end"] or start >= last["start"]:
-            last["start"] = min(last["start"], start)
-            last["end"] = max(last["end"], end)
-            return out
+    """Record that `provider` filled the bars [start, end] (inclusive ISO stamps).
+
+    Its values won there, so other providers' claims on those bars are cut back (dropped
+    when wholly covered); a span of the same provider that overlaps it, or is `adjacent`
+    (no expected bar between), is joined. No bar is ever claimed by two providers.
+    """
+    out: list[dict[str, str]] = []
+    for s in sources:
+        touching = s["provider"] == provider and (
+            adjacent(s["end"], start) or adjacent(end, s["start"])
+        )
+        if (s["end"] < start or s["start"] > end) and not touching:
+            out.append(dict(s))
+        elif s["provider"] == provider:
+            start, end = min(start, s["start"]), max(end, s["end"])
+        else:
+            if s["start"] < start:
+                out.append({**s, "end": _iso(pd.Timestamp(start) - pd.Timedelta(seconds=1))})
+            if s["end"] > end:
+                out.append({**s, "start": _iso(pd.Timestamp(end) + pd.Timedelta(seconds=1))})
     out.append({"provider": provider, "start": start, "end": end})
     out.sort(key=lambda s: s["start"])
     return out

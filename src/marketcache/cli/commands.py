@@ -262,6 +262,20 @@ def validate(
         typer.Option("--min-score", min=0.0, max=1.0, help="Fail below this score [config]."),
     ] = None,
     fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired.")] = False,
+    against_source: Annotated[
+        bool,
+        typer.Option(
+            "--against-source",
+            help="Re-fetch stored ranges from their provider and report restated bars "
+            "(with --fix: replace them).",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="With --against-source: only bars from this date.")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="With --against-source: N stored years at random.")
+    ] = None,
     cache_dir: CacheDir = None,
     config: ConfigPath = None,
     as_json: JsonOut = False,
@@ -275,6 +289,16 @@ def validate(
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:
         raise _not_cached(ctx, sym, tf)
+    if (since or sample is not None) and not against_source:
+        raise UsageError("--since and --sample go with --against-source")
+    if against_source:
+        from marketcache.restate import check_against_source, pick_years
+
+        start = parse_date(since, option="--since") if since else None
+        chosen = pick_years(targets, since=start, sample=sample)
+        report = check_against_source(ctx.cache, chosen, since=start, fix=fix)
+        ctx.out.restatements(report)
+        return report.exit_code
     checks: list[YearCheck] = []
     with ctx.out.progress(len(targets), label="validating") as progress:
         for s, t, year in targets:

@@ -265,6 +265,25 @@ class Renderer:
                 first = c.problems[0] if c.problems else c.path
                 self.err.print(f"error: {first}; run `marketcache validate --fix`", markup=False)
 
+    def restatements(self, report: Any) -> None:
+        for y in report.years:
+            if y.error:
+                self.err.print(f"error: {y.symbol} {y.timeframe} {y.year}: {y.error}", markup=False)
+        if self.as_json:
+            self.emit(report.as_json())
+            return
+        table = Table(title="validate --against-source")
+        for col in ("symbol", "tf", "year", "provider", "compared", "restated", "volume",
+                    "missing", "extra", "max diff", "status"):  # fmt: skip
+            table.add_column(col)
+        for y in report.years:
+            table.add_row(
+                y.symbol, y.timeframe, str(y.year), y.provider or "-", f"{y.compared:,}",
+                str(y.restated), str(y.volume), str(y.missing), str(y.extra),
+                f"{y.max_rel_diff:.2e}", y.status,
+            )  # fmt: skip
+        self.show(table)
+
     def populate_report(self, report: Any) -> None:
         for r in report.results:
             for e in r.errors:
