@@ -236,9 +236,10 @@ def test_cleanup_commands(cli: Cli, filled: Path) -> None:
 @pytest.fixture
 def held_lock(filled: Path) -> Iterator[Path]:
     """Another process holding the BTCUSDT/1h lock."""
-    lock = filled / "BTCUSDT" / "1h" / ".lock"
+    lock = UnifiedCache(filled).layout.lock_path("BTCUSDT", "1h")
     code = (
-        "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
+        "import fcntl,os,pathlib,sys,time; pathlib.Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True);"
+        "fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"
     )
     proc = subprocess.Popen(

@@ -355,7 +355,7 @@ def test_a_held_lock_exits_4(
 ) -> None:
     _, conf, _ = crypto
     Path(conf).write_text(Path(conf).read_text() + "settings: {lock_wait: 0.3}\n")
-    lock = tmp_path / "data-cache" / "ABCUSDT" / "1h" / ".lock"
+    lock = UnifiedCache(tmp_path / "data-cache").layout.lock_path("ABCUSDT", "1h")
     lock.parent.mkdir(parents=True)
     code = ("import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)")  # fmt: skip

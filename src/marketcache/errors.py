@@ -11,6 +11,8 @@ Library code raises only these; the CLI maps them to messages and exit codes in 
     │   ├── RateLimited              429/418 answers (retryable, carries retry_after)
     │   │   └── QuotaExhausted       the quota is used up (not retried)
     │   └── ProviderUnavailable      network failure, 5xx, timeout, garbled body
+    │       └── ProviderUnreachable  DNS failure or connection refused (not retried; the
+    │                                provider is marked down for the rest of the run)
     ├── StorageError                 the cache could not be read or written
     │   ├── CorruptFile              a data or metadata file fails its checks     (exit 3)
     │   └── LockTimeout              another run holds the lock past the wait     (exit 4)
@@ -100,6 +102,13 @@ class ProviderUnavailable(ProviderError):
     default_retryable = True
 
 
+class ProviderUnreachable(ProviderUnavailable):
+    """The provider's host cannot be resolved or refuses connections: asking again within
+    this run will not help, so the run marks the provider down and fails over."""
+
+    default_retryable = False
+
+
 class StorageError(MarketCacheError):
     """The cache could not be read or written."""
 
@@ -125,3 +134,7 @@ class ValidationFailed(MarketCacheError):
     """Cached data scored below the required quality."""
 
     exit_code = 3
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread by the CLI's signal handler)."""

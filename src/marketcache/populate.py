@@ -7,6 +7,7 @@ fetched. Progress reaches the caller through a callback; nothing here prints.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from marketcache.errors import (
     LockTimeout,
     MarketCacheError,
     ProviderError,
+    ProviderUnreachable,
     RangeUnavailable,
     SymbolNotFound,
     UsageError,
@@ -92,10 +94,17 @@ class JobResult:
     ranges_fetched: list[dict[str, Any]] = field(default_factory=list)
     gaps_left: list[dict[str, Any]] = field(default_factory=list)
     quality: float | None = None
-    requests: int = 0
+    requests: int = 0  # every HTTP request sent for this job, failed ones included
+    requests_by_provider: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     actions_changed: bool = False
+
+    def count(self, provider: str, sent: int) -> None:
+        self.requests += sent
+        if sent:
+            by = self.requests_by_provider
+            by[provider] = by.get(provider, 0) + sent
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -109,9 +118,14 @@ class PopulateReport:
     dry_run: bool = False
     started_at: str = ""
     finished_at: str = ""
+    unreachable: dict[str, str] = field(default_factory=dict)  # provider -> why, once a run
+
+    interrupted: int | None = None  # 130 (SIGINT) or 143 (SIGTERM) when the run was stopped
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return self.interrupted
         if any(r.status == "locked" for r in self.results):
             return 4
         if any(r.status in ("failed", "partial") for r in self.results):
@@ -122,6 +136,7 @@ class PopulateReport:
         return {
             "ok": self.exit_code == 0,
             "exit_code": self.exit_code,
+            "interrupted": self.interrupted is not None,
             "dry_run": self.dry_run,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -129,10 +144,22 @@ class PopulateReport:
                 "jobs": len(self.results),
                 "failed": sum(r.status in ("failed", "locked") for r in self.results),
                 "rows_added": sum(r.rows_added for r in self.results),
-                "requests": sum(r.requests for r in self.results),
+                "requests": {
+                    "total": sum(r.requests for r in self.results),
+                    "by_provider": _sum_by(r.requests_by_provider for r in self.results),
+                },
             },
+            "unreachable": [{"provider": p, "error": e} for p, e in self.unreachable.items()],
             "results": [r.as_json() for r in self.results],
         }
+
+
+def _sum_by(parts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + n
+    return dict(sorted(total.items()))
 
 
 # ---- request → jobs ------------------------------------------------------------------------
@@ -191,6 +218,10 @@ def build_jobs(request: PopulateRequest, settings: Settings) -> list[Job]:
 # ---- running -------------------------------------------------------------------------------
 
 
+class Cancelled(BaseException):
+    """Raised inside a worker when the run was interrupted: it stops between two ranges."""
+
+
 def run_populate(
     cache: UnifiedCache,
     jobs: list[Job],
@@ -198,18 +229,37 @@ def run_populate(
     *,
     progress: ProgressSink | None = None,
     providers: dict[str, Provider] | None = None,
+    report: PopulateReport | None = None,
 ) -> PopulateReport:
-    """Run every job (`request.workers` at a time); one failure never stops the others."""
+    """Run every job (`request.workers` at a time); one failure never stops the others.
+
+    Results land in `report` as jobs finish, so a caller interrupted (KeyboardInterrupt or a
+    signal raised in the main thread) still holds the partial report; workers stop after the
+    range they are committing, and everything committed is kept.
+    """
     sink = progress or _NoProgress()
     pool = providers or build_providers(cache.settings, cache.layout.index_dir)
-    report = PopulateReport([], dry_run=request.dry_run, started_at=utcnow().isoformat())
+    report = report if report is not None else PopulateReport([])
+    report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
     runner = _Runner(cache, pool, request, sink)
-    if request.workers > 1 and len(jobs) > 1:
-        with ThreadPoolExecutor(max_workers=request.workers) as executor:
-            report.results = list(executor.map(runner.run, jobs))
-    else:
-        report.results = [runner.run(job) for job in jobs]
-    report.finished_at = utcnow().isoformat()
+    try:
+        if request.workers > 1 and len(jobs) > 1:
+            executor = ThreadPoolExecutor(max_workers=request.workers)
+            try:
+                futures = [executor.submit(runner.run, job) for job in jobs]
+                for future in futures:
+                    report.results.append(future.result())
+            except BaseException:
+                runner.cancel.set()
+                executor.shutdown(wait=True, cancel_futures=True)
+                raise
+            executor.shutdown()
+        else:
+            for job in jobs:
+                report.results.append(runner.run(job))
+    finally:
+        report.finished_at = utcnow().isoformat()
+        report.unreachable = dict(runner.down)
     return report
 
 
@@ -227,6 +277,11 @@ class _Runner:
         self.sink = sink
         self.capabilities = {n: p.capabilities for n, p in providers.items()}
         self.usable = {n: p.available() for n, p in providers.items()}
+        # circuit breaker: a provider whose host cannot be resolved or refuses connections is
+        # down for the rest of the run (the first failure says why); the chain fails over
+        self.down: dict[str, str] = {}
+        self._down_lock = threading.Lock()
+        self.cancel = threading.Event()
 
     def run(self, job: Job) -> JobResult:
         result = JobResult(job.symbol, job.timeframe)
@@ -267,35 +322,16 @@ class _Runner:
                 f"no provider can serve {job.symbol} {job.timeframe}: check the selection "
                 "rules, the provider capabilities and API keys"
             )
-        profile = cache.profile(job.symbol)
+        if self.request.dry_run:  # reads only: no lock, no folder, no file
+            planned = self._plan(job, tf, chain, result, writes=False)
+            if planned is not None:
+                self._plan_only(planned[0], chain, result)
+            return
         with cache.lock(job.symbol, job.timeframe):
-            for stale in cache.remove_stale_temp_files(job.symbol, job.timeframe):
-                result.notes.append(f"removed {stale.name}, left by an interrupted run")
-            now = utcnow()
-            end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
-            if job.start >= end:
-                result.status = "up-to-date"
+            planned = self._plan(job, tf, chain, result, writes=True)
+            if planned is None:
                 return
-            wanted = Span(job.start, end)
-            years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
-            stored_years = self._quarantine_corrupt(job, years, result)
-            expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
-            present, verified = self._stored(job, stored_years, expected)
-            plan = plan_fetch(
-                timeframe=tf,
-                wanted=wanted,
-                expected=expected,
-                present=present,
-                verified_empty=verified,
-                now=now,
-                recheck_after=pd.Timedelta(days=cache.settings.options.verified_empty_recheck_days),
-                overlap_bars=OVERLAP_BARS[profile.asset_class],
-                earliest=_reach(chain, self.capabilities, job.timeframe, now),
-                full_refresh=self.request.full_refresh,
-            )
-            if self.request.dry_run:
-                self._plan_only(plan, chain, result)
-                return
+            plan, now, expected, present = planned
             self._execute(job, tf, plan, chain, result, now, expected, present)
             readjusted = self.cache.readjust(job.symbol, job.timeframe)
             if readjusted:
@@ -303,9 +339,47 @@ class _Runner:
                 result.notes.append(f"adj_close recomputed for {redone} (corporate actions)")
         self._summarise(job, result)
 
-    def _quarantine_corrupt(self, job: Job, years: Iterable[int], result: JobResult) -> list[int]:
-        """Check the stored years of the range (size + sha256); move corrupt ones aside.
-        Returns the years that remain stored."""
+    def _plan(
+        self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult, *, writes: bool
+    ) -> tuple[FetchPlan, pd.Timestamp, pd.DatetimeIndex, np.ndarray] | None:
+        """What to fetch for `job` (None: nothing, the range ends before the open bar).
+
+        With `writes` (under the lock) stale temp files go and corrupt years are moved aside
+        first; without, corrupt years are only left out."""
+        cache = self.cache
+        profile = cache.profile(job.symbol)
+        if writes:
+            for stale in cache.remove_stale_temp_files(job.symbol, job.timeframe):
+                result.notes.append(f"removed {stale.name}, left by an interrupted run")
+        now = utcnow()
+        end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
+        if job.start >= end:
+            result.status = "up-to-date"
+            return None
+        wanted = Span(job.start, end)
+        years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
+        stored_years = self._quarantine_corrupt(job, years, result, move=writes)
+        expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
+        present, verified = self._stored(job, stored_years, expected)
+        plan = plan_fetch(
+            timeframe=tf,
+            wanted=wanted,
+            expected=expected,
+            present=present,
+            verified_empty=verified,
+            now=now,
+            recheck_after=pd.Timedelta(days=cache.settings.options.verified_empty_recheck_days),
+            overlap_bars=OVERLAP_BARS[profile.asset_class],
+            earliest=_reach(chain, self.capabilities, job.timeframe, now),
+            full_refresh=self.request.full_refresh,
+        )
+        return plan, now, expected, present
+
+    def _quarantine_corrupt(
+        self, job: Job, years: Iterable[int], result: JobResult, *, move: bool = True
+    ) -> list[int]:
+        """Check the stored years of the range (size + sha256); move corrupt ones aside
+        (with `move`). Returns the years that remain usable."""
         kept = []
         cached = set(self.cache.list_years(job.symbol, job.timeframe))
         for year in years:
@@ -315,6 +389,9 @@ class _Runner:
                 self.cache.verify_year(job.symbol, job.timeframe, year)
                 kept.append(year)
             except CorruptFile as exc:
+                if not move:
+                    result.notes.append(f"{exc}; a run would move it aside and fetch it again")
+                    continue
                 aside = self.cache.quarantine_year(job.symbol, job.timeframe, year)
                 result.notes.append(f"{exc}; moved aside as {aside.name if aside else '-'}")
         return kept
@@ -372,10 +449,17 @@ class _Runner:
         if plan.empty and not plan.unreachable:
             result.status = "up-to-date"
         failed = False
+        failures: dict[str, list[Span]] = {}  # reason -> spans, reported once per reason
         sessions = not tf.is_intraday and self.cache.profile(job.symbol).calendar != "24/7"
         for span in plan.fetch:
+            if self.cancel.is_set():
+                raise Cancelled
             asked = result.requests
             outcome = self._fetch_with_failover(job, tf, span, chain, result, present)
+            if outcome.refused:  # an unknown symbol leaves nothing in the cache, only a report
+                result.status = "failed"
+                result.errors.append(f"no provider knows {job.symbol}: {outcome.reason}")
+                return
             if outcome.frame is not None and len(outcome.frame):
                 outcome = self._check_seam(job, tf, span, outcome, present, result)
             self.sink.note(
@@ -418,7 +502,11 @@ class _Runner:
                 self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
                 result.gaps_left.append({**span.as_json(), "reason": reason})
                 if not outcome.verified_empty:
-                    result.errors.append(f"{span.start} → {span.end}: {reason}")
+                    failures.setdefault(reason, []).append(span)
+        for reason, spans in failures.items():
+            where = f"{spans[0].start} → {spans[-1].end}"
+            count = f" ({len(spans)} ranges)" if len(spans) > 1 else ""
+            result.errors.append(f"{where}{count}: {reason}")
         for span in plan.unreachable:
             reason = "beyond every provider's history window"
             self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
@@ -438,19 +526,36 @@ class _Runner:
         reasons: list[str] = []
         empty_from: list[str] = []
         definitive = True  # every failure says "no data here" rather than "try later"
+        refused = 0  # providers that do not know the symbol at all
         for choice in chain:
             provider = self.providers[choice.provider]
+            if choice.provider in self.down:
+                definitive = False
+                reasons.append(f"{choice.provider}: down (unreachable earlier in this run)")
+                continue
             start = self._actions_window(job, tf, choice.provider, span, present)
+            sent = provider.sent()
             try:
                 fetched = provider.fetch(choice.symbol, tf, start, span.end)
-            except (SymbolNotFound, RangeUnavailable) as exc:
+            except SymbolNotFound as exc:
+                refused += 1
+                reasons.append(f"{choice.provider}: {exc}")
+                continue
+            except RangeUnavailable as exc:
+                reasons.append(f"{choice.provider}: {exc}")
+                continue
+            except ProviderUnreachable as exc:
+                definitive = False
+                with self._down_lock:
+                    self.down.setdefault(choice.provider, str(exc))
                 reasons.append(f"{choice.provider}: {exc}")
                 continue
             except ProviderError as exc:
                 definitive = False
                 reasons.append(f"{choice.provider}: {exc}")
                 continue
-            result.requests += fetched.requests
+            finally:
+                result.count(choice.provider, provider.sent() - sent)
             result.notes.extend(f"{choice.provider}: {n}" for n in fetched.notes)
             if fetched.frame.empty:
                 empty_from.append(choice.provider)
@@ -463,6 +568,8 @@ class _Runner:
                 )
                 continue
             return _Outcome(fetched.frame, choice.provider, choice=choice, events=fetched.events)
+        if refused == len(chain):
+            return _Outcome(None, "", refused=True, reason="; ".join(reasons))
         if empty_from and definitive:
             return _Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")
         if empty_from:
@@ -519,14 +626,15 @@ class _Runner:
             " (another price basis)"
         )
         first = pd.Timestamp(np.min(present))
+        provider = self.providers[outcome.choice.provider]
+        sent = provider.sent()
         try:
-            fetched = self.providers[outcome.choice.provider].fetch(
-                outcome.choice.symbol, tf, first, span.end
-            )
+            fetched = provider.fetch(outcome.choice.symbol, tf, first, span.end)
         except ProviderError as exc:
             result.errors.append(f"{what}; fetching the series again failed: {exc}")
             return _Outcome(None, "", reason=f"{what}; not spliced")
-        result.requests += fetched.requests
+        finally:
+            result.count(outcome.provider, provider.sent() - sent)
         result.notes.append(f"{what}: fetched the series again from {first:%Y-%m-%d}")
         events = fetched.events if fetched.events is not None else outcome.events
         return _Outcome(fetched.frame, outcome.provider, choice=outcome.choice, events=events)
@@ -569,6 +677,7 @@ class _Outcome:
     reason: str = ""
     choice: Choice | None = None
     events: Events | None = None
+    refused: bool = False  # every provider said it does not know the symbol
 
 
 def _unanswered(

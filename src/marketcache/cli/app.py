@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 import typer
 
 from marketcache.cli.commands import app
-from marketcache.errors import MarketCacheError
+from marketcache.errors import MarketCacheError, Terminated
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_VALIDATION, EXIT_LOCKED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +26,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not verbose:  # a library's background thread must not print a traceback either
         threading.excepthook = _thread_error
     command = typer.main.get_command(app)
+    if not args:  # a bare `marketcache` shows the help, not a usage error
+        args = ["--help"]
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    try:
+        return _run(command, args, verbose, as_json)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _run(command: Any, args: list[str], verbose: bool, as_json: bool) -> int:
     try:
         result = command.main(args=args, prog_name="marketcache", standalone_mode=False)
     except typer.Exit as exc:
@@ -37,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{message} (see '{name} --help')", EXIT_USAGE, as_json)
     except KeyboardInterrupt:
         return _fail("interrupted; committed data is kept, re-run to continue", 130, as_json)
+    except Terminated:
+        return _fail("terminated; committed data is kept, re-run to continue", 143, as_json)
     except MarketCacheError as exc:
         if verbose:
             traceback.print_exc()
@@ -60,7 +83,3 @@ def _fail(message: str, code: int, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "exit_code": code, "error": first}) + "\n")
     return code
-
-
-def run() -> None:
-    raise SystemExit(main())

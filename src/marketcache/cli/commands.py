@@ -13,7 +13,7 @@ from marketcache import __version__
 from marketcache.cache import UnifiedCache, YearCheck
 from marketcache.cli.render import Renderer
 from marketcache.config import Settings, load_settings
-from marketcache.errors import UsageError
+from marketcache.errors import Terminated, UsageError
 from marketcache.models import parse_date
 from marketcache.symbols import normalize_symbol
 from marketcache.timeframes import parse_timeframe
@@ -127,7 +127,7 @@ def populate(
     verbose: Verbose = False,
 ) -> int:
     """Fill the cache for each symbol x timeframe over [start, end)."""
-    from marketcache.populate import PopulateRequest, build_jobs, run_populate
+    from marketcache.populate import PopulateReport, PopulateRequest, build_jobs, run_populate
 
     ctx = _context(cache_dir, config, as_json, quiet)
     request = PopulateRequest(
@@ -142,8 +142,14 @@ def populate(
         workers=workers,
     )
     jobs = build_jobs(request, ctx.settings)
-    with ctx.out.progress(len(jobs)) as progress:
-        report = run_populate(ctx.cache, jobs, request, progress=progress)
+    report = PopulateReport([])
+    try:
+        with ctx.out.progress(len(jobs)) as progress:
+            run_populate(ctx.cache, jobs, request, progress=progress, report=report)
+    except (KeyboardInterrupt, Terminated) as exc:
+        report.interrupted = 143 if isinstance(exc, Terminated) else 130
+        ctx.out.interrupted(report, len(jobs))
+        return report.interrupted
     ctx.out.populate_report(report)
     return report.exit_code
 

@@ -284,10 +284,24 @@ class Renderer:
             )  # fmt: skip
         self.show(table)
 
+    def interrupted(self, report: Any, jobs: int) -> None:
+        """One line on stderr (even under -q) and, with --json, the partial report."""
+        signal_name = "SIGTERM" if report.interrupted == 143 else "SIGINT"
+        done = len(report.results)
+        self.err.print(
+            f"interrupted ({signal_name}): {done} of {jobs} jobs finished; everything committed"
+            " is kept — run the same command again to continue",
+            markup=False,
+        )
+        if self.as_json:
+            self.emit(report.as_json())
+
     def populate_report(self, report: Any) -> None:
         for r in report.results:
             for e in r.errors:
                 self.err.print(f"error: {r.symbol} {r.timeframe}: {e}", markup=False)
+        for message in report.unreachable.values():
+            self.err.print(f"error: {message}", markup=False)
         if self.as_json:
             self.emit(report.as_json())
             return

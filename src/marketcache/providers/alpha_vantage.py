@@ -92,9 +92,8 @@ class AlphaVantageProvider(Provider):
         frame = _series_frame(data, symbol, timeframe)
         return Page(frame, more=next_month < end, next_start=next_month)
 
-    def _server_time(self) -> pd.Timestamp | None:
-        told = self._client._session.server_time if self._client is not None else None
-        return pd.Timestamp(told, unit="s") if told is not None else None
+    def _http(self) -> TimeoutSession | None:
+        return self._client._session if self._client is not None else None
 
 
 def _client_class() -> type:

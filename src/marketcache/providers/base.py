@@ -18,7 +18,7 @@ from marketcache.actions import Dividend, Split
 from marketcache.config import ProviderSettings
 from marketcache.errors import ProviderUnavailable, RangeUnavailable
 from marketcache.models import utcnow
-from marketcache.providers.http import with_retries
+from marketcache.providers.http import TimeoutSession, with_retries
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
 from marketcache.validate import sound_rows
@@ -164,8 +164,19 @@ class Provider:
 
     # ---- hooks ---------------------------------------------------------------------------
 
+    def sent(self) -> int:
+        """HTTP requests this thread sent to this provider so far, failed ones included."""
+        http = self._http()
+        return http.sent if http is not None else 0
+
     def _server_time(self) -> pd.Timestamp | None:
         """The provider's clock at its last answer on this thread (None: not known)."""
+        http = self._http()
+        told = http.server_time if http is not None else None
+        return pd.Timestamp(told, unit="s") if told is not None else None
+
+    def _http(self) -> TimeoutSession | None:
+        """The session this provider's requests go through, once it exists."""
         return None
 
     def _begin_fetch(

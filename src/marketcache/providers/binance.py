@@ -14,7 +14,12 @@ from marketcache.errors import (
     SymbolNotFound,
 )
 from marketcache.providers.base import Capabilities, Page, Provider
-from marketcache.providers.http import make_session, map_requests_error, retry_after_seconds
+from marketcache.providers.http import (
+    TimeoutSession,
+    make_session,
+    map_requests_error,
+    retry_after_seconds,
+)
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import TIMEFRAMES, Timeframe
 
@@ -69,9 +74,8 @@ class BinanceProvider(Provider):
             )
         return Page(_klines_frame(rows, symbol), more=len(rows) >= PAGE)
 
-    def _server_time(self) -> pd.Timestamp | None:
-        told = self._client.session.server_time if self._client is not None else None
-        return pd.Timestamp(told, unit="s") if told is not None else None
+    def _http(self) -> TimeoutSession | None:
+        return self._client.session if self._client is not None else None
 
 
 def _ms(ts: pd.Timestamp) -> int:

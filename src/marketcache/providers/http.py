@@ -18,12 +18,19 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests_ratelimiter import LimiterSession
 
 from marketcache.config import ProviderSettings
-from marketcache.errors import ProviderError, ProviderUnavailable, RateLimited, StorageError
+from marketcache.errors import (
+    ProviderError,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    RateLimited,
+    StorageError,
+)
 
 T = TypeVar("T")
 MAX_BACKOFF = 30.0
@@ -47,12 +54,18 @@ class TimeoutSession(LimiterSession):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
+        self._clock.sent = self.sent + 1  # counted before sending: failed requests count too
         try:
             response = super().request(method, url, *args, **kwargs)
         except sqlite3.Error as exc:  # the shared rate-limit bucket, e.g. on a full disk
             raise StorageError(f"cannot use the shared rate limit bucket: {exc}") from None
         self._clock.told = _http_date(getattr(response, "headers", {}).get("Date"))
         return response
+
+    @property
+    def sent(self) -> int:
+        """Requests this thread sent through this session (failed ones included)."""
+        return int(getattr(self._clock, "sent", 0))
 
     @property
     def server_time(self) -> float | None:
@@ -140,6 +153,13 @@ def raise_for_status(resp: requests.Response, provider: str, symbol: str) -> Non
 def map_requests_error(exc: Exception, provider: str, symbol: str) -> ProviderError:
     if isinstance(exc, requests.Timeout):
         return ProviderUnavailable(f"{provider} timed out", provider=provider, symbol=symbol)
+    unreachable = _unreachable(exc)
+    if unreachable:
+        return ProviderUnreachable(
+            f"{provider} unreachable: {unreachable} — check the network or base_url",
+            provider=provider,
+            symbol=symbol,
+        )
     if isinstance(exc, requests.ConnectionError):
         return ProviderUnavailable(
             f"cannot reach {provider}: connection failed", provider=provider, symbol=symbol
@@ -147,6 +167,39 @@ def map_requests_error(exc: Exception, provider: str, symbol: str) -> ProviderEr
     return ProviderUnavailable(
         f"{provider} request failed: {type(exc).__name__}", provider=provider, symbol=symbol
     )
+
+
+def _unreachable(exc: BaseException) -> str:
+    """'cannot resolve HOST' or 'connection refused by HOST:PORT' when that is the cause."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    host = ""
+    request = getattr(exc, "request", None)
+    if request is not None and getattr(request, "url", None):
+        parts = urlsplit(str(request.url))
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        name = type(cur).__name__
+        text = str(cur)
+        if name in ("NameResolutionError", "gaierror") or "Failed to resolve" in text:
+            return f"cannot resolve {host or 'its host'}"
+        if isinstance(cur, ConnectionRefusedError) or "Connection refused" in text:
+            return f"connection refused by {host or 'its host'}"
+        todo += [
+            cur.__cause__,
+            cur.__context__,
+            *[a for a in cur.args if isinstance(a, BaseException)],
+        ]
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+    return ""
 
 
 def with_retries(

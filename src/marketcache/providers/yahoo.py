@@ -151,9 +151,8 @@ class YahooProvider(Provider):
         self._splits = events.splits
         result.events = events
 
-    def _server_time(self) -> pd.Timestamp | None:
-        told = self._session.server_time if self._session is not None else None
-        return pd.Timestamp(told, unit="s") if told is not None else None
+    def _http(self) -> TimeoutSession | None:
+        return self._session
 
     def _chart(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp

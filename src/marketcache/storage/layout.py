@@ -45,7 +45,10 @@ class CacheLayout:
         return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{META_SUFFIX}"
 
     def lock_path(self, symbol: str, timeframe: str) -> Path:
-        return self.timeframe_dir(symbol, timeframe) / LOCK_NAME
+        """The series lock lives in the index folder, so that taking it (a dry run does not,
+        a run for a symbol no provider knows does) never creates the symbol's folder."""
+        self.timeframe_dir(symbol, timeframe)  # validates the timeframe and the symbol
+        return self.index_dir / "locks" / encode_symbol(symbol) / f"{timeframe}{LOCK_NAME}"
 
     @property
     def index_dir(self) -> Path:
