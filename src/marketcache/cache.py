@@ -131,6 +131,7 @@ class YearCheck:
     status: str  # ok | low-score | corrupt | fixed
     score: float | None = None
     rows: int = 0
+    lost: int = 0  # committed rows a repair could not recover (populate fetches them again)
     problems: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
 
@@ -987,6 +988,13 @@ class UnifiedCache:
             self._refresh_index(sym, tf)
         check.score = result.score
         check.rows = len(df)
+        committed = int(meta["file_info"]["rows"]) if meta is not None else 0
+        if check.repairs and committed > len(df):
+            check.lost = committed - len(df)
+            check.problems.append(
+                f"{check.lost:,} of {committed:,} committed rows could not be recovered:"
+                f" run `marketcache populate {sym} -t {tf}` to fetch them again"
+            )
         if check.repairs:
             check.status = "fixed"
         elif check.problems:
@@ -1280,34 +1288,55 @@ def clean_frame(df: pd.DataFrame) -> pd.DataFrame:
     return cleaned
 
 
+SALVAGE_CHUNK = 4096  # compressed bytes fed at a time: output before a damaged block is kept
+
+
 def salvage_bytes(raw: bytes) -> tuple[pd.DataFrame | None, str]:
-    """Decode as many whole, parsable CSV lines as a damaged csv.gz yields."""
+    """Decode the rows before the damage of a damaged csv.gz, streaming.
+
+    Each gzip member is decompressed a few KB at a time, so everything produced before the
+    block where decoding fails is kept (a one-shot decompress loses it all). The output of the
+    failing chunk and anything after the damage in that member are not trusted; the last,
+    cut line is dropped and the remaining lines must parse, be sound and rise in time.
+    """
     text = bytearray()
     pos = 0
     note = "all members readable"
-    while pos < len(raw):
+    damaged = False
+    while pos < len(raw) and not damaged:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            text += d.decompress(raw[pos:])
-        except zlib.error as exc:
-            note = f"stopped at a damaged block: {exc}"
+        cursor = pos
+        while cursor < len(raw) and not d.eof:
+            chunk = raw[cursor : cursor + SALVAGE_CHUNK]
+            try:
+                text += d.decompress(chunk)
+            except zlib.error as exc:
+                note = f"stopped at a damaged block near byte {cursor:,}: {exc}"
+                damaged = True
+                break
+            cursor += len(chunk)
+        if damaged:
             break
         if not d.eof:
             note = "last member truncated"
             break
-        pos = len(raw) - len(d.unused_data)
+        pos = cursor - len(d.unused_data)
     lines = bytes(text).split(b"\n")
     if not lines or not lines[0].startswith(b"timestamp,"):
         return None, "header unreadable"
     header = lines[0]
     width = header.count(b",")
-    body = lines[1:] if text.endswith(b"\n") else lines[1:-1]  # drop a cut last line
+    body = lines[1:] if text.endswith(b"\n") and not damaged else lines[1:-1]
     good = [ln for ln in body if ln.count(b",") == width and ln[:4].isdigit()]
     try:
         df = csvgz.parse_csv(b"\n".join([header, *good]) + b"\n")
     except ValueError as exc:
         return None, f"unparsable: {exc}"
     df = df[df["timestamp"].notna().to_numpy()].reset_index(drop=True)
+    if len(df):
+        stamps = df["timestamp"].to_numpy("datetime64[ns]").astype("int64")
+        rising = np.r_[True, stamps[1:] > np.maximum.accumulate(stamps)[:-1]]
+        df = df[rising & sound_rows(df)].reset_index(drop=True)
     return (df if len(df) else None), note
 
 

@@ -7,6 +7,7 @@ fetched. Progress reaches the caller through a callback; nothing here prints.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,12 +50,17 @@ NO_SESSION = "the provider returned no bar for a session the calendar expects"
 
 
 class ProgressSink(Protocol):
+    def plan(self, current: str, bars: int) -> None: ...
+
     def advance(self, current: str = "") -> None: ...
 
     def note(self, current: str, bars: int = 0, requests: int = 0) -> None: ...
 
 
 class _NoProgress:
+    def plan(self, current: str, bars: int) -> None:
+        pass
+
     def advance(self, current: str = "") -> None:
         pass
 
@@ -154,6 +160,15 @@ class PopulateReport:
         }
 
 
+def _bars_in(spans: list[Span], expected: pd.DatetimeIndex) -> int:
+    """Expected bars inside the spans to fetch (what the progress bar counts)."""
+    stamps = expected.asi8
+    return sum(
+        int(np.searchsorted(stamps, s.end.value) - np.searchsorted(stamps, s.start.value))
+        for s in spans
+    )
+
+
 def _sum_by(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for part in parts:
@@ -166,8 +181,9 @@ def _sum_by(parts: Iterable[dict[str, int]]) -> dict[str, int]:
 
 
 def read_symbols_file(path: Path) -> list[str]:
+    """One symbol a line, `#` comments; `-` reads standard input."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--symbols-file {path}: {exc.strerror or exc}") from None
     out = []
@@ -332,6 +348,7 @@ class _Runner:
             if planned is None:
                 return
             plan, now, expected, present = planned
+            self.sink.plan(f"{job.symbol} {job.timeframe}", _bars_in(plan.fetch, expected))
             self._execute(job, tf, plan, chain, result, now, expected, present)
             readjusted = self.cache.readjust(job.symbol, job.timeframe)
             if readjusted:

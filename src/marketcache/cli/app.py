@@ -64,6 +64,12 @@ def _run(command: Any, args: list[str], verbose: bool, as_json: bool) -> int:
         if verbose:
             traceback.print_exc()
         return _fail(str(exc), exc.exit_code, as_json)
+    except PermissionError as exc:
+        if verbose:
+            traceback.print_exc()
+        where = exc.filename or "a cache file"
+        message = f"permission denied on {where}: check the owner and mode of the cache folder"
+        return _fail(message, 1, as_json)
     except Exception as exc:
         if verbose:
             traceback.print_exc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from marketcache.timeframes import parse_timeframe
 app = typer.Typer(
     name="marketcache",
     help="Keep a cache of OHLCV market data complete, fresh and trustworthy.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -56,8 +57,59 @@ class Context:
     out: Renderer
 
 
-def _context(cache_dir: Path | None, config: Path | None, as_json: bool, quiet: bool) -> Context:
-    out = Renderer(as_json=as_json, quiet=quiet)
+LogFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file", help="Also write progress and warnings to this file.", show_default=False
+    ),
+]
+Format = Annotated[
+    str, typer.Option("--format", help="table, json or csv [default: table; json with --json].")
+]
+THIRD_PARTY_LOGGERS = ("yfinance", "urllib3", "binance", "peewee", "alpha_vantage", "requests")
+
+
+def _logging(*, quiet: bool, verbose: bool, log_file: Path | None) -> None:
+    """-v: progress as log lines on stderr; --log-file: the same in a file; -q: third-party
+    loggers (yfinance prints its own errors) are silenced."""
+    import logging
+
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO if (verbose or log_file) else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+    if not verbose and not log_file:
+        root.addHandler(logging.NullHandler())
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL if quiet else logging.WARNING)
+
+
+def _context(
+    cache_dir: Path | None,
+    config: Path | None,
+    as_json: bool,
+    quiet: bool,
+    *,
+    verbose: bool = False,
+    log_file: Path | None = None,
+    output_format: str = "table",
+) -> Context:
+    _logging(quiet=quiet, verbose=verbose, log_file=log_file)
+    if output_format not in ("table", "json", "csv"):
+        raise UsageError(f"--format {output_format}: use table, json or csv")
+    as_json = as_json or output_format == "json"
+    out = Renderer(as_json=as_json, quiet=quiet, csv_out=output_format == "csv" and not as_json)
     settings = load_settings(config)
     for warning in settings.warnings:
         out.warn(warning)
@@ -77,7 +129,7 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
     """Keep a cache of OHLCV market data complete, fresh and trustworthy."""
@@ -112,7 +164,8 @@ def populate(
     start: Annotated[str | None, typer.Option(help="YYYY-MM-DD or relative (30d, 2y).")] = None,
     end: Annotated[str | None, typer.Option(help="Exclusive end [default: now].")] = None,
     symbols_file: Annotated[
-        Path | None, typer.Option("--symbols-file", help="One symbol a line, # comments.")
+        Path | None,
+        typer.Option("--symbols-file", help="One symbol a line, # comments; - reads stdin."),
     ] = None,
     provider: Annotated[str | None, typer.Option(help="Use only this provider.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the fetch plan only.")] = False,
@@ -125,11 +178,12 @@ def populate(
     as_json: JsonOut = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    log_file: LogFile = None,
 ) -> int:
     """Fill the cache for each symbol x timeframe over [start, end)."""
     from marketcache.populate import PopulateReport, PopulateRequest, build_jobs, run_populate
 
-    ctx = _context(cache_dir, config, as_json, quiet)
+    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose, log_file=log_file)
     request = PopulateRequest(
         symbols=list(symbols or []),
         symbols_file=symbols_file,
@@ -163,9 +217,10 @@ def info(
     as_json: JsonOut = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    output_format: Format = "table",
 ) -> int:
     """Cache-wide stats, or per symbol / timeframe / year detail (metadata only)."""
-    ctx = _context(cache_dir, config, as_json, quiet)
+    ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
     sym, tf = _scope(symbol, timeframe)
     if sym is None:
         ctx.out.stats(ctx.cache.get_stats())
@@ -184,9 +239,10 @@ def list_(
     as_json: JsonOut = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    output_format: Format = "table",
 ) -> int:
     """Symbols; a symbol's timeframes; a timeframe's years (metadata only)."""
-    ctx = _context(cache_dir, config, as_json, quiet)
+    ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
     sym, tf = _scope(symbol, timeframe)
     rows: list[dict[str, Any]] = []
     if sym is None:
@@ -292,6 +348,8 @@ def validate(
     ctx = _context(cache_dir, config, as_json, quiet)
     sym, tf = _scope(symbol, timeframe)
     threshold = ctx.settings.options.min_score if min_score is None else min_score
+    if not ctx.cache.root.is_dir():  # a typo in CI must not pass
+        raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:
         raise _not_cached(ctx, sym, tf)
@@ -314,6 +372,8 @@ def validate(
     bad = [
         c
         for c in checks
-        if c.status in ("corrupt", "low-score") or (c.score is not None and c.score < threshold)
+        if c.status in ("corrupt", "low-score")
+        or c.lost
+        or (c.score is not None and c.score < threshold)
     ]
     return 3 if bad else 0

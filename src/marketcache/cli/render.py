@@ -5,9 +5,13 @@ The only module that imports Rich.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +21,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -56,6 +60,19 @@ def _short(ts: str | None) -> str:
     return ts[:10] if ts.endswith("T00:00:00") else ts.replace("T", " ")[:16]
 
 
+def _elapsed(started: str, finished: str) -> str:
+    from datetime import datetime
+
+    try:
+        seconds = (
+            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+        ).total_seconds()
+    except ValueError:
+        return "-"
+    minutes, secs = divmod(max(seconds, 0.0), 60)
+    return f"{int(minutes)}m {secs:04.1f}s" if minutes else f"{secs:.1f}s"
+
+
 def _plain(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         return {k: _plain(v) for k, v in asdict(obj).items()}
@@ -67,37 +84,69 @@ def _plain(obj: Any) -> Any:
 
 
 class ProgressSink:
-    """What the library's progress callback talks to: a Rich bar, or nothing."""
+    """What the library's progress callback talks to: a Rich bar over bars, log lines, or
+    nothing. The total is the bars the fetch plans expect: jobs not yet planned are
+    estimated from the ones that are, so the ETA settles as the run goes on."""
 
-    def __init__(self, progress: Progress | None, task: Any) -> None:
+    def __init__(self, progress: Progress | None, task: Any, jobs: int = 0) -> None:
         self._progress = progress
         self._task = task
+        self._log = logging.getLogger("marketcache.progress")
+        self._lock = threading.Lock()
         self.started = time.monotonic()
+        self.jobs, self.jobs_done = jobs, 0
+        self.planned, self.planned_jobs = 0, 0
         self.bars = 0
         self.requests = 0
+        self._open: dict[str, list[int]] = {}  # job -> [bars planned, bars done]
 
-    def _describe(self, current: str) -> str:
-        if not self.requests:
-            return current
+    def _refresh(self, current: str) -> None:
+        if self._progress is None:
+            return
+        unplanned = max(self.jobs - self.planned_jobs, 0)
+        per_job = self.planned / self.planned_jobs if self.planned_jobs else 0
+        total = max(self.planned + per_job * unplanned, self.bars, 1)
         rate = self.requests / max(time.monotonic() - self.started, 1e-6)
-        return f"{current} · {self.bars:,} bars · {rate:,.1f} req/s"
+        self._progress.update(
+            self._task, total=total, completed=self.bars,
+            description=f"{self.jobs_done}/{self.jobs} jobs · {current} · {rate:,.1f} req/s",
+        )  # fmt: skip
 
-    def advance(self, current: str = "") -> None:
-        """One symbol × timeframe done."""
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, description=self._describe(current))
+    def plan(self, current: str, bars: int) -> None:
+        """A job's fetch plan is known: `bars` expected bars to fetch."""
+        with self._lock:
+            self.planned += bars
+            self.planned_jobs += 1
+            self._open[current] = [bars, 0]
+            self._refresh(current)
+        self._log.info("%s: %s bars to fetch", current, f"{bars:,}")
 
     def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
         """Work inside the current job: a range fetched and committed."""
-        self.bars += bars
-        self.requests += requests
-        if self._progress is not None:
-            self._progress.update(self._task, description=self._describe(current))
+        with self._lock:
+            self.bars += bars
+            self.requests += requests
+            if current in self._open:
+                self._open[current][1] += bars
+            self._refresh(current)
+        self._log.info("%s: +%s bars (%d requests)", current, f"{bars:,}", requests)
+
+    def advance(self, current: str = "") -> None:
+        """One symbol × timeframe done: bars it planned but did not get count as done."""
+        with self._lock:
+            self.jobs_done += 1
+            planned, done = self._open.pop(current, [0, 0])
+            self.bars += max(planned - done, 0)
+            self._refresh(current)
+        self._log.info("%s: done (%d/%d jobs)", current, self.jobs_done, self.jobs)
 
 
 class Renderer:
-    def __init__(self, *, as_json: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self, *, as_json: bool = False, quiet: bool = False, csv_out: bool = False
+    ) -> None:
         self.as_json = as_json
+        self.csv_out = csv_out
         self.quiet = quiet
         self.out = _console()
         self.err = _console(stderr=True)
@@ -114,31 +163,53 @@ class Renderer:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(f"warning: {message}", markup=False)
+            sys.stderr.write(f"warning: {message}\n")
+
+    def csv_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Rows as CSV on stdout (lists joined with spaces), a header from the first row."""
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+                )
+        sys.stdout.write(buffer.getvalue())
+
+    def error(self, message: str) -> None:
+        """One unwrapped line on stderr, whatever the terminal width (cron mail, grep)."""
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
 
     @contextmanager
     def progress(self, total: int, label: str = "populating") -> Iterator[ProgressSink]:
-        """A progress bar on stderr only when it is a terminal (and not quiet/json)."""
+        """Bars done / expected, rate and ETA on stderr, only when it is a terminal (and not
+        quiet/json); `total` is the number of jobs."""
         if self.quiet or self.as_json or not sys.stderr.isatty() or total <= 0:
-            yield ProgressSink(None, None)
+            yield ProgressSink(None, None, total)
             return
         with Progress(
             TextColumn(f"{label} "),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} bars"),
             TextColumn("{task.description}"),
+            TimeRemainingColumn(),
             TimeElapsedColumn(),
             console=self.err,
             transient=True,
         ) as bar:
-            task = bar.add_task("", total=total)
-            yield ProgressSink(bar, task)
+            task = bar.add_task("", total=None)
+            yield ProgressSink(bar, task, total)
 
     # ---- commands -------------------------------------------------------------------------
 
     def stats(self, stats: dict[str, Any]) -> None:
         if self.as_json:
             self.emit(stats)
+            return
+        if self.csv_out:
+            self.csv_rows([{"what": k, "value": v} for k, v in stats.items()])
             return
         table = Table(title=f"marketcache — {stats['cache_dir']}", show_header=False)
         table.add_column("what")
@@ -162,6 +233,16 @@ class Renderer:
     def symbol_info(self, detail: dict[str, Any]) -> None:
         if self.as_json:
             self.emit(detail)
+            return
+        if self.csv_out:
+            self.csv_rows(
+                [
+                    {"symbol": detail["symbol"], "timeframe": tf,
+                     **{k: v for k, v in y.items() if k != "missing_ranges"}}
+                    for tf, entry in detail["timeframes"].items()
+                    for y in entry["years"]
+                ]
+            )  # fmt: skip
             return
         table = Table(title=detail["symbol"])
         for col in ("tf", "year", "rows", "start", "end", "provider", "quality", "gaps", "size"):
@@ -206,6 +287,9 @@ class Renderer:
     def listing(self, title: str, rows: list[dict[str, Any]]) -> None:
         if self.as_json:
             self.emit(rows)
+            return
+        if self.csv_out:
+            self.csv_rows(rows)
             return
         if not rows:
             self.show("(empty)")
@@ -263,12 +347,14 @@ class Renderer:
         for c in checks:
             if c.status == "corrupt":
                 first = c.problems[0] if c.problems else c.path
-                self.err.print(f"error: {first}; run `marketcache validate --fix`", markup=False)
+                self.error(f"{first}; run `marketcache validate --fix`")
+            elif c.lost:
+                self.error(f"{c.path}: {c.problems[-1]}")
 
     def restatements(self, report: Any) -> None:
         for y in report.years:
             if y.error:
-                self.err.print(f"error: {y.symbol} {y.timeframe} {y.year}: {y.error}", markup=False)
+                self.error(f"{y.symbol} {y.timeframe} {y.year}: {y.error}")
         if self.as_json:
             self.emit(report.as_json())
             return
@@ -288,10 +374,9 @@ class Renderer:
         """One line on stderr (even under -q) and, with --json, the partial report."""
         signal_name = "SIGTERM" if report.interrupted == 143 else "SIGINT"
         done = len(report.results)
-        self.err.print(
+        sys.stderr.write(
             f"interrupted ({signal_name}): {done} of {jobs} jobs finished; everything committed"
-            " is kept — run the same command again to continue",
-            markup=False,
+            " is kept — run the same command again to continue\n"
         )
         if self.as_json:
             self.emit(report.as_json())
@@ -299,25 +384,34 @@ class Renderer:
     def populate_report(self, report: Any) -> None:
         for r in report.results:
             for e in r.errors:
-                self.err.print(f"error: {r.symbol} {r.timeframe}: {e}", markup=False)
+                self.error(f"{r.symbol} {r.timeframe}: {e}")
         for message in report.unreachable.values():
-            self.err.print(f"error: {message}", markup=False)
+            self.error(f"{message}")
         if self.as_json:
             self.emit(report.as_json())
             return
+        ranges = "planned" if report.dry_run else "ranges"
         table = Table(title="dry run: fetch plan" if report.dry_run else "populate")
-        for col in ("symbol", "tf", "status", "providers", "added", "fetched", "gaps", "quality"):
-            table.add_column(col)
-        for r in report.results:
-            fetched = "; ".join(
-                f"{_short(f['start'])}→{_short(f['end'])}"
-                + (f" ({f['provider']})" if f.get("provider") else "")
-                for f in r.ranges_fetched[:4]
+        for col in ("symbol", "tf", "status", "providers", "added", ranges, "gaps", "requests",
+                    "quality"):  # fmt: skip
+            table.add_column(
+                col, justify="right" if col in ("added", ranges, "gaps", "requests") else "left"
             )
-            if len(r.ranges_fetched) > 4:
-                fetched += f" +{len(r.ranges_fetched) - 4} more"
+        for r in report.results:
             table.add_row(
                 r.symbol, r.timeframe, r.status, ",".join(r.providers) or "-",
-                f"{r.rows_added:,}", fetched or "-", str(len(r.gaps_left)), _score(r.quality),
+                f"{r.rows_added:,}", str(len(r.ranges_fetched)), str(len(r.gaps_left)),
+                str(r.requests), _score(r.quality),
             )  # fmt: skip
+        results = report.results
+        failed = sum(r.status in ("failed", "partial", "locked") for r in results)
+        table.add_section()
+        table.add_row(
+            f"{len(results)} jobs", "", f"{failed} failed" if failed else "all ok", "",
+            f"{sum(r.rows_added for r in results):,}",
+            str(sum(len(r.ranges_fetched) for r in results)),
+            str(sum(len(r.gaps_left) for r in results)),
+            str(sum(r.requests for r in results)), "",
+        )  # fmt: skip
+        table.caption = f"elapsed {_elapsed(report.started_at, report.finished_at)}"
         self.show(table)
