@@ -51,6 +51,7 @@ class FakeServer:
         self.arrivals: list[float] = []  # time.monotonic() of each data request
         self.faults: deque[Fault] = deque()
         self.skew = pd.Timedelta(0)  # this server's clock minus ours, as its Date header says
+        self.latency = 0.0  # seconds every data request takes
         self._lock = threading.Lock()
         server = self
 
@@ -104,6 +105,8 @@ class FakeServer:
             fault = self.faults.popleft() if is_data and self.faults else None
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
+        if is_data and self.latency:
+            time.sleep(self.latency)
         answer = self.answer(parts.path, query)
         if fault is not None and not fault.truncate:
             answer = Answer(

@@ -193,7 +193,9 @@ def test_validate_detects_a_flipped_byte_and_missing_metadata(cli: Cli, filled: 
     assert "2023.metadata.json: metadata file is missing" in r.err
     fixed = cli("validate", "--fix", "--cache-dir", str(filled))
     assert fixed.code == 3, "a row after the damage could not be recovered: exit 3, say so"
-    assert "committed rows could not be recovered: run `marketcache populate AAPL -t 1d`" in fixed.err
+    assert (
+        "committed rows could not be recovered: run `marketcache populate AAPL -t 1d`" in fixed.err
+    )
     assert cli("validate", "--cache-dir", str(filled)).code == 0, "repaired: nothing more lost"
     assert (
         cli("info", "BTCUSDT", "1h", "--json", "--cache-dir", str(filled)).json()["timeframes"][

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -1325,18 +1326,25 @@ def salvage_bytes(raw: bytes) -> tuple[pd.DataFrame | None, str]:
     if not lines or not lines[0].startswith(b"timestamp,"):
         return None, "header unreadable"
     header = lines[0]
-    width = header.count(b",")
     body = lines[1:] if text.endswith(b"\n") and not damaged else lines[1:-1]
-    good = [ln for ln in body if ln.count(b",") == width and ln[:4].isdigit()]
+    # the damage is where the first line stops looking like a row: nothing after it is trusted
+    shape = re.compile(
+        rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d" + rb",[-+0-9.eEnaif]*" * header.count(b",")
+    )
+    good = 0
+    while good < len(body) and shape.fullmatch(body[good]):
+        good += 1
+    if good < len(body):
+        note += f"; rows from line {good + 2:,} on are not trusted"
     try:
-        df = csvgz.parse_csv(b"\n".join([header, *good]) + b"\n")
+        df = csvgz.parse_csv(b"\n".join([header, *body[:good]]) + b"\n")
     except ValueError as exc:
         return None, f"unparsable: {exc}"
-    df = df[df["timestamp"].notna().to_numpy()].reset_index(drop=True)
-    if len(df):
+    if len(df):  # and up to the first row that is unsound or does not rise in time
         stamps = df["timestamp"].to_numpy("datetime64[ns]").astype("int64")
-        rising = np.r_[True, stamps[1:] > np.maximum.accumulate(stamps)[:-1]]
-        df = df[rising & sound_rows(df)].reset_index(drop=True)
+        ok = np.r_[True, np.diff(stamps) > 0] & sound_rows(df) & df["timestamp"].notna().to_numpy()
+        cut = int(np.argmin(ok)) if not ok.all() else len(df)
+        df = df.iloc[:cut].reset_index(drop=True)
     return (df if len(df) else None), note
 
 

@@ -544,11 +544,12 @@ class _Runner:
         empty_from: list[str] = []
         definitive = True  # every failure says "no data here" rather than "try later"
         refused = 0  # providers that do not know the symbol at all
+        out_of_reach = 0  # providers that cannot serve this range (history window, timeframe)
         for choice in chain:
             provider = self.providers[choice.provider]
-            if choice.provider in self.down:
+            if choice.provider in self.down:  # the same words as when it went down
                 definitive = False
-                reasons.append(f"{choice.provider}: down (unreachable earlier in this run)")
+                reasons.append(f"{choice.provider}: {self.down[choice.provider]}")
                 continue
             start = self._actions_window(job, tf, choice.provider, span, present)
             sent = provider.sent()
@@ -559,6 +560,7 @@ class _Runner:
                 reasons.append(f"{choice.provider}: {exc}")
                 continue
             except RangeUnavailable as exc:
+                out_of_reach += 1
                 reasons.append(f"{choice.provider}: {exc}")
                 continue
             except ProviderUnreachable as exc:
@@ -585,7 +587,7 @@ class _Runner:
                 )
                 continue
             return _Outcome(fetched.frame, choice.provider, choice=choice, events=fetched.events)
-        if refused == len(chain):
+        if refused and refused + out_of_reach == len(chain):  # nobody that could answer knew it
             return _Outcome(None, "", refused=True, reason="; ".join(reasons))
         if empty_from and definitive:
             return _Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")

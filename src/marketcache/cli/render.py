@@ -331,6 +331,12 @@ class Renderer:
         self.show(table)
 
     def validation(self, checks: list[Any], threshold: float) -> None:
+        for c in checks:
+            if c.status == "corrupt":
+                first = c.problems[0] if c.problems else c.path
+                self.error(f"{first}; run `marketcache validate --fix`")
+            elif c.lost:
+                self.error(f"{c.path}: {c.problems[-1]}")
         if self.as_json:
             self.emit({"min_score": threshold, "files": checks})
             return
@@ -344,12 +350,6 @@ class Renderer:
                 details[:200],
             )  # fmt: skip
         self.show(table)
-        for c in checks:
-            if c.status == "corrupt":
-                first = c.problems[0] if c.problems else c.path
-                self.error(f"{first}; run `marketcache validate --fix`")
-            elif c.lost:
-                self.error(f"{c.path}: {c.problems[-1]}")
 
     def restatements(self, report: Any) -> None:
         for y in report.years:
