@@ -10,7 +10,8 @@ from conftest import make_bars
 from marketcache.calendars import expected_bars
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
-from marketcache.validate import WEIGHTS, OHLCVValidator, ValidationCounts, score_counts
+from marketcache.quality import WEIGHTS, ValidationCounts, score_counts
+from marketcache.validate import OHLCVValidator
 
 CRYPTO_1H = OHLCVValidator(Timeframe("1h"), "24/7", AssetClass.CRYPTO)
 

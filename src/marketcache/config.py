@@ -101,11 +101,15 @@ class Dataset:
     end: str | None = None
 
 
+FORMATS = ("csv.gz", "parquet")
+
+
 @dataclass(frozen=True)
 class Options:
     min_score: float = 0.8
     lock_wait: float = 600.0
     verified_empty_recheck_days: float = 7.0
+    format: str = "csv.gz"  # of a new file cache (an existing one keeps its own)
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
         return path
     local = Path("providers.yaml")
     return local if local.is_file() else None
+
+
+def default_settings() -> Settings:
+    """The packaged defaults (what a library user gets without naming a config)."""
+    return parse_settings(default_config_text(), source="<packaged default>")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -346,9 +355,15 @@ class _Parser:
 
     def options(self, raw: Any) -> Options:
         body = self.mapping(raw, "settings")
-        self.unknown(body, ("min_score", "lock_wait", "verified_empty_recheck_days"), "settings")
+        self.unknown(
+            body, ("min_score", "lock_wait", "verified_empty_recheck_days", "format"), "settings"
+        )
         defaults = Options()
+        fmt = self.text(body.get("format", defaults.format), "settings.format")
+        if fmt not in FORMATS:
+            raise self.fail("settings.format", f"'{fmt}': use one of {', '.join(FORMATS)}")
         return Options(
+            format=fmt,
             min_score=self.number(
                 body.get("min_score", defaults.min_score), "settings.min_score", high=1.0
             ),

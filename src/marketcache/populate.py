@@ -254,7 +254,7 @@ def run_populate(
     range they are committing, and everything committed is kept.
     """
     sink = progress or _NoProgress()
-    pool = providers or build_providers(cache.settings, cache.layout.index_dir)
+    pool = providers or build_providers(cache.settings, cache.state_dir)
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
     runner = _Runner(cache, pool, request, sink)
@@ -367,7 +367,7 @@ class _Runner:
         profile = cache.profile(job.symbol)
         if writes:
             for stale in cache.remove_stale_temp_files(job.symbol, job.timeframe):
-                result.notes.append(f"removed {stale.name}, left by an interrupted run")
+                result.notes.append(f"removed {stale}, left by an interrupted run")
         now = utcnow()
         end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
         if job.start >= end:
@@ -410,7 +410,7 @@ class _Runner:
                     result.notes.append(f"{exc}; a run would move it aside and fetch it again")
                     continue
                 aside = self.cache.quarantine_year(job.symbol, job.timeframe, year)
-                result.notes.append(f"{exc}; moved aside as {aside.name if aside else '-'}")
+                result.notes.append(f"{exc}; moved aside as {aside or '-'}")
         return kept
 
     def _stored(

@@ -126,7 +126,7 @@ def check_against_source(
     fix: bool = False,
     providers: dict[str, Provider] | None = None,
 ) -> RestatementReport:
-    pool = providers or build_providers(cache.settings, cache.layout.index_dir)
+    pool = providers or build_providers(cache.settings, cache.state_dir)
     report = RestatementReport(fix=fix)
     for sym, tf, year in targets:
         entry = YearRestatement(sym, tf, year)

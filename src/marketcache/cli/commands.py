@@ -11,11 +11,12 @@ from typing import Annotated, Any
 import typer
 
 from marketcache import __version__
-from marketcache.cache import UnifiedCache, YearCheck
+from marketcache.cache import UnifiedCache
 from marketcache.cli.render import Renderer
 from marketcache.config import Settings, load_settings
 from marketcache.errors import Terminated, UsageError
 from marketcache.models import parse_date
+from marketcache.repair import YearCheck
 from marketcache.symbols import normalize_symbol
 from marketcache.timeframes import parse_timeframe
 

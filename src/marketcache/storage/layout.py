@@ -10,18 +10,33 @@ from marketcache.symbols import decode_symbol, encode_symbol
 from marketcache.timeframes import TIMEFRAMES
 
 INDEX_DIR = "_metadata"
-DATA_SUFFIX = ".csv.gz"
+DATA_SUFFIXES = (".csv.gz", ".parquet")
 META_SUFFIX = ".metadata.json"
+PENDING_SUFFIX = ".pending"
 TEMP_MARK = ".tmp-"
 LOCK_NAME = ".lock"
 QUARANTINE_MARK = ".corrupt-"
 
 
+def year_file(name: str) -> tuple[int, str] | None:
+    """(year, "data" | "meta" | "pending") for a year file's name, else None — the one parser
+    of year-file names."""
+    for suffix, kind in (
+        (META_SUFFIX + PENDING_SUFFIX, "pending"), (META_SUFFIX, "meta"),
+        *((s, "data") for s in DATA_SUFFIXES),
+    ):  # fmt: skip
+        stem = name[: -len(suffix)] if name.endswith(suffix) else ""
+        if len(stem) == 4 and stem.isdigit():
+            return int(stem), kind
+    return None
+
+
 class CacheLayout:
     """Maps (symbol, timeframe, year) to paths under one root."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], suffix: str = ".csv.gz") -> None:
         self.root = Path(root).expanduser().absolute()
+        self.suffix = suffix
 
     def _inside(self, path: Path) -> Path:
         resolved = path.resolve()
@@ -39,15 +54,17 @@ class CacheLayout:
         return self._inside(self.symbol_dir(symbol) / timeframe)
 
     def data_path(self, symbol: str, timeframe: str, year: int) -> Path:
-        return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{DATA_SUFFIX}"
+        return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{self.suffix}"
 
     def meta_path(self, symbol: str, timeframe: str, year: int) -> Path:
         return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{META_SUFFIX}"
 
+    def pending_path(self, symbol: str, timeframe: str, year: int) -> Path:
+        return self.timeframe_dir(symbol, timeframe) / f"{int(year)}{META_SUFFIX}{PENDING_SUFFIX}"
+
     def lock_path(self, symbol: str, timeframe: str) -> Path:
         """The series lock lives in the index folder, so that taking it (a dry run does not,
         a run for a symbol no provider knows does) never creates the symbol's folder."""
-        self.timeframe_dir(symbol, timeframe)  # validates the timeframe and the symbol
         return self.index_dir / "locks" / encode_symbol(symbol) / f"{timeframe}{LOCK_NAME}"
 
     @property
@@ -73,14 +90,14 @@ class CacheLayout:
         names = {p.name for p in base.iterdir() if p.is_dir()}
         return [tf for tf in TIMEFRAMES if tf in names]
 
-    def years(self, symbol: str, timeframe: str) -> list[int]:
-        """Years with a metadata file (the commit record), ascending."""
+    def years(self, symbol: str, timeframe: str, kinds: tuple[str, ...] = ("meta",)) -> list[int]:
+        """Years with a file of these kinds (by default the record: committed years)."""
         base = self.timeframe_dir(symbol, timeframe)
         if not base.is_dir():
             return []
-        years = []
+        found = set()
         for p in base.iterdir():
-            stem = p.name[: -len(META_SUFFIX)] if p.name.endswith(META_SUFFIX) else ""
-            if stem.isdigit() and len(stem) == 4:
-                years.append(int(stem))
-        return sorted(years)
+            parsed = year_file(p.name)
+            if parsed is not None and parsed[1] in kinds:
+                found.add(parsed[0])
+        return sorted(found)

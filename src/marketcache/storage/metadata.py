@@ -1,4 +1,4 @@
-"""The YEAR.metadata.json commit record beside each data file."""
+"""JSON documents of the file backend: the year records, and the derived index files."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from typing import Any
 from marketcache.errors import CorruptFile
 from marketcache.storage.atomic import write_atomic
 
-SCHEMA_VERSION = 1
-REQUIRED = ("schema_version", "symbol", "timeframe", "year", "file_info", "data_quality")
-FILE_INFO_REQUIRED = ("size_bytes", "rows", "columns", "sha256")
-
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Load and shape-check one metadata file; CorruptFile names the file on any problem."""
+    """Load one record's JSON; CorruptFile names the file when it is missing or unreadable
+    (its shape is checked by `YearRecord.from_json`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -28,16 +25,6 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise CorruptFile(path, f"metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise CorruptFile(path, "metadata is not a JSON object")
-    missing = [k for k in REQUIRED if k not in meta]
-    file_info = meta.get("file_info")
-    if isinstance(file_info, dict):
-        missing += [f"file_info.{k}" for k in FILE_INFO_REQUIRED if k not in file_info]
-    elif "file_info" not in missing:
-        missing.append("file_info")
-    if missing:
-        raise CorruptFile(path, f"metadata lacks {', '.join(missing)}")
-    if meta["schema_version"] != SCHEMA_VERSION:
-        raise CorruptFile(path, f"unknown schema_version {meta['schema_version']!r}")
     return meta
 
 

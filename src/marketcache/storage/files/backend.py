@@ -1,0 +1,402 @@
+"""The file backend: `SYMBOL/TF/YEAR.<codec suffix>` + `YEAR.metadata.json` under a root.
+
+Commit order for a year: pending record → data (temp file, fsync, rename — or an appended
+gzip member, fsynced) → record → drop the pending record. Whatever instant a crash hits,
+`recover` turns what is on disk back into the old or the new state: a pending record that
+matches the data is promoted, any other is dropped, and bytes past the committed size are a
+torn tail that readers ignore and the next append cuts. Appends write no pending record:
+until the record names the new size, the new member is such a torn tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marketcache.errors import CorruptFile, StorageError
+from marketcache.records import YearRecord
+from marketcache.storage.atomic import append_durable, write_atomic
+from marketcache.storage.backend import Key, StorageBackend
+from marketcache.storage.files.codecs import Codec, codec, suffix
+from marketcache.storage.layout import (
+    DATA_SUFFIXES,
+    LOCK_NAME,
+    QUARANTINE_MARK,
+    TEMP_MARK,
+    CacheLayout,
+    year_file,
+)
+from marketcache.storage.lock import hold
+from marketcache.storage.metadata import read_json, read_metadata, write_json, write_metadata
+from marketcache.symbols import normalize_symbol
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CACHE_FILE = "cache.json"
+
+
+class FileBackend(StorageBackend):
+    name = "files"
+
+    def __init__(self, root: str | os.PathLike[str], *, default_format: str = "csv.gz") -> None:
+        self.layout = CacheLayout(root)
+        super().__init__(str(self.layout.root))
+        self.root = self.layout.root
+        self.format = self._recorded_format() or default_format
+        self.layout.suffix = suffix(self.format)
+        self._codec: Codec | None = None
+
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            self._codec = codec(self.format)
+        return self._codec
+
+    @property
+    def appendable(self) -> bool:  # type: ignore[override]
+        return self.format == "csv.gz"
+
+    def _recorded_format(self) -> str | None:
+        """The format fixed when the cache was created (_metadata/cache.json); a cache made
+        before that file existed is csv.gz."""
+        recorded = read_json(self.layout.index_dir / CACHE_FILE, None)
+        if isinstance(recorded, dict) and recorded.get("format"):
+            return str(recorded["format"])
+        return "csv.gz" if self.layout.symbols() else None
+
+    def _created(self) -> None:
+        """Record the format with the first write (a dry run or a read creates nothing)."""
+        path = self.layout.index_dir / CACHE_FILE
+        if not path.exists():
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            write_json(path, {"format": self.format, "created_at": stamp})
+
+    # ---- listing -------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def keys(self, symbol: str | None = None, timeframe: str | None = None) -> list[Key]:
+        out = []
+        for sym in [normalize_symbol(symbol)] if symbol else self.layout.symbols():
+            for tf in [timeframe] if timeframe else self.layout.timeframes(sym):
+                out += [Key(sym, tf, y) for y in self.layout.years(sym, tf)]
+        return out
+
+    def symbols(self) -> list[str]:
+        return self.layout.symbols()
+
+    def timeframes(self, symbol: str) -> list[str]:
+        return [tf for tf in self.layout.timeframes(symbol) if self.layout.years(symbol, tf)]
+
+    def years(self, symbol: str, timeframe: str) -> list[int]:
+        return self.layout.years(symbol, timeframe)
+
+    def raw_years(self, symbol: str, timeframe: str) -> list[int]:
+        return self.layout.years(symbol, timeframe, ("meta", "data"))
+
+    # ---- records and rows ------------------------------------------------------------------
+
+    def _paths(self, key: Key) -> tuple[Path, Path, Path]:
+        sym, tf, year = key.symbol, key.timeframe, key.year
+        return (
+            self.layout.data_path(sym, tf, year),
+            self.layout.meta_path(sym, tf, year),
+            self.layout.pending_path(sym, tf, year),
+        )
+
+    def read_record(self, key: Key) -> YearRecord:
+        _, meta, pending = self._paths(key)
+        if pending.exists():
+            with self.lock(key.symbol, key.timeframe, wait=600):
+                self.recover(key)
+        return YearRecord.from_json(read_metadata(meta), meta)
+
+    def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
+        path = self._paths(key)[0]
+        size = record.file_info.size_bytes
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(size)
+        except FileNotFoundError:
+            raise CorruptFile(path, "data file is missing (metadata exists)") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+        if len(data) < size:
+            raise CorruptFile(path, f"file is truncated: {len(data)} of {size} bytes")
+        # hash while decoding (hashlib releases the GIL); nothing is returned before it matches
+        digest: list[str] = []
+        hasher = threading.Thread(target=lambda: digest.append(hashlib.sha256(data).hexdigest()))
+        hasher.start()
+        try:
+            df = self.codec.decode(data)
+            error = None
+        except (ValueError, OSError, EOFError) as exc:
+            error = str(exc)
+        hasher.join()
+        if digest[0] != record.file_info.sha256:
+            raise CorruptFile(
+                path, "sha256 does not match metadata (the file changed or is damaged)"
+            )
+        if error is not None:
+            raise CorruptFile(path, f"cannot decode: {error}")
+        if len(df) != record.rows:
+            raise CorruptFile(path, f"holds {len(df)} rows, metadata says {record.rows}")
+        return df
+
+    def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
+        data, meta, pending = self._paths(key)
+        columns = record.file_info.columns
+        body, raw_len = self.codec.encode(frame.reindex(columns=columns), columns)
+        info = record.file_info
+        info.format, info.size_bytes, info.raw_bytes = self.format, len(body), raw_len
+        info.sha256, info.members, info.rows = hashlib.sha256(body).hexdigest(), 1, len(frame)
+        self._created()
+        write_metadata(pending, record.to_json())
+        write_atomic(data, body)
+        write_metadata(meta, record.to_json())
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+        return record
+
+    def append(
+        self, key: Key, old: YearRecord, part: pd.DataFrame, new: YearRecord
+    ) -> YearRecord | None:
+        data, meta, _ = self._paths(key)
+        committed = old.file_info.size_bytes
+        try:
+            on_disk = data.stat().st_size
+        except FileNotFoundError:
+            return None
+        if not self.appendable or on_disk < committed or old.file_info.members >= MAX_MEMBERS:
+            return None
+        columns = old.file_info.columns
+        member, raw_len = self.codec.encode_rows(part.reindex(columns=columns), columns)
+        sha = _sha256_prefix(data, committed)
+        sha.update(member)
+        info = new.file_info
+        info.format, info.columns = self.format, columns
+        info.size_bytes, info.sha256 = committed + len(member), sha.hexdigest()
+        info.raw_bytes = old.file_info.raw_bytes + raw_len
+        info.members, info.rows = old.file_info.members + 1, old.rows + len(part)
+        append_durable(data, member, committed)
+        write_metadata(meta, new.to_json())
+        return new
+
+    def write_record(self, key: Key, record: YearRecord) -> None:
+        write_metadata(self._paths(key)[1], record.to_json())
+
+    def delete(self, key: Key) -> None:
+        data, meta, _ = self._paths(key)
+        # the record first: a crash in between leaves data without a record, a known leftover
+        for path in (meta, data):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def lock(
+        self, symbol: str, timeframe: str, *, wait: float
+    ) -> contextlib.AbstractContextManager[None]:
+        """`timeframe` may also name a per-symbol document set ("actions")."""
+        path = self.layout.lock_path(symbol, timeframe)
+        return hold(path, wait=wait, what=f"{symbol} {timeframe}")
+
+    # ---- integrity -------------------------------------------------------------------------
+
+    def verify(self, key: Key, record: YearRecord) -> None:
+        """Size and sha256 of the committed bytes, without parsing them."""
+        path = self._paths(key)[0]
+        size = record.file_info.size_bytes
+        try:
+            on_disk = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptFile(path, "data file is missing (metadata exists)") from None
+        if on_disk < size:
+            raise CorruptFile(path, f"file is truncated: {on_disk} of {size} bytes")
+        if _sha256_prefix(path, size).hexdigest() != record.file_info.sha256:
+            raise CorruptFile(
+                path, "sha256 does not match metadata (the file changed or is damaged)"
+            )
+
+    def recover(self, key: Key) -> None:
+        data, meta, pending = self._paths(key)
+        if not pending.exists():
+            return
+        try:
+            new = YearRecord.from_json(read_metadata(pending), pending)
+        except CorruptFile:
+            pending.unlink()
+            return
+        size = new.file_info.size_bytes
+        try:
+            matches = (
+                data.stat().st_size >= size
+                and _sha256_prefix(data, size).hexdigest() == new.file_info.sha256
+            )
+        except FileNotFoundError:
+            matches = False
+        if matches:
+            write_metadata(meta, new.to_json())
+        pending.unlink()
+
+    def cut_torn_tail(self, key: Key, record: YearRecord) -> bool:
+        data = self._paths(key)[0]
+        if data.exists() and data.stat().st_size > record.file_info.size_bytes:
+            with open(data, "r+b") as fh:
+                fh.truncate(record.file_info.size_bytes)
+            return True
+        return False
+
+    def housekeeping(self, symbol: str, timeframe: str) -> list[str]:
+        """Temp files killed writers left; every writer holds the lock, so while we hold it
+        any temp file is stale."""
+        base = self.layout.timeframe_dir(symbol, timeframe)
+        removed = []
+        for path in base.iterdir() if base.is_dir() else []:
+            if TEMP_MARK in path.name:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
+    def quarantine(self, key: Key) -> str | None:
+        data, meta, _ = self._paths(key)
+        aside = _aside(data) if data.exists() else None
+        if meta.exists():
+            _aside(meta)
+        return aside.name if aside else None
+
+    def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
+        data = self._paths(key)[0]
+        if not data.exists():
+            return None, f"{data}: data file is missing", ""
+        df, note = self.codec.salvage(data.read_bytes())
+        return df, note, _aside(data, copy=True).name
+
+    def leftovers(self, *, dry_run: bool) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return found
+        for key in {
+            Key(s, t, y)
+            for s in self.symbols_on_disk()
+            for t in self.layout.timeframes(s)
+            for y in self.raw_years(s, t)
+        }:
+            if self._paths(key)[2].exists():
+                with self.lock(key.symbol, key.timeframe, wait=600):
+                    self.recover(key)
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
+            here = Path(dirpath)
+            if here == self.layout.index_dir or self.layout.index_dir in here.parents:
+                continue
+            for name in filenames:
+                why = _leftover_reason(here / name)
+                if why:
+                    found.append((str(here / name), why))
+                    if not dry_run:
+                        (here / name).unlink(missing_ok=True)
+            if here == self.root:
+                continue
+            gone = {Path(p) for p, _ in found}
+            if not [p for p in here.iterdir() if p.name != LOCK_NAME and p not in gone]:
+                found.append((str(here), "empty folder"))
+                if not dry_run:
+                    with contextlib.suppress(OSError):
+                        (here / LOCK_NAME).unlink(missing_ok=True)
+                        here.rmdir()
+        return found
+
+    def symbols_on_disk(self) -> list[str]:
+        return self.layout.symbols()
+
+    # ---- documents and the index -----------------------------------------------------------
+
+    def _document(self, symbol: str, name: str) -> Path:
+        path = self.layout.symbol_dir(normalize_symbol(symbol)) / name
+        self.layout._inside(path)
+        return path
+
+    def read_document(self, symbol: str, name: str) -> bytes | None:
+        try:
+            return self._document(symbol, name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_document(self, symbol: str, name: str, data: bytes) -> None:
+        write_atomic(self._document(symbol, name), data)
+
+    def list_documents(self, symbol: str, prefix: str) -> list[str]:
+        base = self._document(symbol, prefix).parent
+        if not base.is_dir():
+            return []
+        root = self.layout.symbol_dir(normalize_symbol(symbol))
+        return sorted(
+            str(p.relative_to(root))
+            for p in base.iterdir()
+            if str(p.relative_to(root)).startswith(prefix) and TEMP_MARK not in p.name
+        )
+
+    def delete_document(self, symbol: str, name: str) -> None:
+        self._document(symbol, name).unlink(missing_ok=True)
+
+    def read_index(self, name: str) -> Any:
+        return read_json(self.layout.index_dir / name, None)
+
+    def write_index(self, name: str, data: Any) -> None:
+        write_json(self.layout.index_dir / name, data)
+
+    @contextlib.contextmanager
+    def index_lock(self, *, wait: float) -> Iterator[None]:
+        with hold(self.layout.index_dir / LOCK_NAME, wait=wait, what="the cache index"):
+            yield
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.root)}
+
+
+MAX_MEMBERS = 64  # compact a year file once this many appended gzip members pile up
+
+
+def _sha256_prefix(path: Path, size: int) -> Any:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        remaining = size
+        while remaining > 0:
+            chunk = fh.read(min(remaining, 8 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h
+
+
+def _aside(path: Path, *, copy: bool = False) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}{QUARANTINE_MARK}{stamp}")
+    if copy:
+        write_atomic(aside, path.read_bytes())
+    else:
+        os.replace(path, aside)
+    return aside
+
+
+def _leftover_reason(path: Path) -> str:
+    if TEMP_MARK in path.name:
+        return "temporary file of an interrupted write"
+    parsed = year_file(path.name)
+    if parsed is None:
+        return ""
+    year, kind = parsed
+    if kind == "pending":
+        return "pending metadata of an interrupted write"
+    records = path.with_name(f"{year}.metadata.json")
+    if kind == "data":
+        return "" if records.exists() else "data without metadata"
+    data = [path.with_name(f"{year}{s}") for s in DATA_SUFFIXES]
+    return "" if any(d.exists() for d in data) else "metadata without data"
