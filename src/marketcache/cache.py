@@ -51,6 +51,15 @@ class PutResult:
         return sum(y.rows_updated for y in self.years)
 
 
+@dataclass
+class SeriesState:
+    """A series as populate plans from it (see `UnifiedCache.series_state`)."""
+
+    present: Any = None  # numpy datetime64[ns] array of stored bar times
+    verified_empty: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class SymbolProfile:
     symbol: str
@@ -427,7 +436,7 @@ class UnifiedCache:
         key = Key.of(symbol, timeframe, year)
         with self.lock(key.symbol, key.timeframe):
             check = check_year(
-                self.writer(*key.series), key, self._where(key), min_score=min_score, fix=fix
+                self.writer(*key.series), key, self.where(key), min_score=min_score, fix=fix
             )
             self.catalog.refresh(key.symbol, key.timeframe)
         return check
@@ -443,57 +452,60 @@ class UnifiedCache:
         now: pd.Timestamp | None = None,
     ) -> list[CleanupAction]:
         """Drop rows before a cutoff (`before`, or Jan 1 of the last `keep_years` years)."""
-        from marketcache.retention import cutoff, decide
+        from marketcache.retention import apply_cutoff, cutoff
 
         cut = cutoff(before=before, keep_years=keep_years, now=now)
-        actions: list[CleanupAction] = []
-        touched: set[tuple[str, str]] = set()
-        for key, rec in list(
-            self.catalog.records(
-                normalize_symbol(symbol) if symbol else None,
-                parse_timeframe(timeframe).name if timeframe else None,
-            )
-        ):
-            if isinstance(rec, CorruptFile):
+        sym = normalize_symbol(symbol) if symbol else None
+        tf = parse_timeframe(timeframe).name if timeframe else None
+        return apply_cutoff(self, cut, sym, tf, dry_run=dry_run)
+
+    def series_state(
+        self, symbol: str, timeframe: str, years: Iterable[int], expected: Any, *, repair: bool
+    ) -> SeriesState:
+        """What populate plans from: the stored bar times of `years` (from the records when a
+        year is gap-free, else read), the ranges verified empty, and notes. Each year's data
+        is checked against its record first; with `repair` (lock held) a corrupt year is
+        moved aside so that it is fetched again."""
+        import numpy as np
+        import pandas as pd
+
+        from marketcache.gaps import VerifiedEmpty
+
+        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
+        state = SeriesState()
+        stored = set(self.backend.years(sym, tf))
+        present: list[Any] = []
+        for year in (y for y in years if y in stored):
+            key = Key(sym, tf, year)
+            try:
+                rec = self.backend.read_record(key)
+                self.backend.verify(key, rec)
+            except CorruptFile as exc:
+                if repair:
+                    aside = self.quarantine_year(sym, tf, year)
+                    state.notes.append(f"{exc}; moved aside as {aside or '-'}")
+                else:
+                    state.notes.append(f"{exc}; a run would move it aside and fetch it again")
                 continue
-            verdict, where = decide(key.year, rec.start_date, cut), self._where(key)
-            if verdict == "delete":
-                actions.append(
-                    CleanupAction(
-                        where,
-                        "delete-year",
-                        *key.series,
-                        key.year,
-                        rec.rows,
-                        f"before {cut.date()}",
-                    )
+            for ve in rec.coverage.verified_empty:
+                checked = pd.Timestamp(ve["checked_at"])
+                if checked.tzinfo is not None:
+                    checked = checked.tz_convert("UTC").tz_localize(None)
+                state.verified_empty.append(
+                    VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
                 )
-                if not dry_run:
-                    with self.lock(*key.series):
-                        self.backend.delete(key)
-                    touched.add(key.series)
-            elif verdict == "trim":
-                with self.lock(*key.series):
-                    df = self.backend.read_rows(key, rec)
-                    keep = df[df["timestamp"] >= cut].reset_index(drop=True)
-                    if len(df) == len(keep):
-                        continue
-                    kind = "delete-year" if keep.empty else "trim-year"
-                    actions.append(
-                        CleanupAction(
-                            where, kind, *key.series, key.year, len(df) - len(keep), f"before {cut}"
-                        )
-                    )
-                    if dry_run:
-                        continue
-                    if keep.empty:
-                        self.backend.delete(key)
-                    else:
-                        self.writer(*key.series).rewrite(key, rec, keep, rec.data_source)
-                    touched.add(key.series)
-        for sym, tf in touched:
-            self.catalog.refresh(sym, tf)
-        return actions
+            if not rec.rows or rec.start_date is None or rec.end_date is None:
+                continue
+            counts = rec.counts
+            if counts.missing_bars == 0 and counts.off_calendar == 0 and counts.rows:
+                first, last = pd.Timestamp(rec.start_date), pd.Timestamp(rec.end_date)
+                inside = expected[(expected >= first) & (expected <= last)]
+                present.append(inside.to_numpy(dtype="datetime64[ns]"))  # no read needed
+            else:
+                df = self.backend.read_rows(key, rec)
+                present.append(df["timestamp"].to_numpy(dtype="datetime64[ns]"))
+        state.present = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+        return state
 
     def cleanup_leftovers(self, *, dry_run: bool = False) -> list[CleanupAction]:
         """Remove temp files, records without data, data without records and empty folders."""
@@ -502,7 +514,8 @@ class UnifiedCache:
             self.catalog.rebuild()
         return [CleanupAction(where, "remove-leftover", reason=why) for where, why in found]
 
-    def _where(self, key: Key) -> str:
+    def where(self, key: Key) -> str:
+        """A year's location for messages: its data file, or the backend and key."""
         layout = getattr(self.backend, "layout", None)
         return (
             str(layout.data_path(*key.series, key.year))

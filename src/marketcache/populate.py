@@ -23,7 +23,6 @@ from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
 from marketcache.config import Settings
 from marketcache.errors import (
-    CorruptFile,
     LockTimeout,
     MarketCacheError,
     ProviderError,
@@ -32,7 +31,7 @@ from marketcache.errors import (
     SymbolNotFound,
     UsageError,
 )
-from marketcache.gaps import FetchPlan, Span, VerifiedEmpty, plan_fetch
+from marketcache.gaps import FetchPlan, Span, plan_fetch
 from marketcache.models import DateRange, parse_date, utcnow
 from marketcache.providers.base import Events, Provider
 from marketcache.providers.registry import build_providers, canonical_name
@@ -375,9 +374,10 @@ class _Runner:
             return None
         wanted = Span(job.start, end)
         years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
-        stored_years = self._quarantine_corrupt(job, years, result, move=writes)
         expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
-        present, verified = self._stored(job, stored_years, expected)
+        state = cache.series_state(job.symbol, job.timeframe, years, expected, repair=writes)
+        result.notes += state.notes
+        present, verified = state.present, state.verified_empty
         plan = plan_fetch(
             timeframe=tf,
             wanted=wanted,
@@ -391,57 +391,6 @@ class _Runner:
             full_refresh=self.request.full_refresh,
         )
         return plan, now, expected, present
-
-    def _quarantine_corrupt(
-        self, job: Job, years: Iterable[int], result: JobResult, *, move: bool = True
-    ) -> list[int]:
-        """Check the stored years of the range (size + sha256); move corrupt ones aside
-        (with `move`). Returns the years that remain usable."""
-        kept = []
-        cached = set(self.cache.list_years(job.symbol, job.timeframe))
-        for year in years:
-            if year not in cached:
-                continue
-            try:
-                self.cache.verify_year(job.symbol, job.timeframe, year)
-                kept.append(year)
-            except CorruptFile as exc:
-                if not move:
-                    result.notes.append(f"{exc}; a run would move it aside and fetch it again")
-                    continue
-                aside = self.cache.quarantine_year(job.symbol, job.timeframe, year)
-                result.notes.append(f"{exc}; moved aside as {aside or '-'}")
-        return kept
-
-    def _stored(
-        self, job: Job, years: Iterable[int], expected: pd.DatetimeIndex
-    ) -> tuple[np.ndarray, list[VerifiedEmpty]]:
-        """Stored bar times in the stored `years` (from metadata when a year is gap-free)."""
-        present: list[np.ndarray] = []
-        verified: list[VerifiedEmpty] = []
-        for year in years:
-            meta = self.cache.metadata(job.symbol, job.timeframe, year)
-            for ve in meta["coverage"].get("verified_empty", []):
-                checked = pd.Timestamp(ve["checked_at"])
-                if checked.tzinfo is not None:
-                    checked = checked.tz_convert("UTC").tz_localize(None)
-                verified.append(
-                    VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
-                )
-            info, dq = meta["file_info"], meta["data_quality"]
-            if not info["rows"]:
-                continue
-            first, last = pd.Timestamp(meta["start_date"]), pd.Timestamp(meta["end_date"])
-            counts = dq.get("counts") or {}
-            complete = dq.get("missing_bars", 1) == 0 and counts.get("off_calendar", 1) == 0
-            if complete:  # every expected bar between first and last is stored: no read needed
-                inside = expected[(expected >= first) & (expected <= last)]
-                present.append(inside.to_numpy(dtype="datetime64[ns]"))
-            else:
-                df = self.cache.read_year(job.symbol, job.timeframe, year)
-                present.append(df["timestamp"].to_numpy(dtype="datetime64[ns]"))
-        stored = np.concatenate(present) if present else np.zeros(0, dtype="datetime64[ns]")
-        return stored, verified
 
     def _plan_only(self, plan: FetchPlan, chain: list[Choice], result: JobResult) -> None:
         result.status = "planned"
@@ -486,23 +435,23 @@ class _Runner:
             )
             if outcome.frame is not None and len(outcome.frame):
                 frame = self._with_adj_close(job, tf, outcome, result)
-                put = self.cache.put(frame, job.symbol, job.timeframe, outcome.provider)
+                holes = _unanswered(span, expected, present, outcome.frame)
+                # a session the calendar expects is missing, not "empty"
+                put = self.cache.commit_range(
+                    frame,
+                    job.symbol,
+                    job.timeframe,
+                    outcome.provider,
+                    resolved=[span],
+                    missing=[(h, NO_SESSION) for h in holes] if sessions else [],
+                    verified_empty=[] if sessions else [(h, now, "no bars") for h in holes],
+                )
+                if sessions:
+                    result.gaps_left += [{**h.as_json(), "reason": NO_SESSION} for h in holes]
                 result.rows_added += put.rows_added
                 result.rows_updated += put.rows_updated
                 if outcome.provider not in result.providers:
                     result.providers.append(outcome.provider)
-                holes = _unanswered(span, expected, present, outcome.frame)
-                if sessions:  # a session the calendar expects is missing, not "empty"
-                    self.cache.update_coverage(
-                        job.symbol, job.timeframe, resolved=[span],
-                        missing=[(h, NO_SESSION) for h in holes],
-                    )  # fmt: skip
-                    result.gaps_left += [{**h.as_json(), "reason": NO_SESSION} for h in holes]
-                else:
-                    self.cache.update_coverage(
-                        job.symbol, job.timeframe, resolved=[span],
-                        verified_empty=[(h, now, "no bars") for h in holes],
-                    )  # fmt: skip
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
                 )

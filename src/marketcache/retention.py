@@ -7,12 +7,15 @@ a cutoff; years wholly before it are deleted, the year holding it is trimmed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from marketcache.errors import UsageError
+from marketcache.errors import CorruptFile, UsageError
 from marketcache.models import parse_date
+
+if TYPE_CHECKING:
+    from marketcache.cache import UnifiedCache
 
 
 @dataclass
@@ -51,3 +54,53 @@ def decide(year: int, start_date: str | None, cut: pd.Timestamp) -> str:
     if cut == pd.Timestamp(year, 1, 1) or not start_date:
         return "keep"  # nothing of this year lies before the cutoff
     return "trim" if pd.Timestamp(start_date) < cut else "keep"
+
+
+def apply_cutoff(
+    cache: UnifiedCache,
+    cut: pd.Timestamp,
+    symbol: str | None,
+    timeframe: str | None,
+    *,
+    dry_run: bool,
+) -> list[CleanupAction]:
+    """Delete the years before `cut` and trim the year holding it (each under its lock)."""
+    actions: list[CleanupAction] = []
+    touched: set[tuple[str, str]] = set()
+    for key, rec in list(cache.catalog.records(symbol, timeframe)):
+        if isinstance(rec, CorruptFile):
+            continue
+        verdict, where = decide(key.year, rec.start_date, cut), cache.where(key)
+        if verdict == "keep":
+            continue
+        with cache.lock(*key.series):
+            if verdict == "delete":
+                removed, left = rec.rows, None
+            else:
+                df = cache.backend.read_rows(key, rec)
+                left = df[df["timestamp"] >= cut].reset_index(drop=True)
+                removed = len(df) - len(left)
+                if not removed:
+                    continue
+            gone = left is None or left.empty
+            why = f"before {cut.date()}" if verdict == "delete" else f"before {cut}"
+            actions.append(
+                CleanupAction(
+                    where,
+                    "delete-year" if gone else "trim-year",
+                    *key.series,
+                    key.year,
+                    removed,
+                    why,
+                )
+            )
+            if dry_run:
+                continue
+            if left is None or left.empty:
+                cache.backend.delete(key)
+            else:
+                cache.writer(*key.series).rewrite(key, rec, left, rec.data_source)
+            touched.add(key.series)
+    for sym, tf in touched:
+        cache.catalog.refresh(sym, tf)
+    return actions
