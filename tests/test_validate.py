@@ -8,9 +8,9 @@ import pytest
 
 from conftest import make_bars
 from marketcache.calendars import expected_bars
+from marketcache.quality import WEIGHTS, ValidationCounts, score_counts
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
-from marketcache.quality import WEIGHTS, ValidationCounts, score_counts
 from marketcache.validate import OHLCVValidator
 
 CRYPTO_1H = OHLCVValidator(Timeframe("1h"), "24/7", AssetClass.CRYPTO)

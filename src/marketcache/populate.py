@@ -7,13 +7,10 @@ fetched. Progress reaches the caller through a callback; nothing here prints.
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +18,6 @@ import pandas as pd
 from marketcache.actions import adj_close
 from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
-from marketcache.config import Settings
 from marketcache.errors import (
     LockTimeout,
     MarketCacheError,
@@ -32,131 +28,27 @@ from marketcache.errors import (
     UsageError,
 )
 from marketcache.gaps import FetchPlan, Span, plan_fetch
-from marketcache.models import DateRange, parse_date, utcnow
+from marketcache.jobs import (
+    Job,
+    JobResult,
+    NoProgress,
+    PopulateReport,
+    PopulateRequest,
+    ProgressSink,
+)
+from marketcache.models import utcnow
 from marketcache.providers.base import Events, Provider
-from marketcache.providers.registry import build_providers, canonical_name
+from marketcache.providers.registry import build_providers
 from marketcache.selector import Choice, select
-from marketcache.symbols import AssetClass, normalize_symbol
-from marketcache.timeframes import Timeframe, parse_timeframe, parse_timeframes
+from marketcache.symbols import AssetClass
+from marketcache.timeframes import Timeframe
 
-DEFAULT_LOOKBACK = "365d"
 OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
 # Re-asked bars that differ from the stored ones by more than this (relative, any price) mean
 # the two answers are not on one basis (a split applied to one side, another provider's
 # prices): the series is fetched again from that provider instead of being spliced.
 SEAM_TOLERANCE = 0.005
 NO_SESSION = "the provider returned no bar for a session the calendar expects"
-
-
-class ProgressSink(Protocol):
-    def plan(self, current: str, bars: int) -> None: ...
-
-    def advance(self, current: str = "") -> None: ...
-
-    def note(self, current: str, bars: int = 0, requests: int = 0) -> None: ...
-
-
-class _NoProgress:
-    def plan(self, current: str, bars: int) -> None:
-        pass
-
-    def advance(self, current: str = "") -> None:
-        pass
-
-    def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
-        pass
-
-
-@dataclass
-class PopulateRequest:
-    symbols: list[str] = field(default_factory=list)
-    symbols_file: Path | None = None
-    timeframes: str | None = None
-    start: str | None = None
-    end: str | None = None
-    provider: str | None = None
-    dry_run: bool = False
-    full_refresh: bool = False
-    workers: int = 1
-
-
-@dataclass(frozen=True)
-class Job:
-    symbol: str
-    timeframe: str
-    start: pd.Timestamp
-    end: pd.Timestamp
-
-
-@dataclass
-class JobResult:
-    symbol: str
-    timeframe: str
-    status: str = "ok"  # ok | up-to-date | partial | failed | locked | planned
-    providers: list[str] = field(default_factory=list)
-    rows_added: int = 0
-    rows_updated: int = 0
-    ranges_fetched: list[dict[str, Any]] = field(default_factory=list)
-    gaps_left: list[dict[str, Any]] = field(default_factory=list)
-    quality: float | None = None
-    requests: int = 0  # every HTTP request sent for this job, failed ones included
-    requests_by_provider: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    actions_changed: bool = False
-
-    def count(self, provider: str, sent: int) -> None:
-        self.requests += sent
-        if sent:
-            by = self.requests_by_provider
-            by[provider] = by.get(provider, 0) + sent
-
-    def as_json(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out.pop("actions_changed")
-        return out
-
-
-@dataclass
-class PopulateReport:
-    results: list[JobResult]
-    dry_run: bool = False
-    started_at: str = ""
-    finished_at: str = ""
-    unreachable: dict[str, str] = field(default_factory=dict)  # provider -> why, once a run
-
-    interrupted: int | None = None  # 130 (SIGINT) or 143 (SIGTERM) when the run was stopped
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted is not None:
-            return self.interrupted
-        if any(r.status == "locked" for r in self.results):
-            return 4
-        if any(r.status in ("failed", "partial") for r in self.results):
-            return 1
-        return 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.exit_code == 0,
-            "exit_code": self.exit_code,
-            "interrupted": self.interrupted is not None,
-            "dry_run": self.dry_run,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "summary": {
-                "jobs": len(self.results),
-                "failed": sum(r.status in ("failed", "locked") for r in self.results),
-                "rows_added": sum(r.rows_added for r in self.results),
-                "requests": {
-                    "total": sum(r.requests for r in self.results),
-                    "by_provider": _sum_by(r.requests_by_provider for r in self.results),
-                },
-            },
-            "unreachable": [{"provider": p, "error": e} for p, e in self.unreachable.items()],
-            "results": [r.as_json() for r in self.results],
-        }
 
 
 def _bars_in(spans: list[Span], expected: pd.DatetimeIndex) -> int:
@@ -166,68 +58,6 @@ def _bars_in(spans: list[Span], expected: pd.DatetimeIndex) -> int:
         int(np.searchsorted(stamps, s.end.value) - np.searchsorted(stamps, s.start.value))
         for s in spans
     )
-
-
-def _sum_by(parts: Iterable[dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in parts:
-        for key, n in part.items():
-            total[key] = total.get(key, 0) + n
-    return dict(sorted(total.items()))
-
-
-# ---- request → jobs ------------------------------------------------------------------------
-
-
-def read_symbols_file(path: Path) -> list[str]:
-    """One symbol a line, `#` comments; `-` reads standard input."""
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--symbols-file {path}: {exc.strerror or exc}") from None
-    out = []
-    for line in text.splitlines():
-        item = line.split("#", 1)[0].strip()
-        if item:
-            out.append(item)
-    return out
-
-
-def build_jobs(request: PopulateRequest, settings: Settings) -> list[Job]:
-    """Symbols × timeframes × [start, end) from the options, or the config's datasets."""
-    if request.provider:
-        request.provider = canonical_name(request.provider)
-    tfs = parse_timeframes(request.timeframes) if request.timeframes else None
-    now = utcnow()
-    end = parse_date(request.end, option="--end") if request.end else now
-    start = parse_date(request.start, option="--start") if request.start else None
-    if start is not None:
-        DateRange(start, end)
-    symbols = [*request.symbols]
-    if request.symbols_file is not None:
-        symbols += read_symbols_file(request.symbols_file)
-    jobs: dict[tuple[str, str], Job] = {}
-    if symbols:
-        begin = start if start is not None else parse_date(DEFAULT_LOOKBACK)
-        DateRange(begin, end)
-        for raw in symbols:
-            sym = normalize_symbol(raw)
-            for tf in tfs or [Timeframe("1d")]:
-                jobs.setdefault((sym, tf.name), Job(sym, tf.name, begin, end))
-    else:
-        if not settings.datasets:
-            raise UsageError(
-                f"no symbols given and {settings.source} has no datasets: "
-                "name symbols or add datasets"
-            )
-        for ds in settings.datasets:
-            ds_start = start if start is not None else parse_date(ds.start)
-            ds_end = end if request.end else (parse_date(ds.end) if ds.end else now)
-            DateRange(ds_start, ds_end)
-            for sym in ds.symbols:
-                for tf in tfs or [parse_timeframe(t) for t in ds.timeframes]:
-                    jobs.setdefault((sym, tf.name), Job(sym, tf.name, ds_start, ds_end))
-    return list(jobs.values())
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -252,7 +82,7 @@ def run_populate(
     signal raised in the main thread) still holds the partial report; workers stop after the
     range they are committing, and everything committed is kept.
     """
-    sink = progress or _NoProgress()
+    sink = progress or NoProgress()
     pool = providers or build_providers(cache.settings, cache.state_dir)
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()

@@ -182,7 +182,8 @@ def populate(
     log_file: LogFile = None,
 ) -> int:
     """Fill the cache for each symbol x timeframe over [start, end)."""
-    from marketcache.populate import PopulateReport, PopulateRequest, build_jobs, run_populate
+    from marketcache.jobs import PopulateReport, PopulateRequest, build_jobs
+    from marketcache.populate import run_populate
 
     ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose, log_file=log_file)
     request = PopulateRequest(
