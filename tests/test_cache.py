@@ -1,4 +1,6 @@
-"""UnifiedCache: partitioning, merging, never shrinking, the commit protocol, index files."""
+"""The storage contract, run on every format of the file backend: partitioning, merging, never
+shrinking, the commit protocol, integrity, retention, repair, listing, index files.
+Byte-format tests are kept per codec."""
 
 from __future__ import annotations
 
@@ -13,7 +15,27 @@ import pytest
 
 from conftest import make_bars
 from marketcache import CorruptFile, UnifiedCache
+from marketcache.config import parse_settings
 from marketcache.storage.metadata import read_metadata
+
+FORMATS = ["csv.gz", "parquet"]
+
+
+@pytest.fixture(params=FORMATS)
+def cache(cache_dir: Path, request: pytest.FixtureRequest) -> UnifiedCache:
+    """The contract's cache: one per format."""
+    settings = parse_settings(f"settings: {{format: {request.param}}}")
+    return UnifiedCache(cache_dir, settings=settings, lock_wait=5)
+
+
+def data_file(cache: UnifiedCache, symbol: str, tf: str, year: int) -> Path:
+    path: Path = cache.layout.data_path(symbol, tf, year)
+    return path
+
+
+def csv_only(cache: UnifiedCache) -> None:
+    if cache.backend.format != "csv.gz":
+        pytest.skip("a csv.gz byte-format behaviour")
 
 
 def test_put_get_round_trip_is_bit_identical_across_years(cache: UnifiedCache) -> None:
@@ -33,10 +55,11 @@ def test_put_get_round_trip_is_bit_identical_across_years(cache: UnifiedCache) -
 
 
 def test_files_are_plain_csv_gz_in_the_documented_format(cache: UnifiedCache) -> None:
+    csv_only(cache)
     df = make_bars("2024-01-01", 3, freq="1D")
     df["adj_close"] = df["close"] * 0.5
     cache.put(df, "AAPL", "1d", provider="yahoo")
-    path = cache.root / "AAPL" / "1d" / "2024.csv.gz"
+    path = data_file(cache, "AAPL", "1d", 2024)
     lines = gzip.decompress(path.read_bytes()).decode().splitlines()
     assert lines[0] == "timestamp,open,high,low,close,volume,adj_close"
     assert lines[1].startswith("2024-01-01 00:00:00,")
@@ -54,7 +77,7 @@ def test_metadata_has_every_documented_field(cache: UnifiedCache) -> None:
     assert meta["start_date"] == "2024-03-01T00:00:00"
     assert meta["end_date"] == "2024-03-02T23:00:00"
     info = meta["file_info"]
-    data = (cache.root / "ETHUSDT" / "1h" / "2024.csv.gz").read_bytes()
+    data = (data_file(cache, "ETHUSDT", "1h", 2024)).read_bytes()
     assert info["sha256"] == hashlib.sha256(data).hexdigest()
     assert info["size_bytes"] == len(data)
     assert info["rows"] == 48
@@ -86,7 +109,7 @@ def test_new_values_replace_old_and_nothing_is_lost(cache: UnifiedCache) -> None
 def test_an_identical_put_writes_nothing(cache: UnifiedCache) -> None:
     df = make_bars("2024-01-01", 100)
     cache.put(df, "ABCUSDT", "1h")
-    path = cache.root / "ABCUSDT" / "1h" / "2024.csv.gz"
+    path = data_file(cache, "ABCUSDT", "1h", 2024)
     before = path.stat().st_mtime_ns
     result = cache.put(df.iloc[10:20], "ABCUSDT", "1h")
     assert result.years[0].mode == "unchanged"
@@ -94,6 +117,7 @@ def test_an_identical_put_writes_nothing(cache: UnifiedCache) -> None:
 
 
 def test_appends_add_gzip_members_and_keep_the_score_current(cache: UnifiedCache) -> None:
+    csv_only(cache)
     df = make_bars("2024-01-01", 24 * 30)
     cache.put(df.iloc[:600], "ABCUSDT", "1h")
     first_size = cache.metadata("ABCUSDT", "1h", 2024)["file_info"]["size_bytes"]
@@ -116,16 +140,16 @@ def test_appends_add_gzip_members_and_keep_the_score_current(cache: UnifiedCache
 
 def test_get_reads_only_the_years_it_needs(cache: UnifiedCache) -> None:
     cache.put(make_bars("2022-12-31", 24 * 400), "ABCUSDT", "1h")
-    (cache.root / "ABCUSDT" / "1h" / "2022.csv.gz").write_bytes(b"garbage")
+    (data_file(cache, "ABCUSDT", "1h", 2022)).write_bytes(b"garbage")
     got = cache.get("ABCUSDT", "1h", start="2023-03-01", end="2023-03-02")
     assert len(got) == 24 and got["timestamp"].iloc[0] == pd.Timestamp("2023-03-01")
-    with pytest.raises(CorruptFile, match="2022.csv.gz"):
+    with pytest.raises(CorruptFile, match=f"2022{cache.layout.suffix}"):
         cache.get("ABCUSDT", "1h", start="2022-12-31")
 
 
 def test_a_flipped_byte_or_truncation_is_detected(cache: UnifiedCache) -> None:
     cache.put(make_bars("2024-01-01", 500), "ABCUSDT", "1h")
-    path = cache.root / "ABCUSDT" / "1h" / "2024.csv.gz"
+    path = data_file(cache, "ABCUSDT", "1h", 2024)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -137,9 +161,10 @@ def test_a_flipped_byte_or_truncation_is_detected(cache: UnifiedCache) -> None:
 
 
 def test_a_torn_tail_is_ignored_by_readers_and_cut_by_writers(cache: UnifiedCache) -> None:
+    csv_only(cache)
     df = make_bars("2024-01-01", 500)
     cache.put(df.iloc[:400], "ABCUSDT", "1h")
-    path = cache.root / "ABCUSDT" / "1h" / "2024.csv.gz"
+    path = data_file(cache, "ABCUSDT", "1h", 2024)
     with open(path, "ab") as fh:  # a crash in the middle of an append
         fh.write(gzip.compress(b"2024-02-01 00:00:00,1,1,1,1,1\n")[:15])
     assert len(cache.get("ABCUSDT", "1h")) == 400
@@ -153,7 +178,7 @@ def test_an_interrupted_commit_rolls_forward_or_back(cache: UnifiedCache) -> Non
     cache.put(df.iloc[:200], "ABCUSDT", "1h")
     tf_dir = cache.root / "ABCUSDT" / "1h"
     old_meta = (tf_dir / "2024.metadata.json").read_bytes()
-    old_data = (tf_dir / "2024.csv.gz").read_bytes()
+    old_data = data_file(cache, "ABCUSDT", "1h", 2024).read_bytes()
     cache.put(df.iloc[100:300].assign(close=df["close"].iloc[100:300] + 0.001,
                                       high=df["high"].iloc[100:300] + 0.001), "ABCUSDT", "1h")  # fmt: skip
     new_meta = (tf_dir / "2024.metadata.json").read_bytes()
@@ -163,7 +188,7 @@ def test_an_interrupted_commit_rolls_forward_or_back(cache: UnifiedCache) -> Non
     assert len(cache.get("ABCUSDT", "1h")) == 300
     assert not (tf_dir / "2024.metadata.json.pending").exists()
     # crash before the data rename: the pending record does not match and is dropped
-    (tf_dir / "2024.csv.gz").write_bytes(old_data)
+    data_file(cache, "ABCUSDT", "1h", 2024).write_bytes(old_data)
     (tf_dir / "2024.metadata.json").write_bytes(old_meta)
     (tf_dir / "2024.metadata.json.pending").write_bytes(new_meta)
     assert len(cache.get("ABCUSDT", "1h")) == 200
@@ -190,10 +215,10 @@ def test_index_files_are_kept_current(cache: UnifiedCache) -> None:
 def test_stats_and_info_read_metadata_only(cache: UnifiedCache) -> None:
     cache.put(make_bars("2023-06-01", 24 * 300), "ABCUSDT", "1h", provider="binance")
     for year in (2023, 2024):
-        (cache.root / "ABCUSDT" / "1h" / f"{year}.csv.gz").write_bytes(b"not even gzip")
+        data_file(cache, "ABCUSDT", "1h", year).write_bytes(b"not even gzip")
     stats = cache.get_stats()
     assert stats["symbols"] == 1 and stats["files"] == 2 and stats["rows"] == 24 * 300
-    assert stats["compression_ratio"] > 2
+    assert stats["compression_ratio"] > 1.5
     assert stats["providers"] == ["binance"]
     info = cache.get_data_info("ABCUSDT")
     assert [y["year"] for y in info["timeframes"]["1h"]["years"]] == [2023, 2024]
@@ -221,19 +246,20 @@ def test_cleanup_before_trims_and_deletes_and_dry_run_touches_nothing(cache: Uni
 def test_cleanup_leftovers(cache: UnifiedCache, cache_dir: Path) -> None:
     cache.put(make_bars("2024-01-01", 50), "ABCUSDT", "1h")
     tf_dir = cache_dir / "ABCUSDT" / "1h"
-    (tf_dir / ".2024.csv.gz.tmp-123-abcd").write_bytes(b"partial")
+    sfx = cache.layout.suffix
+    (tf_dir / f".2024{sfx}.tmp-123-abcd").write_bytes(b"partial")
     (tf_dir / "2023.metadata.json").write_text("{}")
-    (tf_dir / "2022.csv.gz").write_bytes(b"orphan")
+    (tf_dir / f"2022{sfx}").write_bytes(b"orphan")
     (cache_dir / "EMPTY" / "1d").mkdir(parents=True)
     plan = cache.cleanup_leftovers(dry_run=True)
     reasons = sorted(a.reason for a in plan)
     assert reasons == ["data without metadata", "empty folder", "empty folder",
                        "metadata without data", "temporary file of an interrupted write"]  # fmt: skip
-    assert (tf_dir / "2022.csv.gz").exists()
+    assert (tf_dir / f"2022{sfx}").exists()
     cache.cleanup_leftovers()
-    assert sorted(p.name for p in tf_dir.iterdir() if p.name != ".lock") == [
-        "2024.csv.gz", "2024.metadata.json"
-    ]  # fmt: skip
+    assert sorted(p.name for p in tf_dir.iterdir() if p.name != ".lock") == sorted(
+        [f"2024{sfx}", "2024.metadata.json"]
+    )  # fmt: skip
     assert not (cache_dir / "EMPTY").exists()
     assert len(cache.get("ABCUSDT", "1h")) == 50
 
@@ -246,3 +272,47 @@ def test_timezone_aware_and_indexed_frames_are_normalised(cache: UnifiedCache) -
     cache.put(aware.set_index("timestamp"), "ABCUSDT", "1h")
     got = cache.get("ABCUSDT", "1h")
     assert (got["timestamp"].to_numpy() == df["timestamp"].to_numpy()).all()
+
+
+def test_parquet_years_are_zstd_parquet_read_directly_by_pandas_and_pyarrow(
+    cache: UnifiedCache,
+) -> None:
+    if cache.backend.format != "parquet":
+        pytest.skip("a parquet byte-format behaviour")
+    import pyarrow.parquet as pq
+
+    df = make_bars("2024-01-01", 3, freq="1D").assign(adj_close=lambda d: d["close"] * 0.5)
+    cache.put(df, "AAPL", "1d", provider="yahoo")
+    path = data_file(cache, "AAPL", "1d", 2024)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    schema = pq.read_schema(path)
+    assert schema.names == ["timestamp", "open", "high", "low", "close", "volume", "adj_close"]
+    assert str(schema.field("timestamp").type) == "timestamp[us]"
+    view = pd.read_parquet(path)
+    assert np.array_equal(view["adj_close"].to_numpy(), df["adj_close"].to_numpy())
+    record = cache.metadata("AAPL", "1d", 2024)["file_info"]
+    assert record["format"] == "parquet"
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert json.loads((cache.root / "_metadata" / "cache.json").read_text())["format"] == "parquet"
+
+
+def test_an_append_to_a_parquet_year_rewrites_it_whole(cache: UnifiedCache) -> None:
+    if cache.backend.format != "parquet":
+        pytest.skip("a parquet byte-format behaviour")
+    df = make_bars("2024-01-01", 24 * 30)
+    cache.put(df.iloc[:600], "ABCUSDT", "1h")
+    result = cache.put(df.iloc[600:], "ABCUSDT", "1h")
+    assert result.years[0].mode == "rewrite" and result.rows_added == len(df) - 600
+    assert len(cache.get("ABCUSDT", "1h")) == len(df)
+    meta = cache.metadata("ABCUSDT", "1h", 2024)
+    full = cache.validator("ABCUSDT", "1h").validate(cache.get("ABCUSDT", "1h"))
+    assert meta["data_quality"]["score"] == full.score
+
+
+def test_the_format_of_an_existing_cache_wins_over_the_setting(cache: UnifiedCache) -> None:
+    cache.put(make_bars("2024-01-01", 10), "ABCUSDT", "1h")
+    other = "parquet" if cache.backend.format == "csv.gz" else "csv.gz"
+    again = UnifiedCache(cache.root, settings=parse_settings(f"settings: {{format: {other}}}"))
+    assert again.backend.format == cache.backend.format
+    assert len(again.get("ABCUSDT", "1h")) == 10

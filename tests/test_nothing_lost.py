@@ -35,12 +35,15 @@ SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
 START, END = "2023-12-22", "2024-01-09"  # 1m bars across a year end: two year files each
 
 
-@pytest.fixture(scope="module")
-def market() -> Iterator[tuple[FakeBinance, str]]:
+@pytest.fixture(scope="module", params=["csv.gz", "parquet"])
+def market(request: pytest.FixtureRequest) -> Iterator[tuple[FakeBinance, str]]:
+    """The fake exchange, and a config that writes the cache in one format (the kill and race
+    trials run on every format)."""
     server = FakeBinance()
     for i, sym in enumerate(SYMBOLS):
         server.add(sym, "1m", make_bars(START, 60 * 24 * 18, "1min", seed=10 + i))
-    yield server, config_for(binance=server, retry_budget=5)
+    conf = config_for(binance=server, retry_budget=5)
+    yield server, conf + f"settings: {{format: {request.param}}}\n"
     server.close()
 
 

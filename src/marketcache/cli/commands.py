@@ -379,3 +379,47 @@ def validate(
         or (c.score is not None and c.score < threshold)
     ]
     return 3 if bad else 0
+
+
+@app.command()
+def copy(
+    source: Annotated[str, typer.Argument(help="The cache to copy from (path or URL).")],
+    destination: Annotated[str, typer.Argument(help="The cache to copy to (path or URL).")],
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="Format of a new file cache: csv.gz or parquet."),
+    ] = None,
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="Only this timeframe.")] = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Copy a cache (or part of it) to another format or backend, verifying every year;
+    a re-run copies only what changed."""
+    from dataclasses import replace
+
+    from marketcache.copy import copy_cache
+
+    _logging(quiet=quiet, verbose=verbose, log_file=None)
+    out = Renderer(as_json=as_json, quiet=quiet)
+    settings = load_settings(config)
+    sym, tf = _scope(symbol, timeframe)
+    src = UnifiedCache(source, settings=settings)
+    if not src.backend.exists():
+        raise UsageError(f"copy: the source cache {source} does not exist")
+    if output_format is not None:
+        from marketcache.config import FORMATS
+
+        if output_format not in FORMATS:
+            raise UsageError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
+        settings = replace(settings, options=replace(settings.options, format=output_format))
+    dest = UnifiedCache(destination, settings=settings)
+    if output_format is not None and dest.backend.format != output_format:
+        raise UsageError(
+            f"--format {output_format}: {destination} already holds a {dest.backend.format} cache"
+        )
+    report = copy_cache(src, dest, symbol=sym, timeframe=tf)
+    out.copy_report(report)
+    return report.exit_code

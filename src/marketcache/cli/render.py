@@ -370,6 +370,20 @@ class Renderer:
             )  # fmt: skip
         self.show(table)
 
+    def copy_report(self, report: Any) -> None:
+        for y in report.years:
+            if y.status == "failed":
+                self.error(f"{y.symbol} {y.timeframe} {y.year}: {y.reason}")
+        if self.as_json:
+            self.emit(report.as_json())
+            return
+        summary = report.as_json()["summary"]
+        self.show(
+            f"copied {summary['copied']} years ({summary['rows']:,} rows), skipped"
+            f" {summary['skipped']} already there, failed {summary['failed']}:"
+            f" {report.source} → {report.destination} ({report.format})"
+        )
+
     def interrupted(self, report: Any, jobs: int) -> None:
         """One line on stderr (even under -q) and, with --json, the partial report."""
         signal_name = "SIGTERM" if report.interrupted == 143 else "SIGINT"
