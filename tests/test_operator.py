@@ -254,3 +254,22 @@ def test_small_conveniences(
     )
     assert years[0]["year"] == "2024" and years[0]["rows"] == "24"
     assert cli("list", "--format", "xml", "--cache-dir", root).code == 2
+
+
+@pytest.mark.parametrize(
+    "command", [["--version"], ["--help"], ["list"], ["info"], ["info", "ABCUSDT"]]
+)
+def test_metadata_only_commands_import_no_heavy_library(command: list[str], tmp_path: Path) -> None:
+    UnifiedCache(tmp_path / "c", settings=parse_settings("")).put(
+        make_bars("2024-01-01", 24, "1h"), "ABCUSDT", "1h", provider="binance"
+    )
+    code = (
+        "import sys; from marketcache.cli.app import main; "
+        f"code = main({[*command, '--cache-dir', str(tmp_path / 'c')] if command[0] in ('list', 'info') else command!r}); "
+        "heavy = [m for m in ('pandas', 'numpy', 'pyarrow', 'yfinance', 'binance', 'alpha_vantage',"
+        " 'exchange_calendars') if m in sys.modules]; "
+        "print('HEAVY', heavy, file=sys.stderr); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr, proc.stderr

@@ -1,41 +1,62 @@
-"""marketcache: keep a cache of OHLCV market data complete, fresh and trustworthy."""
+"""marketcache: keep a cache of OHLCV market data complete, fresh and trustworthy.
 
-from marketcache.cache import PutResult, UnifiedCache
-from marketcache.config import Settings, load_settings
-from marketcache.errors import (
-    ConfigError,
-    CorruptFile,
-    LockTimeout,
-    MarketCacheError,
-    ProviderError,
-    ProviderUnavailable,
-    RateLimited,
-    StorageError,
-    SymbolNotFound,
-    UsageError,
-    ValidationFailed,
-)
-from marketcache.validate import OHLCVValidator, ValidationResult
+Names are imported on first use, so that `marketcache --version`, `list` and `info` start
+without pandas, numpy or pyarrow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "UnifiedCache": "marketcache.cache",
+    "PutResult": "marketcache.cache",
+    "Settings": "marketcache.config",
+    "load_settings": "marketcache.config",
+    "OHLCVValidator": "marketcache.validate",
+    "ValidationResult": "marketcache.validate",
+    **{
+        name: "marketcache.errors"
+        for name in (
+            "ConfigError", "CorruptFile", "LockTimeout", "MarketCacheError", "ProviderError",
+            "ProviderUnavailable", "RateLimited", "StorageError", "SymbolNotFound", "UsageError",
+            "ValidationFailed",
+        )
+    },
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from marketcache.cache import PutResult, UnifiedCache
+    from marketcache.config import Settings, load_settings
+    from marketcache.errors import (
+        ConfigError,
+        CorruptFile,
+        LockTimeout,
+        MarketCacheError,
+        ProviderError,
+        ProviderUnavailable,
+        RateLimited,
+        StorageError,
+        SymbolNotFound,
+        UsageError,
+        ValidationFailed,
+    )
+    from marketcache.validate import OHLCVValidator, ValidationResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'marketcache' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
-    "ConfigError",
-    "CorruptFile",
-    "LockTimeout",
-    "MarketCacheError",
-    "OHLCVValidator",
-    "ProviderError",
-    "ProviderUnavailable",
-    "PutResult",
-    "RateLimited",
-    "Settings",
-    "StorageError",
-    "SymbolNotFound",
-    "UnifiedCache",
-    "UsageError",
-    "ValidationFailed",
-    "ValidationResult",
-    "__version__",
-    "load_settings",
-]
+    "ConfigError", "CorruptFile", "LockTimeout", "MarketCacheError", "OHLCVValidator",
+    "ProviderError", "ProviderUnavailable", "PutResult", "RateLimited", "Settings",
+    "StorageError", "SymbolNotFound", "UnifiedCache", "UsageError", "ValidationFailed",
+    "ValidationResult", "__version__", "load_settings",
+]  # fmt: skip

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # the store side of this module stays light; the arithmetic imports them
+    import numpy as np
+    import pandas as pd
 
 ADJUST_MODES = ("none", "splits", "all")
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -99,12 +101,12 @@ def merge_actions(
     by_date = {s.date: s for s in known.splits}
     for s in splits:
         old = by_date.get(s.date)
-        if old is None or not np.isclose(old.ratio, s.ratio, rtol=1e-9):
+        if old is None or not math.isclose(old.ratio, s.ratio, rel_tol=1e-9):
             by_date[s.date] = Split(s.date, s.ratio, source, old.first_seen if old else now)
     by_ex = {d.ex_date: d for d in known.dividends}
     for d in dividends:
         old_d = by_ex.get(d.ex_date)
-        if old_d is None or not np.isclose(old_d.amount, d.amount, rtol=1e-6):
+        if old_d is None or not math.isclose(old_d.amount, d.amount, rel_tol=1e-6):
             by_ex[d.ex_date] = Dividend(
                 d.ex_date, d.amount, source, old_d.first_seen if old_d else now
             )
@@ -121,15 +123,22 @@ def merge_actions(
 
 
 def _days(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
+    import numpy as np
+    import pandas as pd
+
     return np.asarray(pd.DatetimeIndex(ts).as_unit("ns").normalize().asi8)
 
 
 def _day(text: str) -> int:
+    import pandas as pd
+
     return int(pd.Timestamp(text).as_unit("ns").value)
 
 
 def split_factors(ts: Any, splits: list[Split]) -> np.ndarray:
     """Per bar: the product of the ratios of every split dated after the bar's session."""
+    import numpy as np
+
     days = _days(ts)
     factor = np.ones(len(days))
     for s in splits:
@@ -143,6 +152,8 @@ def dividend_factors(ts: Any, close: np.ndarray, dividends: list[Dividend]) -> n
     `close` must be as traded and sorted by `ts`; a dividend before the first bar scales
     nothing, and one whose previous close is unknown or not above the amount is skipped.
     """
+    import numpy as np
+
     days = _days(ts)
     factor = np.ones(len(days))
     for d in dividends:
@@ -159,6 +170,8 @@ def dividend_factors(ts: Any, close: np.ndarray, dividends: list[Dividend]) -> n
 
 def adj_close(frame: pd.DataFrame, actions: CorporateActions) -> np.ndarray:
     """The close adjusted for every known split and dividend (frame sorted, as traded)."""
+    import numpy as np
+
     close = frame["close"].to_numpy(dtype="float64")
     ts = frame["timestamp"]
     factor = dividend_factors(ts, close, actions.dividends) / split_factors(ts, actions.splits)
@@ -167,6 +180,7 @@ def adj_close(frame: pd.DataFrame, actions: CorporateActions) -> np.ndarray:
 
 def adjust(frame: pd.DataFrame, actions: CorporateActions, mode: str) -> pd.DataFrame:
     """Return `frame` (as stored) with prices and volume adjusted as `mode` says."""
+
     if mode not in ADJUST_MODES:
         from marketcache.errors import UsageError
 
@@ -188,6 +202,7 @@ def adjust(frame: pd.DataFrame, actions: CorporateActions, mode: str) -> pd.Data
 
 def to_as_traded(frame: pd.DataFrame, splits: list[Split]) -> pd.DataFrame:
     """Undo a split adjustment: prices * the splits after each bar, volume / the same."""
+
     if frame.empty or not splits:
         return frame
     out = frame.copy()

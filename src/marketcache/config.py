@@ -393,7 +393,20 @@ class _Parser:
             raise self.fail(key, str(exc)) from None
 
     def date(self, value: Any, key: str) -> str:
+        """A dataset date: YYYY-MM-DD kept as is (checked without pandas, so that loading the
+        config stays light), a relative age ('5y') resolved to a date as of now."""
+        import datetime as dt
+
+        text = str(value).strip()
         try:
-            return str(parse_date(str(value), option=key).date())
+            day = dt.date.fromisoformat(text[:10]) if re.match(r"^\d{4}-\d\d-\d\d$", text) else None
+        except ValueError:
+            day = None
+        if day is not None:
+            if not dt.date(1970, 1, 1) <= day < dt.date(2200, 1, 1):
+                raise self.fail(key, f"'{text}' is out of range (1970-01-01 .. 2199-12-31)")
+            return day.isoformat()
+        try:
+            return str(parse_date(text, option=key).date())
         except MarketCacheError as exc:
             raise self.fail(key, str(exc)) from None

@@ -5,18 +5,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from marketcache.errors import UsageError
 
+if TYPE_CHECKING:  # pandas is imported where dates are parsed: `list` and `info` never do
+    import pandas as pd
+
 _RELATIVE = re.compile(r"^(\d+)\s*([dwmy])$")
-_MIN_DATE = pd.Timestamp("1970-01-01")
-_MAX_DATE = pd.Timestamp("2200-01-01")
 
 
 def utcnow() -> pd.Timestamp:
     """Now, UTC, timezone-naive (the cache's convention)."""
+    import pandas as pd
+
     return pd.Timestamp(datetime.now(UTC).replace(tzinfo=None))
 
 
@@ -25,6 +27,8 @@ def parse_date(text: str | datetime | pd.Timestamp, *, option: str = "date") -> 
 
     Raises UsageError naming `option` when the text is not a date or lies outside 1970..2200.
     """
+    import pandas as pd
+
     if isinstance(text, datetime | pd.Timestamp):
         ts = pd.Timestamp(text)
     else:
@@ -50,7 +54,7 @@ def parse_date(text: str | datetime | pd.Timestamp, *, option: str = "date") -> 
         ts = parsed
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
-    if not (_MIN_DATE <= ts < _MAX_DATE):
+    if not (pd.Timestamp("1970-01-01") <= ts < pd.Timestamp("2200-01-01")):
         raise UsageError(f"{option} '{text}' is out of range (1970-01-01 .. 2199-12-31)")
     return ts
 

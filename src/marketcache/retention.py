@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from marketcache.errors import CorruptFile, UsageError
 from marketcache.models import parse_date
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from marketcache.cache import UnifiedCache
 
 
@@ -32,6 +32,8 @@ class CleanupAction:
 def cutoff(
     *, before: Any = None, keep_years: int | None = None, now: pd.Timestamp | None = None
 ) -> pd.Timestamp:
+    import pandas as pd
+
     cutoffs = []
     if before is not None:
         cutoffs.append(parse_date(before, option="--before"))
@@ -47,6 +49,8 @@ def cutoff(
 
 def decide(year: int, start_date: str | None, cut: pd.Timestamp) -> str:
     """keep | delete | trim for a year whose first stored bar is `start_date`."""
+    import pandas as pd
+
     if year > cut.year:
         return "keep"
     if year < cut.year:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from marketcache.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TIMEFRAMES: tuple[str, ...] = (
     "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1w", "1M",
@@ -35,6 +37,8 @@ class Timeframe:
 
     def floor(self, ts: datetime) -> pd.Timestamp:
         """The open time of the bar that contains `ts`."""
+        import pandas as pd
+
         t = pd.Timestamp(ts)
         if self.name == "1M":
             return pd.Timestamp(t.year, t.month, 1)
@@ -45,6 +49,8 @@ class Timeframe:
 
     def next_open(self, ts: datetime) -> pd.Timestamp:
         """The open time of the bar after the one that contains `ts`."""
+        import pandas as pd
+
         start = self.floor(ts)
         if self.name == "1M":
             return start + pd.DateOffset(months=1)

@@ -10,9 +10,6 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-import typer
-
-from marketcache.cli.commands import app
 from marketcache.errors import MarketCacheError, Terminated
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -21,6 +18,15 @@ EXIT_OK, EXIT_USAGE = 0, 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 failure, 2 usage, 3 validation, 4 lock)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):  # answered before the CLI machinery is imported
+        from marketcache import __version__
+
+        sys.stdout.write(f"marketcache {__version__}\n")
+        return EXIT_OK
+    import typer
+
+    from marketcache.cli.commands import app
+
     verbose = "-v" in args or "--verbose" in args
     as_json = "--json" in args
     if not verbose:  # a library's background thread must not print a traceback either
@@ -45,6 +51,8 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _run(command: Any, args: list[str], verbose: bool, as_json: bool) -> int:
+    import typer
+
     try:
         result = command.main(args=args, prog_name="marketcache", standalone_mode=False)
     except typer.Exit as exc:

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,9 +16,11 @@ from marketcache.cli.render import Renderer
 from marketcache.config import Settings, load_settings
 from marketcache.errors import Terminated, UsageError
 from marketcache.models import parse_date
-from marketcache.repair import YearCheck
 from marketcache.symbols import normalize_symbol
 from marketcache.timeframes import parse_timeframe
+
+if TYPE_CHECKING:
+    from marketcache.repair import YearCheck
 
 app = typer.Typer(
     name="marketcache",

@@ -16,16 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 
@@ -81,6 +74,10 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
+
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class ProgressSink:
@@ -189,6 +186,14 @@ class Renderer:
         if self.quiet or self.as_json or not sys.stderr.isatty() or total <= 0:
             yield ProgressSink(None, None, total)
             return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         with Progress(
             TextColumn(f"{label} "),
             BarColumn(),
