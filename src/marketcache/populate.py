@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from marketcache.actions import adj_close
+from marketcache.basis import Outcome, actions_window, check_seam, with_adj_close
 from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
 from marketcache.errors import (
@@ -37,17 +36,13 @@ from marketcache.jobs import (
     ProgressSink,
 )
 from marketcache.models import utcnow
-from marketcache.providers.base import Events, Provider
+from marketcache.providers.base import Provider
 from marketcache.providers.registry import build_providers
 from marketcache.selector import Choice, select
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
 
 OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
-# Re-asked bars that differ from the stored ones by more than this (relative, any price) mean
-# the two answers are not on one basis (a split applied to one side, another provider's
-# prices): the series is fetched again from that provider instead of being spliced.
-SEAM_TOLERANCE = 0.005
 NO_SESSION = "the provider returned no bar for a session the calendar expects"
 
 
@@ -86,7 +81,7 @@ def run_populate(
     pool = providers or build_providers(cache.settings, cache.state_dir)
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
-    runner = _Runner(cache, pool, request, sink)
+    runner = Runner(cache, pool, request, sink)
     try:
         if request.workers > 1 and len(jobs) > 1:
             executor = ThreadPoolExecutor(max_workers=request.workers)
@@ -108,7 +103,7 @@ def run_populate(
     return report
 
 
-class _Runner:
+class Runner:
     def __init__(
         self,
         cache: UnifiedCache,
@@ -257,14 +252,14 @@ class _Runner:
                 result.errors.append(f"no provider knows {job.symbol}: {outcome.reason}")
                 return
             if outcome.frame is not None and len(outcome.frame):
-                outcome = self._check_seam(job, tf, span, outcome, present, result)
+                outcome = check_seam(self, job, tf, span, outcome, present, result)
             self.sink.note(
                 f"{job.symbol} {job.timeframe}",
                 bars=0 if outcome.frame is None else len(outcome.frame),
                 requests=result.requests - asked,
             )
             if outcome.frame is not None and len(outcome.frame):
-                frame = self._with_adj_close(job, tf, outcome, result)
+                frame = with_adj_close(self, job, tf, outcome, result)
                 holes = _unanswered(span, expected, present, outcome.frame)
                 # a session the calendar expects is missing, not "empty"
                 put = self.cache.commit_range(
@@ -318,7 +313,7 @@ class _Runner:
         chain: list[Choice],
         result: JobResult,
         present: np.ndarray,
-    ) -> _Outcome:
+    ) -> Outcome:
         reasons: list[str] = []
         empty_from: list[str] = []
         definitive = True  # every failure says "no data here" rather than "try later"
@@ -330,7 +325,7 @@ class _Runner:
                 definitive = False
                 reasons.append(f"{choice.provider}: {self.down[choice.provider]}")
                 continue
-            start = self._actions_window(job, tf, choice.provider, span, present)
+            start = actions_window(self, job, tf, choice.provider, span, present)
             sent = provider.sent()
             try:
                 fetched = provider.fetch(choice.symbol, tf, start, span.end)
@@ -365,95 +360,14 @@ class _Runner:
                     f"({fetched.dropped_rows} dropped)"
                 )
                 continue
-            return _Outcome(fetched.frame, choice.provider, choice=choice, events=fetched.events)
+            return Outcome(fetched.frame, choice.provider, choice=choice, events=fetched.events)
         if refused and refused + out_of_reach == len(chain):  # nobody that could answer knew it
-            return _Outcome(None, "", refused=True, reason="; ".join(reasons))
+            return Outcome(None, "", refused=True, reason="; ".join(reasons))
         if empty_from and definitive:
-            return _Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")
+            return Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")
         if empty_from:
             reasons.append(f"{','.join(empty_from)}: no bars")
-        return _Outcome(None, "", reason="; ".join(reasons) or "no provider answered")
-
-    def _actions_window(
-        self, job: Job, tf: Timeframe, provider: str, span: Span, present: np.ndarray
-    ) -> pd.Timestamp:
-        """Where to start asking a provider that reports corporate actions (Yahoo, daily).
-
-        Its answer holds the actions from its start to now. Asking from where that provider's
-        actions were last checked (or from the first stored bar, never checked) keeps the
-        known actions gap-free, so no dividend between two runs goes unseen — also after a
-        night another provider filled. Daily answers are one request however long.
-        """
-        if (
-            not self.cache.adjusts(job.symbol, tf.name)
-            or not self.providers[provider].reports_actions
-        ):
-            return span.start
-        checked = self.cache.get_actions(job.symbol).checked.get(provider)
-        since = pd.Timestamp(checked) if checked else None
-        if since is None and len(present):
-            since = pd.Timestamp(np.min(present))
-        return min(span.start, since) if since is not None else span.start
-
-    def _check_seam(
-        self,
-        job: Job,
-        tf: Timeframe,
-        span: Span,
-        outcome: _Outcome,
-        present: np.ndarray,
-        result: JobResult,
-    ) -> _Outcome:
-        """Compare re-asked bars with the stored ones; on a disagreement fetch the whole
-        stored series again from that provider rather than splice two bases."""
-        assert outcome.frame is not None and outcome.choice is not None
-        frame = outcome.frame
-        stamps = frame["timestamp"].to_numpy("datetime64[ns]")
-        overlap = stamps[np.isin(stamps, np.asarray(present, dtype="datetime64[ns]"))]
-        if not len(overlap):
-            return outcome
-        stored = self.cache.get(
-            job.symbol, job.timeframe, start=pd.Timestamp(overlap.min()),
-            end=pd.Timestamp(overlap.max()) + pd.Timedelta(1, "ns"),
-        )  # fmt: skip
-        worst, at = seam_difference(stored, frame)
-        if worst <= SEAM_TOLERANCE:
-            return outcome
-        what = (
-            f"seam: {outcome.provider} differs from the stored bars by {worst:.1%} at {at}"
-            " (another price basis)"
-        )
-        first = pd.Timestamp(np.min(present))
-        provider = self.providers[outcome.choice.provider]
-        sent = provider.sent()
-        try:
-            fetched = provider.fetch(outcome.choice.symbol, tf, first, span.end)
-        except ProviderError as exc:
-            result.errors.append(f"{what}; fetching the series again failed: {exc}")
-            return _Outcome(None, "", reason=f"{what}; not spliced")
-        finally:
-            result.count(outcome.provider, provider.sent() - sent)
-        result.notes.append(f"{what}: fetched the series again from {first:%Y-%m-%d}")
-        events = fetched.events if fetched.events is not None else outcome.events
-        return _Outcome(fetched.frame, outcome.provider, choice=outcome.choice, events=events)
-
-    def _with_adj_close(
-        self, job: Job, tf: Timeframe, outcome: _Outcome, result: JobResult
-    ) -> pd.DataFrame:
-        """Record the answer's corporate actions and give the bars their `adj_close` from
-        every action known (the provider's own adjusted close is not kept: it goes stale)."""
-        assert outcome.frame is not None
-        frame = outcome.frame
-        if not self.cache.adjusts(job.symbol, tf.name):
-            return frame.drop(columns="adj_close", errors="ignore")
-        events = outcome.events
-        if events is not None and self.cache.record_actions(
-            job.symbol, events.splits, events.dividends,
-            source=outcome.provider, checked_through=events.checked_through,
-        ):  # fmt: skip
-            result.actions_changed = True
-            result.notes.append(f"{outcome.provider}: new corporate actions for {job.symbol}")
-        return frame.assign(adj_close=adj_close(frame, self.cache.get_actions(job.symbol)))
+        return Outcome(None, "", reason="; ".join(reasons) or "no provider answered")
 
     def _summarise(self, job: Job, result: JobResult) -> None:
         scores = []
@@ -465,17 +379,6 @@ class _Runner:
                 if meta["file_info"]["rows"] or dq.get("counts", {}).get("unfilled_bars"):
                     scores.append(dq["score"])
         result.quality = min(scores) if scores else None
-
-
-@dataclass
-class _Outcome:
-    frame: pd.DataFrame | None
-    provider: str
-    verified_empty: bool = False
-    reason: str = ""
-    choice: Choice | None = None
-    events: Events | None = None
-    refused: bool = False  # every provider said it does not know the symbol
 
 
 def _unanswered(
@@ -505,24 +408,6 @@ def _unanswered(
         stop = exp[e + 1] if e + 1 < len(exp) else span.end.value
         out.append(Span(pd.Timestamp(exp[s]), pd.Timestamp(stop)))
     return out
-
-
-def seam_difference(stored: pd.DataFrame, fetched: pd.DataFrame) -> tuple[float, str]:
-    """The largest relative price difference between bars of both frames at equal times,
-    and where it is ("" when they share no bar). Volume is left out: providers count it
-    differently; a basis change shows in every price."""
-    joined = fetched.merge(stored, on="timestamp", suffixes=("", "_stored"))
-    if joined.empty:
-        return 0.0, ""
-    worst = np.zeros(len(joined))
-    for col in ("open", "high", "low", "close"):
-        new = joined[col].to_numpy("float64")
-        old = joined[f"{col}_stored"].to_numpy("float64")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            diff = np.abs(new / old - 1.0)
-        worst = np.fmax(worst, np.nan_to_num(diff, nan=0.0))
-    i = int(np.argmax(worst))
-    return float(worst[i]), f"{pd.Timestamp(joined['timestamp'].iloc[i]):%Y-%m-%d %H:%M}"
 
 
 def _reach(
