@@ -1,0 +1,100 @@
+"""Series-level work of the cache: what populate plans from, and keeping `adj_close` true.
+
+Both run over every stored year of one symbol × timeframe; the facade delegates here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from marketcache.errors import CorruptFile
+from marketcache.storage.backend import Key
+
+if TYPE_CHECKING:
+    from marketcache.cache import SeriesState, UnifiedCache
+
+
+def series_state(
+    cache: UnifiedCache, sym: str, tf: str, years: Iterable[int], expected: Any, *, repair: bool
+) -> SeriesState:
+    """What populate plans from: the stored bar times of `years` (from the records when a
+    year is gap-free, else read), the ranges verified empty, and notes. Each year's data
+    is checked against its record first; with `repair` (lock held) a corrupt year is
+    moved aside so that it is fetched again."""
+    import numpy as np
+    import pandas as pd
+
+    from marketcache.cache import SeriesState
+    from marketcache.gaps import VerifiedEmpty
+
+    state = SeriesState()
+    stored = set(cache.backend.years(sym, tf))
+    present: list[Any] = []
+    for year in (y for y in years if y in stored):
+        key = Key(sym, tf, year)
+        try:
+            rec = cache.backend.read_record(key)
+            cache.backend.verify(key, rec)
+        except CorruptFile as exc:
+            if repair:
+                aside = cache.quarantine_year(sym, tf, year)
+                state.notes.append(f"{exc}; moved aside as {aside or '-'}")
+            else:
+                state.notes.append(f"{exc}; a run would move it aside and fetch it again")
+            continue
+        for ve in rec.coverage.verified_empty:
+            checked = pd.Timestamp(ve["checked_at"])
+            if checked.tzinfo is not None:
+                checked = checked.tz_convert("UTC").tz_localize(None)
+            state.verified_empty.append(
+                VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
+            )
+        if not rec.rows or rec.start_date is None or rec.end_date is None:
+            continue
+        counts = rec.counts
+        if counts.missing_bars == 0 and counts.off_calendar == 0 and counts.rows:
+            first, last = pd.Timestamp(rec.start_date), pd.Timestamp(rec.end_date)
+            inside = expected[(expected >= first) & (expected <= last)]
+            present.append(inside.to_numpy(dtype="datetime64[ns]"))  # no read needed
+        else:
+            df = cache.backend.read_rows(key, rec)
+            present.append(df["timestamp"].to_numpy(dtype="datetime64[ns]"))
+    state.present = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+    return state
+
+
+def readjust(cache: UnifiedCache, sym: str, tf: str) -> list[int]:
+    """Recompute `adj_close` of every stored year from the closes and the known actions;
+    rewrite (crash-safe) the years whose values changed. Returns those years."""
+    import numpy as np
+    import pandas as pd
+
+    from marketcache.actions import adj_close
+    from marketcache.frames import SAME
+
+    if not cache.adjusts(sym, tf):
+        return []
+    actions, rewritten = cache.get_actions(sym), []
+    with cache.lock(sym, tf):
+        keys = cache.backend.keys(sym, tf)
+        records = [cache.backend.read_record(k) for k in keys]
+        frames = [cache.backend.read_rows(k, r) for k, r in zip(keys, records, strict=True)]
+        if not frames or not sum(len(f) for f in frames):
+            return []
+        fresh = adj_close(pd.concat(frames, ignore_index=True), actions)
+        writer, offset = cache.writer(sym, tf), 0
+        for key, rec, df in zip(keys, records, frames, strict=True):
+            values, offset = fresh[offset : offset + len(df)], offset + len(df)
+            if df.empty or (
+                "adj_close" in df.columns
+                and np.allclose(df["adj_close"].to_numpy("float64"), values, rtol=SAME, atol=0.0)
+            ):
+                continue
+            writer.rewrite(
+                key, rec, df.assign(adj_close=values), rec.data_source, record_source=False
+            )
+            rewritten.append(key.year)
+        if rewritten:
+            cache.catalog.refresh(sym, tf)
+    return rewritten
