@@ -29,11 +29,14 @@ class Parquet:
             arrays.append(pa.array(df[col].to_numpy(dtype="float64", na_value=np.nan)))
         table = pa.Table.from_arrays(arrays, names=columns)
         sink = io.BytesIO()
-        pq.write_table(
+        pq.write_table(  # byte-stream-split floats and delta timestamps: smaller and faster
             table,
             sink,
             compression="zstd",
             row_group_size=ROW_GROUP,
+            use_dictionary=False,
+            use_byte_stream_split=columns[1:],
+            column_encoding={"timestamp": "DELTA_BINARY_PACKED"},
             write_statistics=True,
             store_schema=False,
             write_page_checksum=True,
