@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from marketcache.actions import ADJUST_MODES, CorporateActions, Dividend, Split, merge_actions
+from marketcache.actions import ADJUST_MODES, CorporateActions, Dividend, Split
 from marketcache.catalog import Catalog
 from marketcache.config import Settings, default_settings
 from marketcache.errors import CorruptFile, UsageError
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from marketcache.repair import YearCheck
     from marketcache.validate import OHLCVValidator
     from marketcache.writes import SeriesWriter, YearWrite
-
-ACTIONS_FILE = "corporate_actions.json"
 
 
 @dataclass
@@ -147,18 +145,9 @@ class UnifiedCache:
 
     def get_actions(self, symbol: str) -> CorporateActions:
         """Every split and dividend known for `symbol` (empty when none was ever seen)."""
-        import json
+        from marketcache.series import read_actions
 
-        sym = normalize_symbol(symbol)
-        raw = self.backend.read_document(sym, ACTIONS_FILE)
-        if raw is None:
-            return CorporateActions(sym)
-        try:
-            return CorporateActions.from_json(json.loads(raw))
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise CorruptFile(
-                f"{sym}/{ACTIONS_FILE}", f"corporate actions are unreadable ({exc})"
-            ) from None
+        return read_actions(self.backend, normalize_symbol(symbol))
 
     def record_actions(
         self,
@@ -171,23 +160,11 @@ class UnifiedCache:
     ) -> bool:
         """Merge newly seen actions into SYMBOL/corporate_actions.json (atomically); True when
         a price-adjusting fact changed, so stored `adj_close` must be redone."""
-        import json
+        from marketcache.series import record_actions
 
         sym = normalize_symbol(symbol)
         with self.backend.lock(sym, "actions", wait=self.lock_wait):
-            known = self.get_actions(sym)
-            merged, changed = merge_actions(
-                known,
-                splits,
-                dividends,
-                source=source,
-                checked_through=checked_through,
-                now=now_stamp(),
-            )
-            if merged.as_json() != known.as_json():
-                text = json.dumps(merged.as_json(), indent=2) + "\n"
-                self.backend.write_document(sym, ACTIONS_FILE, text.encode("utf-8"))
-        return changed
+            return record_actions(self.backend, sym, splits, dividends, source, checked_through)
 
     def readjust(self, symbol: str, timeframe: str) -> list[int]:
         """Recompute `adj_close` from the closes and the known actions (see `series.readjust`)."""

@@ -5,11 +5,16 @@ Both run over every stored year of one symbol × timeframe; the facade delegates
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from marketcache.actions import CorporateActions, Dividend, Split, merge_actions
 from marketcache.errors import CorruptFile
-from marketcache.storage.backend import Key
+from marketcache.records import now_stamp
+from marketcache.storage.backend import Key, StorageBackend
+
+ACTIONS_FILE = "corporate_actions.json"
 
 if TYPE_CHECKING:
     from marketcache.cache import SeriesState, UnifiedCache
@@ -98,3 +103,34 @@ def readjust(cache: UnifiedCache, sym: str, tf: str) -> list[int]:
         if rewritten:
             cache.catalog.refresh(sym, tf)
     return rewritten
+
+
+def read_actions(backend: StorageBackend, sym: str) -> CorporateActions:
+    raw = backend.read_document(sym, ACTIONS_FILE)
+    if raw is None:
+        return CorporateActions(sym)
+    try:
+        return CorporateActions.from_json(json.loads(raw))
+    except (TypeError, ValueError, AttributeError) as exc:
+        why = f"corporate actions are unreadable ({exc})"
+        raise CorruptFile(f"{sym}/{ACTIONS_FILE}", why) from None
+
+
+def record_actions(
+    backend: StorageBackend,
+    sym: str,
+    splits: list[Split],
+    dividends: list[Dividend],
+    source: str,
+    checked_through: str | None,
+) -> bool:
+    """Merge and write (the caller holds the symbol's actions lock); True when an adjusting
+    fact changed."""
+    known = read_actions(backend, sym)
+    merged, changed = merge_actions(
+        known, splits, dividends, source=source, checked_through=checked_through, now=now_stamp()
+    )
+    if merged.as_json() != known.as_json():
+        text = json.dumps(merged.as_json(), indent=2) + "\n"
+        backend.write_document(sym, ACTIONS_FILE, text.encode("utf-8"))
+    return changed
