@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +41,7 @@ class Outcome:
     choice: Choice | None = None
     events: Events | None = None
     refused: bool = False  # every provider said it does not know the symbol
+    incomplete: list[Span] = field(default_factory=list)  # derived buckets lacking base bars
 
 
 def actions_window(

@@ -128,3 +128,23 @@ def _exchange_bars(
         idx = pd.DatetimeIndex(np.repeat(opens, counts) + offsets * step)
     idx = idx[(idx >= start) & (idx < end)]
     return pd.DatetimeIndex(idx.astype("datetime64[ns]"))
+
+
+def session_opens(
+    calendar: str, start: pd.Timestamp, end: pd.Timestamp
+) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    """Opens (UTC-naive int64 ns, ascending) and session dates of an exchange's sessions."""
+    cal = _exchange(calendar)
+    lo = max(pd.Timestamp(start).normalize() - pd.Timedelta(days=1), cal.first_session)
+    hi = min(pd.Timestamp(end).normalize() + pd.Timedelta(days=1), cal.last_session)
+    schedule = cal.schedule.loc[lo:hi]
+    opens = schedule["open"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("M8[ns]")
+    sessions = pd.DatetimeIndex(pd.DatetimeIndex(schedule.index).tz_localize(None))
+    return opens.astype(np.int64), pd.DatetimeIndex(sessions.as_unit("ns"))
+
+
+def session_zone(calendar: str) -> str:
+    """The time zone an exchange's sessions are dated in (UTC for 24/7 and FX)."""
+    if calendar in (ALWAYS_OPEN, FX_WEEK):
+        return "UTC"
+    return str(_exchange(calendar).tz)

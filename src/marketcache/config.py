@@ -99,6 +99,7 @@ class Dataset:
     timeframes: tuple[str, ...]
     start: str
     end: str | None = None
+    derive_from: str | None = None  # build these timeframes from this cached base timeframe
 
 
 FORMATS = ("csv.gz", "parquet")
@@ -338,7 +339,7 @@ class _Parser:
 
     def dataset(self, raw: Any, key: str) -> Dataset:
         body = self.mapping(raw, key)
-        self.unknown(body, ("symbols", "timeframes", "start", "end"), key)
+        self.unknown(body, ("symbols", "timeframes", "start", "end", "derive_from"), key)
         symbols = tuple(
             self.symbol(s, f"{key}.symbols")
             for s in self.seq(body.get("symbols"), f"{key}.symbols")
@@ -351,7 +352,9 @@ class _Parser:
             raise self.fail(f"{key}.start", "is required (e.g. start: 2020-01-01)")
         start = self.date(body["start"], f"{key}.start")
         end = self.date(body["end"], f"{key}.end") if body.get("end") is not None else None
-        return Dataset(symbols, timeframes, start, end)
+        base = body.get("derive_from")
+        derive_from = self.timeframe(base, f"{key}.derive_from") if base is not None else None
+        return Dataset(symbols, timeframes, start, end, derive_from)
 
     def options(self, raw: Any) -> Options:
         body = self.mapping(raw, "settings")

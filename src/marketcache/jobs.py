@@ -51,6 +51,7 @@ class PopulateRequest:
     dry_run: bool = False
     full_refresh: bool = False
     workers: int = 1
+    derive_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Job:
     timeframe: str
     start: pd.Timestamp
     end: pd.Timestamp
+    derive_from: str | None = None  # the base timeframe this one is built from (cache only)
 
 
 @dataclass
@@ -171,10 +173,10 @@ def build_jobs(request: PopulateRequest, settings: Settings) -> list[Job]:
     if symbols:
         begin = start if start is not None else parse_date(DEFAULT_LOOKBACK)
         DateRange(begin, end)
+        base = parse_timeframe(request.derive_from).name if request.derive_from else None
         for raw in symbols:
             sym = normalize_symbol(raw)
-            for tf in tfs or [Timeframe("1d")]:
-                jobs.setdefault((sym, tf.name), Job(sym, tf.name, begin, end))
+            _add(jobs, sym, [t.name for t in tfs or [Timeframe("1d")]], begin, end, base)
     else:
         if not settings.datasets:
             raise UsageError(
@@ -185,7 +187,31 @@ def build_jobs(request: PopulateRequest, settings: Settings) -> list[Job]:
             ds_start = start if start is not None else parse_date(ds.start)
             ds_end = end if request.end else (parse_date(ds.end) if ds.end else now)
             DateRange(ds_start, ds_end)
+            names = [t.name for t in tfs] if tfs else list(ds.timeframes)
+            base = request.derive_from or ds.derive_from
             for sym in ds.symbols:
-                for tf in tfs or [parse_timeframe(t) for t in ds.timeframes]:
-                    jobs.setdefault((sym, tf.name), Job(sym, tf.name, ds_start, ds_end))
+                _add(jobs, sym, names, ds_start, ds_end, base and parse_timeframe(base).name)
     return list(jobs.values())
+
+
+def _add(
+    jobs: dict[tuple[str, str], Job],
+    sym: str,
+    timeframes: list[str],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    base: str | None,
+) -> None:
+    """The jobs of one symbol; with a base, the base job first and the others derived."""
+    from marketcache.derive import check_derivable
+
+    if base is not None:
+        jobs.setdefault((sym, base), Job(sym, base, start, end))
+    for tf in timeframes:
+        if base is None or tf == base:
+            jobs.setdefault((sym, tf), Job(sym, tf, start, end))
+            continue
+        why = check_derivable(Timeframe(base), Timeframe(tf))
+        if why:
+            raise UsageError(f"--derive-from {base}: {why}")
+        jobs[(sym, tf)] = Job(sym, tf, start, end, derive_from=base)

@@ -17,6 +17,7 @@ import pandas as pd
 from marketcache.basis import Outcome, actions_window, check_seam, with_adj_close
 from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
+from marketcache.derive import INCOMPLETE
 from marketcache.errors import (
     LockTimeout,
     MarketCacheError,
@@ -82,25 +83,30 @@ def run_populate(
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
     runner = Runner(cache, pool, request, sink)
-    try:
-        if request.workers > 1 and len(jobs) > 1:
-            executor = ThreadPoolExecutor(max_workers=request.workers)
-            try:
-                futures = [executor.submit(runner.run, job) for job in jobs]
-                for future in futures:
-                    report.results.append(future.result())
-            except BaseException:
-                runner.cancel.set()
-                executor.shutdown(wait=True, cancel_futures=True)
-                raise
-            executor.shutdown()
-        else:
-            for job in jobs:
-                report.results.append(runner.run(job))
+    try:  # derived timeframes after every base job: they read what those committed
+        for phase in ([j for j in jobs if not j.derive_from], [j for j in jobs if j.derive_from]):
+            _run_phase(runner, phase, request.workers, report)
     finally:
         report.finished_at = utcnow().isoformat()
         report.unreachable = dict(runner.down)
     return report
+
+
+def _run_phase(runner: Runner, jobs: list[Job], workers: int, report: PopulateReport) -> None:
+    if workers > 1 and len(jobs) > 1:
+        executor = ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = [executor.submit(runner.run, job) for job in jobs]
+            for future in futures:
+                report.results.append(future.result())
+        except BaseException:
+            runner.cancel.set()
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+        executor.shutdown()
+    else:
+        for job in jobs:
+            report.results.append(runner.run(job))
 
 
 class Runner:
@@ -112,7 +118,7 @@ class Runner:
         sink: ProgressSink,
     ) -> None:
         self.cache = cache
-        self.providers = providers
+        self.providers = dict(providers)
         self.request = request
         self.sink = sink
         self.capabilities = {n: p.capabilities for n, p in providers.items()}
@@ -149,13 +155,17 @@ class Runner:
 
     def _run(self, job: Job, result: JobResult) -> None:
         cache, tf = self.cache, Timeframe(job.timeframe)
-        chain = select(
-            job.symbol,
-            job.timeframe,
-            cache.settings,
-            self.capabilities,
-            self.usable,
-            forced=self.request.provider,
+        chain = (
+            self._derived(job)
+            if job.derive_from
+            else select(
+                job.symbol,
+                job.timeframe,
+                cache.settings,
+                self.capabilities,
+                self.usable,
+                forced=self.request.provider,
+            )
         )
         if not chain:
             raise UsageError(
@@ -179,6 +189,19 @@ class Runner:
                 redone = ", ".join(map(str, readjusted))
                 result.notes.append(f"adj_close recomputed for {redone} (corporate actions)")
         self._summarise(job, result)
+
+    def _derived(self, job: Job) -> list[Choice]:
+        """The one-provider chain of a derived job: the cache's own base bars."""
+        from marketcache.providers.derived import PREFIX, DerivedProvider
+
+        name = PREFIX + str(job.derive_from)
+        with self._down_lock:
+            if name not in self.providers:
+                provider = DerivedProvider(self.cache, str(job.derive_from))
+                self.providers[name] = provider
+                self.capabilities[name] = provider.capabilities
+                self.usable[name] = True
+        return [Choice(name, job.symbol)]
 
     def _plan(
         self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult, *, writes: bool
@@ -258,17 +281,23 @@ class Runner:
                 bars=0 if outcome.frame is None else len(outcome.frame),
                 requests=result.requests - asked,
             )
+            pending = outcome.incomplete  # derived buckets whose base bars are not all there
+            result.gaps_left += [{**s.as_json(), "reason": INCOMPLETE} for s in pending]
             if outcome.frame is not None and len(outcome.frame):
                 frame = with_adj_close(self, job, tf, outcome, result)
-                holes = _unanswered(span, expected, present, outcome.frame)
+                holes = [
+                    h for h in _unanswered(span, expected, present, outcome.frame)
+                    if not any(p.start < h.end and h.start < p.end for p in pending)
+                ]  # fmt: skip
                 # a session the calendar expects is missing, not "empty"
+                missing = [(h, NO_SESSION) for h in holes] if sessions else []
                 put = self.cache.commit_range(
                     frame,
                     job.symbol,
                     job.timeframe,
                     outcome.provider,
                     resolved=[span],
-                    missing=[(h, NO_SESSION) for h in holes] if sessions else [],
+                    missing=missing + [(p, INCOMPLETE) for p in pending],
                     verified_empty=[] if sessions else [(h, now, "no bars") for h in holes],
                 )
                 if sessions:
@@ -279,6 +308,10 @@ class Runner:
                     result.providers.append(outcome.provider)
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
+                )
+            elif pending:
+                self.cache.update_coverage(
+                    job.symbol, job.timeframe, missing=[(p, INCOMPLETE) for p in pending]
                 )
             elif outcome.verified_empty and not sessions:
                 self.cache.update_coverage(
@@ -350,7 +383,7 @@ class Runner:
             finally:
                 result.count(choice.provider, provider.sent() - sent)
             result.notes.extend(f"{choice.provider}: {n}" for n in fetched.notes)
-            if fetched.frame.empty:
+            if fetched.frame.empty and not fetched.incomplete:
                 empty_from.append(choice.provider)
                 continue
             if fetched.dropped_rows > len(fetched.frame):
@@ -360,7 +393,10 @@ class Runner:
                     f"({fetched.dropped_rows} dropped)"
                 )
                 continue
-            return Outcome(fetched.frame, choice.provider, choice=choice, events=fetched.events)
+            return Outcome(
+                fetched.frame, choice.provider, choice=choice, events=fetched.events,
+                incomplete=[Span(a, b) for a, b in fetched.incomplete],
+            )  # fmt: skip
         if refused and refused + out_of_reach == len(chain):  # nobody that could answer knew it
             return Outcome(None, "", refused=True, reason="; ".join(reasons))
         if empty_from and definitive:

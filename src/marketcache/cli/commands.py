@@ -176,6 +176,10 @@ def populate(
         bool, typer.Option("--full-refresh", help="Re-download the range (never shrinks).")
     ] = False,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Symbols fetched at once.")] = 1,
+    derive_from: Annotated[
+        str | None,
+        typer.Option("--derive-from", help="Build the timeframes from this cached base timeframe."),
+    ] = None,
     cache_dir: CacheDir = None,
     config: ConfigPath = None,
     as_json: JsonOut = False,
@@ -198,6 +202,7 @@ def populate(
         dry_run=dry_run,
         full_refresh=full_refresh,
         workers=workers,
+        derive_from=derive_from,
     )
     jobs = build_jobs(request, ctx.settings)
     report = PopulateReport([])

@@ -74,6 +74,7 @@ class FetchResult:
     dropped_rows: int = 0
     notes: list[str] = field(default_factory=list)
     events: Events | None = None  # None: this provider does not report corporate actions
+    incomplete: list[tuple[pd.Timestamp, pd.Timestamp]] = field(default_factory=list)
 
 
 class Provider:
