@@ -216,6 +216,26 @@ class YahooSeries:
     dividends: list[tuple[str, float]]  # (ex date, amount as traded)
 
 
+SUMMARY_PATH = "/v10/finance/quoteSummary/"
+AAPL_SUMMARY = {  # the shape of a real quoteSummary answer (values abridged)
+    "assetProfile": {"address1": "One Apple Park Way", "city": "Cupertino", "country": "United States",
+                     "industry": "Consumer Electronics", "sector": "Technology",
+                     "fullTimeEmployees": 164000, "companyOfficers": [], "maxAge": 86400},
+    "summaryDetail": {"maxAge": 1, "beta": {"raw": 1.24, "fmt": "1.24"},
+                      "trailingPE": {"raw": 37.52, "fmt": "37.52"},
+                      "marketCap": {"raw": 3442000000000, "fmt": "3.44T", "longFmt": "3,442,000,000,000"},
+                      "dividendYield": {"raw": 0.0044, "fmt": "0.44%"}, "currency": "USD",
+                      "fiftyTwoWeekHigh": {"raw": 237.23, "fmt": "237.23"}, "exDividendDate": {}},
+    "defaultKeyStatistics": {"sharesOutstanding": {"raw": 15115800000, "fmt": "15.12B"},
+                             "forwardEps": {"raw": 8.31, "fmt": "8.31"}, "maxAge": 1},
+    "financialData": {"currentPrice": {"raw": 228.52, "fmt": "228.52"},
+                      "totalRevenue": {"raw": 391035000000, "fmt": "391.04B"},
+                      "financialCurrency": "USD", "maxAge": 86400},
+    "price": {"symbol": "AAPL", "longName": "Apple Inc.", "currency": "USD", "maxAge": 1,
+              "regularMarketPrice": {"raw": 228.52, "fmt": "228.52"}},
+}  # fmt: skip
+
+
 class FakeYahoo(FakeServer):
     """Cookie (/), crumb (/v1/test/getcrumb) and chart (/v8/finance/chart/SYMBOL) endpoints.
 
@@ -232,6 +252,7 @@ class FakeYahoo(FakeServer):
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], YahooSeries] = {}
         self.raw: dict[tuple[str, str], Any] = {}
+        self.summaries: dict[str, Any] = {"AAPL": AAPL_SUMMARY}
         self.as_of: pd.Timestamp | None = None
         super().__init__()
 
@@ -283,6 +304,8 @@ class FakeYahoo(FakeServer):
             return Answer(200, b"ok", {"Set-Cookie": "A3=fake; Path=/"}, "text/html")
         if path.endswith("/getcrumb"):
             return Answer(200, b"fakecrumb", {}, "text/plain")
+        if path.startswith(SUMMARY_PATH):
+            return self._summary(path[len(SUMMARY_PATH) :])
         if not path.startswith(self.data_path):
             return Answer(404, b"<html>not here</html>", {}, "text/html")
         symbol = path[len(self.data_path) :]
@@ -301,6 +324,14 @@ class FakeYahoo(FakeServer):
                     "code": "Not Found", "description": "No data found, symbol may be delisted"}}})  # fmt: skip
             entry = YahooSeries(other.frame.iloc[:0], other.tz, other.open_at, other.splits, other.dividends)  # fmt: skip
         return _json(200, self._chart(symbol, tf, entry, query))
+
+    def _summary(self, symbol: str) -> Answer:
+        """quoteSummary as Yahoo shapes it: modules of {"raw", "fmt"} cells and plain values."""
+        body = self.summaries.get(symbol)
+        if body is None:
+            return _json(404, {"quoteSummary": {"result": None, "error": {
+                "code": "Not Found", "description": f"Quote not found for symbol: {symbol}"}}})  # fmt: skip
+        return _json(200, {"quoteSummary": {"result": [body], "error": None}})
 
     def _chart(self, symbol: str, tf: str, s: YahooSeries, query: dict[str, str]) -> Any:
         p1, p2 = int(query.get("period1", 0)), int(query.get("period2", 2**40))
@@ -375,6 +406,15 @@ def _nullable(values: np.ndarray) -> list[float | None]:
 # ---- Alpha Vantage ---------------------------------------------------------------------------
 
 
+AAPL_OVERVIEW = {  # the shape of a real OVERVIEW answer: every value a string
+    "Symbol": "AAPL", "AssetType": "Common Stock", "Name": "Apple Inc", "Exchange": "NASDAQ",
+    "Currency": "USD", "Country": "USA", "Sector": "TECHNOLOGY", "Industry": "ELECTRONIC COMPUTERS",
+    "MarketCapitalization": "3442000000000", "PERatio": "37.5", "Beta": "1.239",
+    "DividendYield": "0.0044", "EPS": "6.08", "ForwardPE": "None", "AnalystTargetPrice": "240.1",
+    "SharesOutstanding": "15115800000", "DividendDate": "2024-11-14", "ExDividendDate": "-",
+}  # fmt: skip
+
+
 class FakeAlphaVantage(FakeServer):
     """GET /query?function=TIME_SERIES_INTRADAY|TIME_SERIES_DAILY.
 
@@ -386,6 +426,7 @@ class FakeAlphaVantage(FakeServer):
         self.key = key
         self.intraday: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
         self.daily: dict[str, dict[str, dict[str, str]]] = {}
+        self.overviews: dict[str, dict[str, str]] = {"AAPL": AAPL_OVERVIEW}
         self.quota_left: int | None = None
         super().__init__()
 
@@ -419,6 +460,8 @@ class FakeAlphaVantage(FakeServer):
                 return _json(200, {"Information": "Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day."})  # fmt: skip
             self.quota_left -= 1
         symbol = query.get("symbol", "")
+        if query.get("function") == "OVERVIEW":  # an unknown symbol gets {}
+            return _json(200, self.overviews.get(symbol, {}))
         if query.get("function") == "TIME_SERIES_DAILY":
             series = self.daily.get(symbol)
             if series is None:

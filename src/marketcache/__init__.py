@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "UnifiedCache": "marketcache.cache",
+    "DataManager": "marketcache.manager",
     "PutResult": "marketcache.cache",
     "Settings": "marketcache.config",
     "load_settings": "marketcache.config",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         UsageError,
         ValidationFailed,
     )
+    from marketcache.manager import DataManager
     from marketcache.validate import OHLCVValidator, ValidationResult
 
 
@@ -55,8 +57,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ConfigError", "CorruptFile", "LockTimeout", "MarketCacheError", "OHLCVValidator",
-    "ProviderError", "ProviderUnavailable", "PutResult", "RateLimited", "Settings",
-    "StorageError", "SymbolNotFound", "UnifiedCache", "UsageError", "ValidationFailed",
+    "ConfigError", "CorruptFile", "DataManager", "LockTimeout", "MarketCacheError",
+    "OHLCVValidator", "ProviderError", "ProviderUnavailable", "PutResult", "RateLimited",
+    "Settings", "StorageError", "SymbolNotFound", "UnifiedCache", "UsageError", "ValidationFailed",
     "ValidationResult", "__version__", "load_settings",
 ]  # fmt: skip

@@ -131,14 +131,15 @@ def _exchange_bars(
 
 
 def session_opens(
-    calendar: str, start: pd.Timestamp, end: pd.Timestamp
+    calendar: str, start: pd.Timestamp, end: pd.Timestamp, *, edge: str = "open"
 ) -> tuple[np.ndarray, pd.DatetimeIndex]:
-    """Opens (UTC-naive int64 ns, ascending) and session dates of an exchange's sessions."""
+    """Opens (or with edge="close", closes) as UTC-naive int64 ns, ascending, and the session
+    dates of an exchange's sessions around [start, end]."""
     cal = _exchange(calendar)
     lo = max(pd.Timestamp(start).normalize() - pd.Timedelta(days=1), cal.first_session)
     hi = min(pd.Timestamp(end).normalize() + pd.Timedelta(days=1), cal.last_session)
     schedule = cal.schedule.loc[lo:hi]
-    opens = schedule["open"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("M8[ns]")
+    opens = schedule[edge].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("M8[ns]")
     sessions = pd.DatetimeIndex(pd.DatetimeIndex(schedule.index).tz_localize(None))
     return opens.astype(np.int64), pd.DatetimeIndex(sessions.as_unit("ns"))
 

@@ -111,6 +111,8 @@ class Options:
     lock_wait: float = 600.0
     verified_empty_recheck_days: float = 7.0
     format: str = "csv.gz"  # of a new file cache (an existing one keeps its own)
+    fundamentals_max_age: str = "7d"  # a younger snapshot is reused, not fetched
+    fundamentals_keep: int = 3  # snapshots kept per provider
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Settings:
     datasets: tuple[Dataset, ...]
     options: Options = field(default_factory=Options)
     warnings: tuple[str, ...] = ()
+    fundamentals: tuple[str, ...] = ("yahoo", "alpha_vantage")  # priority order
 
     def symbol(self, symbol: str) -> SymbolSettings:
         return self.symbols.get(symbol.upper(), SymbolSettings())
@@ -230,7 +233,9 @@ class _Parser:
 
     def settings(self, raw: Any) -> Settings:
         top = self.mapping(raw, "<top level>")
-        self.unknown(top, ("providers", "selection", "symbols", "datasets", "settings"), "")
+        self.unknown(
+            top, ("providers", "selection", "symbols", "datasets", "settings", "fundamentals"), ""
+        )
         providers = self.providers(top.get("providers") or {})
         selection = tuple(
             self.rule(r, f"selection[{i}]", providers)
@@ -244,9 +249,22 @@ class _Parser:
             for i, d in enumerate(self.seq(top.get("datasets") or [], "datasets"))
         )
         options = self.options(top.get("settings") or {})
+        fundamentals = self.fundamentals(top.get("fundamentals") or {}, providers)
         return Settings(
-            self.source, providers, selection, symbols, datasets, options, tuple(self.warnings)
+            self.source, providers, selection, symbols, datasets, options, tuple(self.warnings),
+            fundamentals,
+        )  # fmt: skip
+
+    def fundamentals(self, raw: Any, providers: dict[str, ProviderSettings]) -> tuple[str, ...]:
+        body = self.mapping(raw, "fundamentals")
+        self.unknown(body, ("providers",), "fundamentals")
+        names = self.seq(
+            body.get("providers", ["yahoo", "alpha_vantage"]), "fundamentals.providers"
         )
+        for name in names:
+            if name not in ("yahoo", "alpha_vantage"):
+                raise self.fail("fundamentals.providers", f"'{name}': use yahoo, alpha_vantage")
+        return tuple(str(n) for n in names)
 
     def providers(self, raw: Any) -> dict[str, ProviderSettings]:
         out: dict[str, ProviderSettings] = {}
@@ -359,14 +377,25 @@ class _Parser:
     def options(self, raw: Any) -> Options:
         body = self.mapping(raw, "settings")
         self.unknown(
-            body, ("min_score", "lock_wait", "verified_empty_recheck_days", "format"), "settings"
-        )
+            body,
+            ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
+             "fundamentals_max_age", "fundamentals_keep"),
+            "settings",
+        )  # fmt: skip
         defaults = Options()
         fmt = self.text(body.get("format", defaults.format), "settings.format")
         if fmt not in FORMATS:
             raise self.fail("settings.format", f"'{fmt}': use one of {', '.join(FORMATS)}")
+        max_age = self.text(body.get("fundamentals_max_age", defaults.fundamentals_max_age),
+                            "settings.fundamentals_max_age")  # fmt: skip
+        if not re.fullmatch(r"0|\d+[mhdw]", max_age.strip().lower()):
+            raise self.fail("settings.fundamentals_max_age", f"'{max_age}': use e.g. 7d, 36h")
+        keep = self.number(body.get("fundamentals_keep", defaults.fundamentals_keep),
+                           "settings.fundamentals_keep", low=1)  # fmt: skip
         return Options(
             format=fmt,
+            fundamentals_max_age=max_age,
+            fundamentals_keep=int(keep),
             min_score=self.number(
                 body.get("min_score", defaults.min_score), "settings.min_score", high=1.0
             ),

@@ -150,6 +150,21 @@ def _cached_detail(ctx: Context, sym: str, tf: str | None) -> dict[str, Any]:
     return detail
 
 
+def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | None) -> list[Any]:
+    """How fresh every series in scope is (reads the newest record of each)."""
+    from marketcache.freshness import freshness, parse_age
+
+    age = parse_age(max_age) if max_age else None
+    out = []
+    for s in [sym] if sym else ctx.cache.list_symbols():
+        calendar = ctx.cache.profile(s).calendar
+        for t in [tf] if tf else ctx.cache.list_timeframes(s):
+            records = [ctx.cache.record(s, t, y) for y in ctx.cache.list_years(s, t)]
+            last = next((r.end_date for r in reversed(records) if r.rows), None)
+            out.append(freshness(s, t, calendar, last, max_age=age))
+    return out
+
+
 def _scope(symbol: str | None, timeframe: str | None) -> tuple[str | None, str | None]:
     sym = normalize_symbol(symbol) if symbol else None
     tf = parse_timeframe(timeframe).name if timeframe else None
@@ -227,10 +242,17 @@ def info(
     quiet: Quiet = False,
     verbose: Verbose = False,
     output_format: Format = "table",
+    stale: Annotated[
+        bool, typer.Option("--stale", help="List the series whose newest bar is behind.")
+    ] = False,
 ) -> int:
     """Cache-wide stats, or per symbol / timeframe / year detail (metadata only)."""
     ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
     sym, tf = _scope(symbol, timeframe)
+    if stale:
+        found = _freshness(ctx, sym, tf, None)
+        ctx.out.stale([f for f in found if f.stale], len(found))
+        return 0
     if sym is None:
         ctx.out.stats(ctx.cache.get_stats())
         return 0
@@ -347,6 +369,10 @@ def validate(
     sample: Annotated[
         int | None, typer.Option(help="With --against-source: N stored years at random.")
     ] = None,
+    max_age: Annotated[
+        str | None,
+        typer.Option("--max-age", help="Exit 3 when a series' newest bar is older, e.g. 36h."),
+    ] = None,
     cache_dir: CacheDir = None,
     config: ConfigPath = None,
     as_json: JsonOut = False,
@@ -372,6 +398,11 @@ def validate(
         report = check_against_source(ctx.cache, chosen, since=start, fix=fix)
         ctx.out.restatements(report)
         return report.exit_code
+    if max_age is not None:
+        found = _freshness(ctx, sym, tf, max_age)
+        late = [f for f in found if f.stale]
+        ctx.out.stale(late, len(found), max_age=max_age)
+        return 3 if late else 0
     checks: list[YearCheck] = []
     with ctx.out.progress(len(targets), label="validating") as progress:
         for s, t, year in targets:
@@ -430,3 +461,41 @@ def copy(
     report = copy_cache(src, dest, symbol=sym, timeframe=tf)
     out.copy_report(report)
     return report.exit_code
+
+
+@app.command()
+def fundamentals(
+    symbols: Annotated[list[str], typer.Argument(help="Symbols.")],
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age", help="Reuse younger snapshots [settings.fundamentals_max_age]; 0 fetches."
+        ),
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="Ask only this provider.")] = None,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Fundamentals per symbol: cached snapshots, refreshed when older than --max-age."""
+    from marketcache.errors import MarketCacheError
+    from marketcache.manager import DataManager
+
+    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose)
+    reports: list[dict[str, Any]] = []
+    failed = 0
+    with DataManager(ctx.cache) as dm:
+        for raw in symbols:
+            sym = normalize_symbol(raw)
+            try:
+                reports.append(dm.get_fundamentals(sym, max_age, provider=provider))
+            except MarketCacheError as exc:
+                if isinstance(exc, UsageError):
+                    raise
+                failed += 1
+                ctx.out.error(f"{sym}: {exc}")
+                reports.append({"symbol": sym, "fields": {}, "snapshots": [], "errors": [str(exc)]})
+    ctx.out.fundamentals(reports)
+    return 1 if failed else 0

@@ -375,6 +375,35 @@ class Renderer:
             )  # fmt: skip
         self.show(table)
 
+    def stale(self, stale: list[Any], checked: int, *, max_age: str | None = None) -> None:
+        """Series behind the calendar (with --max-age: older than that)."""
+        if self.as_json:
+            self.emit({"checked": checked, "max_age": max_age,
+                       "stale": [f.as_json() for f in stale]})  # fmt: skip
+            return
+        for f in stale:
+            since = f"due since {f.due_since}" if f.due_since else "no bars stored"
+            self.error(f"{f.symbol} {f.timeframe} is stale: newest bar {f.last}, "
+                       f"{f.behind} bars behind, {since}")  # fmt: skip
+        self.show(f"{len(stale)} of {checked} series stale")
+
+    def fundamentals(self, reports: list[dict[str, Any]]) -> None:
+        if self.as_json:
+            self.emit(reports)
+            return
+        for report in reports:
+            table = Table(title=f"{report['symbol']} fundamentals")
+            for col in ("field", "value", "provider"):
+                table.add_column(col)
+            for name, cell in report["fields"].items():
+                table.add_row(name, str(cell["value"]), cell["provider"])
+            used = ", ".join(
+                f"{s['provider']} ({'reused' if s['reused'] else 'fetched'} {s['fetched_at']})"
+                for s in report["snapshots"]
+            )
+            table.caption = used or "-"
+            self.show(table)
+
     def copy_report(self, report: Any) -> None:
         for y in report.years:
             if y.status == "failed":

@@ -38,6 +38,7 @@ EXCHANGE_TZ = "America/New_York"
 
 class AlphaVantageProvider(Provider):
     name = "alpha_vantage"
+    supports_fundamentals = True
     capabilities = Capabilities(
         timeframes=frozenset({*INTERVALS, "1d"}),
         asset_classes=frozenset({AssetClass.STOCK}),
@@ -91,6 +92,19 @@ class AlphaVantageProvider(Provider):
             raise map_alpha_vantage_error(exc, symbol) from None
         frame = _series_frame(data, symbol, timeframe)
         return Page(frame, more=next_month < end, next_start=next_month)
+
+    def _fundamentals(self, symbol: str) -> dict[str, Any]:
+        """OVERVIEW: a flat object of strings ("None" and "-" mean no value)."""
+        query = f"function=OVERVIEW&symbol={symbol}&apikey={self.api_key()}"
+        try:
+            body = self.client._handle_api_call(DEFAULT_HOST + query)
+        except ProviderUnavailable as exc:
+            if "empty body" in str(exc):  # OVERVIEW answers {} for a symbol it does not know
+                raise SymbolNotFound(
+                    f"alpha_vantage has no overview of {symbol}", provider=self.name, symbol=symbol
+                ) from None
+            raise
+        return {k: _number(v) for k, v in body.items() if v not in ("None", "-", "")}
 
     def _http(self) -> TimeoutSession | None:
         return self._client._session if self._client is not None else None
@@ -150,6 +164,13 @@ def _client_class() -> type:
             return body
 
     return RoutedTimeSeries
+
+
+def _number(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, str) and value[:1] in "-.0123456789" else value
+    except ValueError:
+        return value
 
 
 def _param(url: str, name: str) -> str:

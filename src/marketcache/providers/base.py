@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -83,6 +84,7 @@ class Provider:
     name = "base"
     capabilities = Capabilities(frozenset(), frozenset())
     reports_actions = False  # answers carry splits and dividends up to now (see Events)
+    supports_fundamentals = False
 
     def __init__(
         self,
@@ -152,6 +154,23 @@ class Provider:
         )
         result.notes.extend(notes)
         return result
+
+    def fundamentals(self, symbol: str) -> dict[str, Any]:
+        """The provider's fundamentals of `symbol` as flat {field: value} (with retries)."""
+        if not self.supports_fundamentals:
+            raise RangeUnavailable(f"{self.name} has no fundamentals", provider=self.name)
+        return with_retries(
+            lambda: self._fundamentals(symbol), budget=self.settings.retry_budget, sleep=self.sleep
+        )
+
+    def _fundamentals(self, symbol: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the HTTP session (the next request opens a new one)."""
+        http = self._http()
+        if http is not None:
+            http.close()
 
     def clock(self) -> pd.Timestamp:
         """Now, by the provider's clock where it told us (HTTP Date), else by ours.

@@ -77,9 +77,13 @@ class YahooSession(TimeoutSession):
         return getattr(self._local, "last", None)
 
 
+QUOTE_SUMMARY_MODULES = "assetProfile,summaryDetail,defaultKeyStatistics,financialData,price"
+
+
 class YahooProvider(Provider):
     name = "yahoo"
     reports_actions = True
+    supports_fundamentals = True
     capabilities = Capabilities(
         timeframes=frozenset(INTERVALS),
         asset_classes=frozenset({AssetClass.STOCK, AssetClass.CRYPTO, AssetClass.FX}),
@@ -153,6 +157,16 @@ class YahooProvider(Provider):
 
     def _http(self) -> TimeoutSession | None:
         return self._session
+
+    def _fundamentals(self, symbol: str) -> dict[str, Any]:
+        """quoteSummary modules through yfinance's session (cookie and crumb)."""
+        url = f"https://query2.finance.yahoo.com/v10/finance/quoteSummary/{symbol}"
+        params = {"modules": QUOTE_SUMMARY_MODULES, "corsDomain": "finance.yahoo.com"}
+        try:
+            response = self._data().get(url=url, params=params, timeout=self.settings.timeout)
+        except Exception as exc:
+            raise map_yahoo_error(exc, symbol, self.session.last_response) from exc
+        return quote_summary_fields(response, symbol)
 
     def _chart(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
@@ -260,6 +274,34 @@ def chart_frame(body: dict[str, Any], timeframe: Timeframe) -> pd.DataFrame:
         frame["adj_close"] = pd.to_numeric(pd.Series(adj), errors="coerce")
     empty = frame[["open", "high", "low", "close"]].isna().all(axis=1).to_numpy()
     return frame[~empty].reset_index(drop=True)
+
+
+def quote_summary_fields(response: Any, symbol: str) -> dict[str, Any]:
+    """{module: {field: {"raw": v, "fmt": "..."} | v}} → {field: v}; errors mapped."""
+    status = response.status_code
+    try:
+        body = json.loads(response.text)
+    except ValueError:
+        body = None
+    summary = body.get("quoteSummary") if isinstance(body, dict) else None
+    error = summary.get("error") if isinstance(summary, dict) else None
+    if status == 404 or (isinstance(error, dict) and error.get("code") == "Not Found"):
+        raise SymbolNotFound(f"yahoo has no fundamentals for {symbol}", provider="yahoo",
+                             symbol=symbol)  # fmt: skip
+    raise_for_status(response, "yahoo", symbol)
+    results = summary.get("result") if isinstance(summary, dict) else None
+    if status >= 400 or not isinstance(results, list) or not results:
+        raise ProviderUnavailable(
+            "yahoo answered a body that is not quoteSummary JSON", provider="yahoo", symbol=symbol
+        )
+    fields: dict[str, Any] = {}
+    for module in results[0].values() if isinstance(results[0], dict) else []:
+        for name, value in module.items() if isinstance(module, dict) else []:
+            if isinstance(value, dict):
+                value = value.get("raw", None) if value else None
+            if isinstance(value, str | int | float | bool) and name != "maxAge":
+                fields.setdefault(name, value)
+    return fields
 
 
 def chart_events(body: dict[str, Any]) -> Events:

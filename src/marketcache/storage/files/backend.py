@@ -332,15 +332,14 @@ class FileBackend(StorageBackend):
         write_atomic(self._document(symbol, name), data)
 
     def list_documents(self, symbol: str, prefix: str) -> list[str]:
-        base = self._document(symbol, prefix).parent
+        """Documents whose name starts with `prefix` ("fundamentals/" lists that folder)."""
+        root = self.layout.symbol_dir(normalize_symbol(symbol))
+        folder = prefix.rpartition("/")[0]
+        base = root / folder if folder else root
         if not base.is_dir():
             return []
-        root = self.layout.symbol_dir(normalize_symbol(symbol))
-        return sorted(
-            str(p.relative_to(root))
-            for p in base.iterdir()
-            if str(p.relative_to(root)).startswith(prefix) and TEMP_MARK not in p.name
-        )
+        names = (f"{folder}/{p.name}" if folder else p.name for p in base.iterdir() if p.is_file())
+        return sorted(n for n in names if n.startswith(prefix) and TEMP_MARK not in n)
 
     def delete_document(self, symbol: str, name: str) -> None:
         self._document(symbol, name).unlink(missing_ok=True)

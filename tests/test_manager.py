@@ -1,0 +1,186 @@
+"""DataManager (read-through), fundamentals, and freshness — as a notebook and a CI job use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import CliResult, make_bars
+from fakes import SUMMARY_PATH, FakeAlphaVantage, FakeBinance, FakeYahoo, config_for
+from marketcache import DataManager, SymbolNotFound
+from marketcache.calendars import expected_bars
+from marketcache.config import parse_settings
+from marketcache.timeframes import Timeframe
+
+Cli = Callable[..., CliResult]
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_get_ohlcv_fetches_what_is_missing_once_then_reads(
+    fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 24 * 20, "1h"))
+    settings = parse_settings(config_for(binance=fake_binance))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        first = dm.get_ohlcv("abcusdt", "1h", start="2024-01-02", end="2024-01-05")
+        asked = len(fake_binance.data_requests())
+        assert len(first) == 72 and asked >= 1
+        second = dm.get_ohlcv("ABCUSDT", "1h", start="2024-01-02", end="2024-01-05")
+        assert len(fake_binance.data_requests()) == asked, "the second call makes no request"
+        pd.testing.assert_frame_equal(first, second)
+        wider = dm.get_ohlcv("ABCUSDT", "1h", start="2024-01-01", end="2024-01-06")
+        assert len(wider) == 120 and wider["timestamp"].is_monotonic_increasing
+        # a pure read gives what is stored (empty outside it) and asks nothing
+        asked = len(fake_binance.data_requests())
+        assert dm.get_ohlcv("ABCUSDT", "1h", "2024-01-10", "2024-01-11", fetch_missing=False).empty
+        assert len(fake_binance.data_requests()) == asked
+
+
+def test_get_ohlcv_in_a_loop_leaks_no_thread_or_socket(
+    fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 24 * 40, "1h"))
+    settings = parse_settings(config_for(binance=fake_binance))
+    dm = DataManager(tmp_path / "c", settings=settings)
+    dm.get_ohlcv("ABCUSDT", "1h", start="2024-01-01", end="2024-01-02")
+    threads, fds = threading.active_count(), _fds()
+    for day in range(2, 30):
+        dm.get_ohlcv("ABCUSDT", "1h", start=f"2024-01-{day:02d}", end=f"2024-01-{day + 1:02d}")
+    assert threading.active_count() <= threads
+    assert _fds() <= fds + 2
+    dm.close()
+
+
+def test_errors_are_the_librarys_own(
+    fake_binance: FakeBinance, fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
+    settings = parse_settings(config_for(binance=fake_binance, yahoo=fake_yahoo))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        with pytest.raises(SymbolNotFound, match="no provider knows NOPEUSDT"):
+            dm.get_ohlcv("NOPEUSDT", "1d", start="2024-01-01", end="2024-01-10")
+        assert dm.get_ohlcv("NOPEUSDT", "1d", fetch_missing=False).empty
+    assert not (tmp_path / "c" / "NOPEUSDT").exists()
+
+
+def test_get_many_latest_and_availability(fake_binance: FakeBinance, tmp_path: Path) -> None:
+    for i, sym in enumerate(("AAAUSDT", "BBBUSDT")):
+        fake_binance.add(sym, "1d", make_bars("2024-01-01", 30, "1D", seed=i))
+    settings = parse_settings(config_for(binance=fake_binance))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        many = dm.get_many(["AAAUSDT", "BBBUSDT"], "1d", start="2024-01-01", end="2024-01-31")
+        assert list(many.columns[:2]) == ["symbol", "timestamp"]
+        assert many.groupby("symbol").size().to_dict() == {"AAAUSDT": 30, "BBBUSDT": 30}
+        last = dm.latest(["AAAUSDT", "BBBUSDT", "NONEUSDT"], "1d")
+        assert last["symbol"].tolist() == ["AAAUSDT", "BBBUSDT"]
+        assert (last["timestamp"] == pd.Timestamp("2024-01-30")).all()
+        table = dm.availability()
+        row = table.set_index("symbol").loc["AAAUSDT"]
+        assert (row["rows"], row["first"][:10], row["last"][:10]) == (
+            30,
+            "2024-01-01",
+            "2024-01-30",
+        )
+        assert bool(row["stale"]), "January 2024 is far behind the calendar today"
+        assert row["quality"] == 1.0 and row["missing"] == 0
+
+
+def test_info_stale_and_validate_max_age(
+    cli: Cli, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    fresh = pd.date_range(end=now.floor("h") - pd.Timedelta(hours=1), periods=48, freq="1h")
+    fake_binance.add("NEWUSDT", "1h", make_bars("", 0, index=fresh, seed=1))
+    fake_binance.add("OLDUSDT", "1h", make_bars("", 0, index=fresh[:24], seed=2))
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    root = str(tmp_path / "c")
+    for sym in ("NEWUSDT", "OLDUSDT"):
+        r = cli("populate", sym, "-t", "1h", "--start", f"{fresh[0]:%Y-%m-%d %H:%M}",
+                "--cache-dir", root, "--config", str(conf))  # fmt: skip
+        assert r.code == 0, r.err
+    info = cli("info", "--stale", "--json", "--cache-dir", root, "--config", str(conf)).json()
+    assert [s["symbol"] for s in info["stale"]] == ["OLDUSDT"] and info["checked"] == 2
+    assert info["stale"][0]["behind"] >= 23
+    late = cli("validate", "--max-age", "6h", "--cache-dir", root, "--config", str(conf))
+    assert late.code == 3 and "OLDUSDT 1h is stale" in late.err and "NEWUSDT" not in late.err
+    ok = cli("validate", "NEWUSDT", "--max-age", "6h", "--cache-dir", root, "--config", str(conf))
+    assert ok.code == 0, ok.err
+    assert cli("validate", "--max-age", "soon", "--cache-dir", root).code == 2
+
+
+def _summary_requests(server: FakeYahoo) -> int:
+    return sum(p.startswith(SUMMARY_PATH) for p, _ in server.requests)
+
+
+def test_fundamentals_twice_within_a_week_ask_once_and_combine_by_priority(
+    cli: Cli, fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(yahoo=fake_yahoo, alpha_vantage=fake_av))
+    root = str(tmp_path / "c")
+    first = cli("fundamentals", "AAPL", "--json", "--cache-dir", root, "--config", str(conf))
+    assert first.code == 0, first.err
+    report = first.json()[0]
+    fields = report["fields"]
+    assert fields["beta"] == {"value": 1.24, "provider": "yahoo"}  # Yahoo first; AV's Beta = beta
+    assert "Beta" not in fields
+    assert fields["PERatio"] == {"value": 37.5, "provider": "alpha_vantage"}  # kept apart
+    assert fields["trailingPE"]["provider"] == "yahoo"
+    assert "ForwardPE" not in fields and "maxAge" not in fields  # "None" and housekeeping dropped
+    assert {s["provider"]: s["reused"] for s in report["snapshots"]} == {"yahoo": False,
+                                                                          "alpha_vantage": False}  # fmt: skip
+    asked = (_summary_requests(fake_yahoo), len(fake_av.data_requests()))
+    assert asked == (1, 1)
+    again = cli("fundamentals", "AAPL", "--json", "--cache-dir", root, "--config", str(conf))
+    assert all(s["reused"] for s in again.json()[0]["snapshots"])
+    assert (_summary_requests(fake_yahoo), len(fake_av.data_requests())) == asked
+    assert again.json()[0]["fields"] == fields
+    snaps = sorted(p.name for p in (Path(root) / "AAPL" / "fundamentals").iterdir())
+    assert (
+        len(snaps) == 2 and snaps[0].startswith("alpha_vantage_") and snaps[1].startswith("yahoo_")
+    )
+    doc = json.loads((Path(root) / "AAPL" / "fundamentals" / snaps[1]).read_text())
+    assert doc["provider"] == "yahoo" and doc["fields"]["sector"] == "Technology"
+
+
+def test_fundamentals_refresh_keep_failover_and_unknown_symbols(
+    cli: Cli, fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(yahoo=fake_yahoo, alpha_vantage=fake_av, retry_budget=0.3)
+                    + "settings: {fundamentals_keep: 3}\n")  # fmt: skip
+    root = str(tmp_path / "c")
+    args = ("--json", "--cache-dir", root, "--config", str(conf))
+    for _ in range(5):  # --max-age 0 always fetches; same-second snapshots never collide
+        assert cli("fundamentals", "AAPL", "--max-age", "0", "--provider", "yahoo", *args).code == 0
+    kept = sorted((Path(root) / "AAPL" / "fundamentals").iterdir())
+    assert len(kept) == 3, "only the newest 3 snapshots per provider are kept"
+    fake_yahoo.fail_next(100, status=503)
+    fake_yahoo.summaries = {}  # and yahoo would not know it anyway
+    r = cli("fundamentals", "AAPL", "--max-age", "0", *args)
+    assert r.code == 0, r.err
+    fields = r.json()[0]["fields"]
+    assert fields["Beta"]["provider"] == "alpha_vantage"  # yahoo down: AV's fields stand in
+    unknown = cli("fundamentals", "NOPE", "--max-age", "0", *args)
+    assert unknown.code == 1 and "NOPE" in unknown.err
+
+
+def test_a_daily_stock_series_is_not_stale_over_a_weekend() -> None:
+    from marketcache.freshness import freshness
+
+    friday = "2024-03-08T00:00:00"
+    sunday = pd.Timestamp("2024-03-10 12:00")
+    assert not freshness("ABC", "1d", "XNYS", friday, now=sunday).stale
+    tuesday = pd.Timestamp("2024-03-12 23:00")  # Monday and Tuesday closed, nothing stored
+    late = freshness("ABC", "1d", "XNYS", friday, now=tuesday)
+    assert late.stale and late.behind == 2
+    assert len(expected_bars("XNYS", Timeframe("1d"), pd.Timestamp(friday), tuesday)) == 3
