@@ -19,8 +19,9 @@ populate: setup            ## fill ./data-cache with every dataset of providers.
 test: setup                ## the whole check: format, lint, types, tests
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/check
 
-bench: setup               ## the speed benchmark (prints ratios)
+bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_io.py
+	$(PY) benchmarks/bench_network.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -7,6 +7,7 @@ an HTTP status with headers, an HTML page, a truncated body, or a stall.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -154,6 +155,11 @@ class FakeBinance(FakeServer):
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], pd.DataFrame] = {}
         self.encoded: dict[tuple[str, str], tuple[np.ndarray, list[bytes]]] = {}
+        self.archive_missing: set[str] = set()  # zip names answered 404 (not published)
+        self.archive_bad: set[str] = set()  # zip names whose CHECKSUM does not match
+        self.archive_header: set[str] = set()  # zip names whose CSV starts with a header line
+        self.archive_served: list[str] = []  # zip names downloaded
+        self._zips: dict[str, bytes] = {}
         super().__init__()
 
     def add(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
@@ -168,6 +174,57 @@ class FakeBinance(FakeServer):
         ]
         self.series[(symbol, interval)] = frame
         self.encoded[(symbol, interval)] = (ms, rows)
+        with self._lock:
+            self._zips = {k: v for k, v in self._zips.items() if not k.startswith(f"{symbol}-{interval}-")}
+
+    def _archive(self, path: str) -> Answer:
+        """data/spot/{monthly,daily}/klines/SYMBOL/TF/NAME.zip[.CHECKSUM], built from the same
+        series as the REST answers: the klines CSV the archive holds (µs stamps from 2025)."""
+        import hashlib
+
+        parts = path.split("/")  # '', data, spot, monthly|daily, klines, SYMBOL, TF, FILE
+        if len(parts) != 8:
+            return Answer(404, b"<Error><Code>NoSuchKey</Code></Error>", {}, "application/xml")
+        symbol, tf, file = parts[5], parts[6], parts[7]
+        checksum = file.endswith(".CHECKSUM")
+        name = file.removesuffix(".CHECKSUM").removesuffix(".zip")
+        if name in self.archive_missing or (symbol, tf) not in self.series:
+            return Answer(404, b"<Error><Code>NoSuchKey</Code></Error>", {}, "application/xml")
+        with self._lock:
+            body = self._zips.get(name)
+        if body is None:
+            body = self._zip(symbol, tf, name)
+            with self._lock:
+                self._zips[name] = body
+        if checksum:
+            digest = hashlib.sha256(body).hexdigest()
+            if name in self.archive_bad:
+                digest = "0" * 64
+            return Answer(200, f"{digest}  {name}.zip\n".encode(), {}, "text/plain")
+        with self._lock:
+            self.archive_served.append(name)
+        return Answer(200, body, {}, "application/zip")
+
+    def _zip(self, symbol: str, tf: str, name: str) -> bytes:
+        import zipfile
+
+        period = name.removeprefix(f"{symbol}-{tf}-")
+        lo = pd.Timestamp(period + ("-01" if len(period) == 7 else ""))
+        hi = lo + (pd.DateOffset(months=1) if len(period) == 7 else pd.Timedelta(days=1))
+        frame = self.series[(symbol, tf)]
+        part = frame[(frame["timestamp"] >= lo) & (frame["timestamp"] < hi)]
+        step = INTERVAL_MS[tf]
+        lines = ["open_time,open,high,low,close,volume,close_time,quote_volume,count,"
+                 "taker_buy_volume,taker_buy_quote_volume,ignore"] if name in self.archive_header else []  # fmt: skip
+        for row in part.itertuples():
+            ms = int(pd.Timestamp(row.timestamp).value // 1_000_000)
+            scale = 1000 if row.timestamp >= pd.Timestamp("2025-01-01") else 1
+            lines.append(f"{ms * scale},{row.open!r},{row.high!r},{row.low!r},{row.close!r},"
+                         f"{row.volume!r},{(ms + step - 1) * scale},0,0,0,0,0")  # fmt: skip
+        sink = io.BytesIO()
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(f"{name}.csv", "\n".join(lines) + "\n")
+        return sink.getvalue()
 
     def add_fixture(self, name: str) -> tuple[str, str, pd.DataFrame]:
         raw = json.loads((FIXTURES / "binance" / name).read_text())
@@ -183,6 +240,8 @@ class FakeBinance(FakeServer):
         return raw["symbol"], raw["interval"], frame
 
     def answer(self, path: str, query: dict[str, str]) -> Answer:
+        if path.startswith("/data/spot/"):
+            return self._archive(path)
         if path == "/api/v3/ping":
             return _json(200, {})
         if path != self.data_path:
@@ -493,8 +552,11 @@ def config_for(
     retry_budget: float = 20.0,
     extra: str = "",
     rate: str = "{per_second: 200}",
+    archive: bool = False,
 ) -> str:
-    """A providers.yaml pointing every provider at the fakes (unset ones at a dead port)."""
+    """A providers.yaml pointing every provider at the fakes (unset ones at a dead port).
+
+    The Binance klines archive is off unless `archive` (then the fake Binance serves it)."""
     dead = "http://127.0.0.1:9"
 
     def block(name: str, server: FakeServer | None, more: str = "") -> str:
@@ -504,9 +566,10 @@ def config_for(
             f" rate_limit: {rate}{more}}}\n"
         )
 
+    archive_url = binance.url if archive and binance else ""
     return (
         "providers:\n"
-        + block("binance", binance)
+        + block("binance", binance, f", archive_url: '{archive_url}', archive_rate_limit: {rate}")
         + block("yahoo", yahoo)
         + block("alpha_vantage", alpha_vantage, ", api_key: '${ALPHAVANTAGE_API_KEY}'")
         + extra

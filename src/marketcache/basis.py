@@ -42,6 +42,7 @@ class Outcome:
     events: Events | None = None
     refused: bool = False  # every provider said it does not know the symbol
     incomplete: list[Span] = field(default_factory=list)  # derived buckets lacking base bars
+    sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] = field(default_factory=list)
 
 
 def actions_window(

@@ -192,9 +192,11 @@ class UnifiedCache:
         verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
         missing: Iterable[tuple[Any, str]] = (),
         resolved: Iterable[Any] = (),
+        sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
     ) -> PutResult:
         """Commit one fetched range with its coverage change, year by year (rows and ledger in
-        one record each), and refresh the index once."""
+        one record each), and refresh the index once. `sources` says which source filled which
+        part of the range when it did not all come from `provider`."""
         from marketcache.coverage import by_year
         from marketcache.frames import normalize_frame
 
@@ -209,6 +211,7 @@ class UnifiedCache:
             return result
         with self.lock(sym, tf.name):
             writer = self.writer(sym, tf.name)
+            writer.sources = list(sources or [])
             for year in sorted({*map(int, set(years)), *changes}):
                 key, change = Key(sym, tf.name, year), changes.get(year)
                 part = frame[years == year].reset_index(drop=True)

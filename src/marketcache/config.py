@@ -21,6 +21,7 @@ from marketcache.symbols import AssetClass, normalize_symbol
 from marketcache.timeframes import parse_timeframe
 
 KNOWN_PROVIDERS = ("binance", "yahoo", "alpha_vantage")
+DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 DEFAULT_BASE_URLS = {
     "binance": "https://api.binance.com",
     "yahoo": "https://query2.finance.yahoo.com",
@@ -76,6 +77,8 @@ class ProviderSettings:
     timeout: float = 15.0
     retry_budget: float = 60.0
     enabled: bool = True
+    archive_url: str = ""  # binance: the public klines archive ("" = none)
+    archive_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10))
 
 
 @dataclass(frozen=True)
@@ -274,19 +277,18 @@ class _Parser:
                 raise self.fail(key, f"unknown provider: use one of {', '.join(KNOWN_PROVIDERS)}")
             body = self.mapping(body or {}, key)
             allowed = ("base_url", "rate_limit", "reliability", "api_key", "timeout")
-            self.unknown(body, (*allowed, "retry_budget", "enabled"), key)
+            extra = ("archive_url", "archive_rate_limit") if name == "binance" else ()
+            self.unknown(body, (*allowed, "retry_budget", "enabled", *extra), key)
             base_url = self.text(body.get("base_url", DEFAULT_BASE_URLS[name]), f"{key}.base_url")
             if not re.match(r"^https?://[^\s/]+", base_url):
                 raise self.fail(f"{key}.base_url", f"'{base_url}' is not an http(s) URL")
-            rate_raw = self.mapping(body.get("rate_limit") or {}, f"{key}.rate_limit")
-            self.unknown(rate_raw, tuple(_RATE_UNITS), f"{key}.rate_limit")
-            rate = RateLimit(
-                **{
-                    k: self.number(v, f"{key}.rate_limit.{k}", low=1e-9)
-                    for k, v in rate_raw.items()
-                    if k in _RATE_UNITS
-                }
-            )
+            rate = self.rate(body.get("rate_limit"), f"{key}.rate_limit")
+            archive_url = ""
+            if name == "binance":
+                archive_url = self.text(body.get("archive_url", DEFAULT_ARCHIVE_URL),
+                                        f"{key}.archive_url").rstrip("/")  # fmt: skip
+                if archive_url and not re.match(r"^https?://[^\s/]+", archive_url):
+                    raise self.fail(f"{key}.archive_url", f"'{archive_url}' is not an http(s) URL")
             api_key = Secret(self.text(body.get("api_key", ""), f"{key}.api_key"))
             enabled = body.get("enabled", True)
             if not isinstance(enabled, bool):
@@ -304,10 +306,30 @@ class _Parser:
                     body.get("retry_budget", 60.0), f"{key}.retry_budget", low=0.0
                 ),
                 enabled=enabled,
+                archive_url=archive_url,
+                archive_rate_limit=self.rate(
+                    body.get("archive_rate_limit") or {"per_second": 10},
+                    f"{key}.archive_rate_limit",
+                ),
             )
         for name in KNOWN_PROVIDERS:
-            out.setdefault(name, ProviderSettings(name=name, base_url=DEFAULT_BASE_URLS[name]))
+            archive = DEFAULT_ARCHIVE_URL if name == "binance" else ""
+            out.setdefault(
+                name,
+                ProviderSettings(name=name, base_url=DEFAULT_BASE_URLS[name], archive_url=archive),
+            )
         return out
+
+    def rate(self, raw: Any, key: str) -> RateLimit:
+        body = self.mapping(raw or {}, key)
+        self.unknown(body, tuple(_RATE_UNITS), key)
+        return RateLimit(
+            **{
+                k: self.number(v, f"{key}.{k}", low=1e-9)
+                for k, v in body.items()
+                if k in _RATE_UNITS
+            }
+        )
 
     def rule(self, raw: Any, key: str, providers: dict[str, ProviderSettings]) -> SelectionRule:
         body = self.mapping(raw, key)

@@ -298,6 +298,7 @@ class Runner:
                     outcome.provider,
                     resolved=[span],
                     missing=missing + [(p, INCOMPLETE) for p in pending],
+                    sources=outcome.sources,
                     verified_empty=[] if sessions else [(h, now, "no bars") for h in holes],
                 )
                 if sessions:
@@ -396,6 +397,7 @@ class Runner:
             return Outcome(
                 fetched.frame, choice.provider, choice=choice, events=fetched.events,
                 incomplete=[Span(a, b) for a, b in fetched.incomplete],
+                sources=fetched.sources,
             )  # fmt: skip
         if refused and refused + out_of_reach == len(chain):  # nobody that could answer knew it
             return Outcome(None, "", refused=True, reason="; ".join(reasons))

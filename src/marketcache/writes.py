@@ -62,6 +62,8 @@ class SeriesWriter:
         self.symbol, self.timeframe = symbol, timeframe
         self.calendar = validator.calendar
         self._stored = set(backend.years(symbol, timeframe))
+        # which source filled which part [start, end) of what is being written (else: provider)
+        self.sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] = []
 
     def previous(self, key: Key) -> YearRecord | None:
         if key.year not in self._stored:
@@ -185,9 +187,16 @@ class SeriesWriter:
             self.calendar, coverage.missing_ranges, coverage.verified_empty, list(coverage.sources)
         )
         if new_span is not None:
-            coverage.sources = merge_sources(
-                coverage.sources, provider, iso(new_span[0]), iso(new_span[1]), self._adjacent
-            )
+            first_bar, last_bar = pd.Timestamp(new_span[0]), pd.Timestamp(new_span[1])
+            claims = [
+                (name, max(lo, first_bar), min(hi - pd.Timedelta(1, "ns"), last_bar))
+                for name, lo, hi in self.sources
+            ] or [(provider, first_bar, last_bar)]
+            for name, lo, hi in claims:
+                if lo <= hi:
+                    coverage.sources = merge_sources(
+                        coverage.sources, name, iso(lo), iso(hi), self._adjacent
+                    )
         prov = self.settings.providers.get(provider)
         stamp = now_stamp()
         record = YearRecord(

@@ -76,6 +76,8 @@ class FetchResult:
     notes: list[str] = field(default_factory=list)
     events: Events | None = None  # None: this provider does not report corporate actions
     incomplete: list[tuple[pd.Timestamp, pd.Timestamp]] = field(default_factory=list)
+    # which source filled which part [start, end) when not all of it came from one place
+    sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] = field(default_factory=list)
 
 
 class Provider:

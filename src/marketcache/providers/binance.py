@@ -10,10 +10,13 @@ from marketcache.errors import (
     MarketCacheError,
     ProviderError,
     ProviderUnavailable,
+    RangeUnavailable,
     RateLimited,
     SymbolNotFound,
 )
-from marketcache.providers.base import Capabilities, Page, Provider
+from marketcache.models import utcnow
+from marketcache.providers.base import Capabilities, FetchResult, Page, Provider, canonical_frame
+from marketcache.providers.binance_archive import ARCHIVE_TIMEFRAMES, SOURCE, Archive, plan_files
 from marketcache.providers.http import (
     TimeoutSession,
     make_session,
@@ -38,6 +41,7 @@ class BinanceProvider(Provider):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None
+        self._archive: Archive | None = None
 
     @property
     def client(self) -> Any:
@@ -51,6 +55,77 @@ class BinanceProvider(Provider):
             client.session = session
             self._client = client
         return self._client
+
+    @property
+    def archive(self) -> Archive:
+        if self._archive is None:
+            self._archive = Archive(self.settings, self.state_dir, self.sleep)
+        return self._archive
+
+    def close(self) -> None:
+        super().close()
+        if self._archive is not None:
+            self._archive.close()
+
+    def fetch(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> FetchResult:
+        """Ranges older than two days (by the local UTC clock) from the archive, the rest and
+        whatever the archive lacks from REST; `sources` says which filled what."""
+        cutoff = utcnow().normalize() - pd.Timedelta(days=2)
+        if not self.settings.archive_url or timeframe.name not in ARCHIVE_TIMEFRAMES:
+            return self._rest(symbol, timeframe, start, end)
+        if start >= cutoff:
+            return self._rest(symbol, timeframe, start, end)
+        sym = symbol.replace("/", "").upper()
+        archive_end = min(end, cutoff)
+        frames: list[pd.DataFrame] = []
+        result = FetchResult(pd.DataFrame())
+        rest: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+        sent = self.archive_sent()
+        for file in plan_files(
+            self.settings.archive_url, sym, timeframe.name, start, archive_end, utcnow()
+        ):
+            lo, hi = max(file.start, start), min(file.end, archive_end)
+            try:
+                rows = self.archive.read(file, sym)
+            except RangeUnavailable as exc:  # missing or not matching its checksum: ask REST
+                result.notes.append(f"{exc}; asked REST instead")
+                _extend(rest, lo, hi)
+                continue
+            frames.append(rows[(rows["timestamp"] >= lo) & (rows["timestamp"] < hi)])
+            result.sources.append((SOURCE, lo, hi))
+        result.requests += self.archive_sent() - sent
+        if archive_end < end:
+            _extend(rest, archive_end, end)
+        for lo, hi in rest:
+            part = self._rest(symbol, timeframe, lo, hi)
+            frames.append(part.frame)
+            result.requests += part.requests
+            result.notes += part.notes
+            result.sources.append((self.name, lo, hi))
+        merged = pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else None
+        result.frame, result.dropped_rows, notes = canonical_frame(
+            merged if merged is not None else pd.DataFrame(),
+            start,
+            end,
+            timeframe,
+            now=self.clock(),
+        )
+        result.notes += notes
+        result.sources.sort(key=lambda s: s[1])
+        return result
+
+    def _rest(
+        self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
+    ) -> FetchResult:
+        return super().fetch(symbol, timeframe, start, end)
+
+    def archive_sent(self) -> int:
+        return self._archive.session.sent if self._archive is not None else 0
+
+    def sent(self) -> int:
+        return super().sent() + self.archive_sent()
 
     def _fetch_page(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
@@ -76,6 +151,16 @@ class BinanceProvider(Provider):
 
     def _http(self) -> TimeoutSession | None:
         return self._client.session if self._client is not None else None
+
+
+def _extend(
+    spans: list[tuple[pd.Timestamp, pd.Timestamp]], lo: pd.Timestamp, hi: pd.Timestamp
+) -> None:
+    """Add [lo, hi), joining it to the last span when they touch."""
+    if spans and spans[-1][1] >= lo:
+        spans[-1] = (spans[-1][0], max(spans[-1][1], hi))
+    else:
+        spans.append((lo, hi))
 
 
 def _ms(ts: pd.Timestamp) -> int:
