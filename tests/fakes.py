@@ -175,7 +175,9 @@ class FakeBinance(FakeServer):
         self.series[(symbol, interval)] = frame
         self.encoded[(symbol, interval)] = (ms, rows)
         with self._lock:
-            self._zips = {k: v for k, v in self._zips.items() if not k.startswith(f"{symbol}-{interval}-")}
+            self._zips = {
+                k: v for k, v in self._zips.items() if not k.startswith(f"{symbol}-{interval}-")
+            }
 
     def _archive(self, path: str) -> Answer:
         """data/spot/{monthly,daily}/klines/SYMBOL/TF/NAME.zip[.CHECKSUM], built from the same
