@@ -128,3 +128,62 @@ def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def _pg_bin() -> Path | None:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """A real PostgreSQL server on a unix socket in a temporary folder, for this test run.
+
+    initdb refuses to run as root, so as root it runs as the `postgres` user (Debian's package
+    creates it). Skipped when no server binaries are installed (.ci/run installs them)."""
+    import os
+    import shutil
+    import subprocess
+
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="marketcache-pg-"))  # pytest's tmp is root-only
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = home / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                    "postgres", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    opts = f"-k {home} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
+                    str(home / "log"), "-w", "start"], check=True, capture_output=True)  # fmt: skip
+    os.chmod(home, 0o755)
+    yield f"postgresql://postgres@/postgres?host={home}"
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+        capture_output=True,
+    )
+    shutil.rmtree(home, ignore_errors=True)  # fmt: skip
+
+
+@pytest.fixture
+def pg_url(pg_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh schema of the test server per test."""
+    import re
+
+    schema = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40]
+    import psycopg
+
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    return f"{pg_server}&schema={schema}"

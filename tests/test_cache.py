@@ -18,19 +18,29 @@ from marketcache import CorruptFile, UnifiedCache
 from marketcache.config import parse_settings
 from marketcache.storage.metadata import read_metadata
 
-FORMATS = ["csv.gz", "parquet"]
+FORMATS = ["csv.gz", "parquet", "postgresql"]
 
 
 @pytest.fixture(params=FORMATS)
 def cache(cache_dir: Path, request: pytest.FixtureRequest) -> UnifiedCache:
-    """The contract's cache: one per format."""
+    """The contract's cache: one per backend × format (a real PostgreSQL server for the last)."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        return UnifiedCache(url, settings=parse_settings(""), lock_wait=5)
     settings = parse_settings(f"settings: {{format: {request.param}}}")
     return UnifiedCache(cache_dir, settings=settings, lock_wait=5)
 
 
 def data_file(cache: UnifiedCache, symbol: str, tf: str, year: int) -> Path:
+    if cache.backend.format == "postgresql":
+        pytest.skip("a file-backend behaviour (bytes on disk)")
     path: Path = cache.layout.data_path(symbol, tf, year)
     return path
+
+
+def files_only(cache: UnifiedCache) -> None:
+    if cache.backend.format == "postgresql":
+        pytest.skip("a file-backend behaviour (files on disk)")
 
 
 def csv_only(cache: UnifiedCache) -> None:
@@ -69,7 +79,7 @@ def test_files_are_plain_csv_gz_in_the_documented_format(cache: UnifiedCache) ->
 
 def test_metadata_has_every_documented_field(cache: UnifiedCache) -> None:
     cache.put(make_bars("2024-03-01", 48), "ETHUSDT", "1h", provider="binance")
-    meta = read_metadata(cache.root / "ETHUSDT" / "1h" / "2024.metadata.json")
+    meta = cache.metadata("ETHUSDT", "1h", 2024)
     for key in ("schema_version", "symbol", "timeframe", "year", "data_source", "created_at",
                 "last_updated", "start_date", "end_date", "data_quality", "file_info",
                 "provider_info", "coverage"):  # fmt: skip
@@ -77,10 +87,13 @@ def test_metadata_has_every_documented_field(cache: UnifiedCache) -> None:
     assert meta["start_date"] == "2024-03-01T00:00:00"
     assert meta["end_date"] == "2024-03-02T23:00:00"
     info = meta["file_info"]
-    data = (data_file(cache, "ETHUSDT", "1h", 2024)).read_bytes()
-    assert info["sha256"] == hashlib.sha256(data).hexdigest()
-    assert info["size_bytes"] == len(data)
-    assert info["rows"] == 48
+    assert info["rows"] == 48 and info["format"] == cache.backend.format
+    if cache.backend.format != "postgresql":  # files: sha256 and size of the bytes on disk
+        data = data_file(cache, "ETHUSDT", "1h", 2024).read_bytes()
+        assert read_metadata(data_file(cache, "ETHUSDT", "1h", 2024).with_name(
+            "2024.metadata.json")) == meta  # fmt: skip
+        assert info["sha256"] == hashlib.sha256(data).hexdigest()
+        assert info["size_bytes"] == len(data)
     assert set(meta["data_quality"]["breakdown"]) >= {"completeness", "validity"}
     assert meta["coverage"]["calendar"] == "24/7"
     assert meta["coverage"]["sources"] == [
@@ -174,6 +187,7 @@ def test_a_torn_tail_is_ignored_by_readers_and_cut_by_writers(cache: UnifiedCach
 
 
 def test_an_interrupted_commit_rolls_forward_or_back(cache: UnifiedCache) -> None:
+    files_only(cache)  # a PostgreSQL year commits in one transaction: no in-between state
     df = make_bars("2024-01-01", 300)
     cache.put(df.iloc[:200], "ABCUSDT", "1h")
     tf_dir = cache.root / "ABCUSDT" / "1h"
@@ -198,18 +212,17 @@ def test_an_interrupted_commit_rolls_forward_or_back(cache: UnifiedCache) -> Non
 def test_index_files_are_kept_current(cache: UnifiedCache) -> None:
     cache.put(make_bars("2024-01-01", 30, freq="1D"), "BTCUSDT", "1d", provider="binance")
     cache.put(make_bars("2024-01-01", 10), "AAPL", "1h", provider="alpha_vantage")
-    index = cache.root / "_metadata"
-    symbols = json.loads((index / "symbols.json").read_text())
+    symbols = cache.backend.read_index("symbols.json")
     assert set(symbols) == {"BTCUSDT", "AAPL"}
     assert symbols["BTCUSDT"]["timeframes"]["1d"]["rows"] == 30
-    providers = json.loads((index / "providers.json").read_text())
+    providers = cache.backend.read_index("providers.json")
     assert providers["binance"]["symbols"] == ["BTCUSDT"]
-    quality = json.loads((index / "quality_scores.json").read_text())
+    quality = cache.backend.read_index("quality_scores.json")
     assert (
         quality["AAPL"]["1h"]["2024"] == cache.metadata("AAPL", "1h", 2024)["data_quality"]["score"]
     )
     cache.cleanup_old_data(before="2025-01-01", symbol="AAPL")
-    assert "AAPL" not in json.loads((index / "symbols.json").read_text())
+    assert "AAPL" not in cache.backend.read_index("symbols.json")
 
 
 def test_stats_and_info_read_metadata_only(cache: UnifiedCache) -> None:
@@ -244,6 +257,7 @@ def test_cleanup_before_trims_and_deletes_and_dry_run_touches_nothing(cache: Uni
 
 
 def test_cleanup_leftovers(cache: UnifiedCache, cache_dir: Path) -> None:
+    files_only(cache)
     cache.put(make_bars("2024-01-01", 50), "ABCUSDT", "1h")
     tf_dir = cache_dir / "ABCUSDT" / "1h"
     sfx = cache.layout.suffix

@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 
 CacheDir = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--cache-dir",
         envvar="MARKETCACHE_CACHE_DIR",
@@ -99,7 +99,7 @@ def _logging(*, quiet: bool, verbose: bool, log_file: Path | None) -> None:
 
 
 def _context(
-    cache_dir: Path | None,
+    cache_dir: str | None,
     config: Path | None,
     as_json: bool,
     quiet: bool,
@@ -116,8 +116,8 @@ def _context(
     settings = load_settings(config)
     for warning in settings.warnings:
         out.warn(warning)
-    root = cache_dir or Path(os.environ.get("MARKETCACHE_CACHE_DIR") or "data-cache")
-    if root.exists() and not root.is_dir():
+    root = cache_dir or os.environ.get("MARKETCACHE_CACHE_DIR") or "data-cache"
+    if "://" not in root and Path(root).exists() and not Path(root).is_dir():
         raise UsageError(f"--cache-dir {root} is not a folder")
     return Context(settings, UnifiedCache(root, settings=settings), out)
 
@@ -383,7 +383,7 @@ def validate(
     ctx = _context(cache_dir, config, as_json, quiet)
     sym, tf = _scope(symbol, timeframe)
     threshold = ctx.settings.options.min_score if min_score is None else min_score
-    if not ctx.cache.root.is_dir():  # a typo in CI must not pass
+    if not ctx.cache.backend.exists():  # a typo in CI must not pass
         raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:

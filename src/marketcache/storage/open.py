@@ -27,9 +27,9 @@ def open_backend(location: str | os.PathLike[str], settings: Settings) -> Storag
 
         return FileBackend(location, default_format=fmt)
     if kind in ("postgresql", "postgres"):
-        raise UsageError(
-            f"--cache-dir {kind}://…: the PostgreSQL backend is not available in this version"
-        )
+        from marketcache.storage.postgres import PostgresBackend
+
+        return PostgresBackend(os.fspath(location))
     raise UsageError(
         f"--cache-dir {kind}://…: object-storage caches are not available in this version;"
         " use a local folder"
