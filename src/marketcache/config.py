@@ -78,6 +78,7 @@ class ProviderSettings:
     retry_budget: float = 60.0
     enabled: bool = True
     archive_url: str = ""  # binance: the public klines archive ("" = none)
+    rate_limit_store: str = ""  # a postgresql:// URL: the limit is shared by every machine
     archive_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10))
 
 
@@ -116,6 +117,7 @@ class Options:
     format: str = "csv.gz"  # of a new file cache (an existing one keeps its own)
     fundamentals_max_age: str = "7d"  # a younger snapshot is reused, not fetched
     fundamentals_keep: int = 3  # snapshots kept per provider
+    rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,13 @@ class _Parser:
             for i, d in enumerate(self.seq(top.get("datasets") or [], "datasets"))
         )
         options = self.options(top.get("settings") or {})
+        if options.rate_limit_store:
+            from dataclasses import replace
+
+            providers = {
+                n: replace(p, rate_limit_store=options.rate_limit_store)
+                for n, p in providers.items()
+            }
         fundamentals = self.fundamentals(top.get("fundamentals") or {}, providers)
         return Settings(
             self.source, providers, selection, symbols, datasets, options, tuple(self.warnings),
@@ -401,7 +410,7 @@ class _Parser:
         self.unknown(
             body,
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
-             "fundamentals_max_age", "fundamentals_keep"),
+             "fundamentals_max_age", "fundamentals_keep", "rate_limit_store"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -414,7 +423,13 @@ class _Parser:
             raise self.fail("settings.fundamentals_max_age", f"'{max_age}': use e.g. 7d, 36h")
         keep = self.number(body.get("fundamentals_keep", defaults.fundamentals_keep),
                            "settings.fundamentals_keep", low=1)  # fmt: skip
+        store = self.text(body.get("rate_limit_store", ""), "settings.rate_limit_store")
+        if store and not store.startswith(("postgresql://", "postgres://")):
+            raise self.fail(
+                "settings.rate_limit_store", "use a postgresql:// URL (or leave it out)"
+            )
         return Options(
+            rate_limit_store=store,
             format=fmt,
             fundamentals_max_age=max_age,
             fundamentals_keep=int(keep),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -103,6 +104,14 @@ def make_session(
     }
     if not limited:  # no limit configured: an in-memory bucket that never fills
         kwargs["per_second"] = 1_000_000
+    elif settings.rate_limit_store:  # one bucket in PostgreSQL: every machine shares the limit
+        from pyrate_limiter import PostgresBucket
+
+        kwargs["bucket_class"] = PostgresBucket
+        kwargs["bucket_kwargs"] = {
+            "pool": _pool(settings.rate_limit_store),
+            "table": "marketcache_" + re.sub(r"[^a-z0-9_]", "_", settings.name.lower()),
+        }
     elif state_dir is not None:
         from pyrate_limiter import SQLiteBucket
 
@@ -113,6 +122,24 @@ def make_session(
             "use_file_lock": True,
         }
     return session_class(settings.timeout, **kwargs, **extra)
+
+
+_POOLS: dict[str, Any] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(url: str) -> Any:
+    """One small connection pool per store URL in this process."""
+    from psycopg_pool import ConnectionPool
+
+    with _POOLS_LOCK:
+        if url not in _POOLS:
+            try:
+                _POOLS[url] = ConnectionPool(url, min_size=1, max_size=4, open=True, timeout=10)
+            except Exception as exc:
+                where = url.split("@")[-1]
+                raise StorageError(f"cannot use the rate limit store at {where}: {exc}") from None
+        return _POOLS[url]
 
 
 def retry_after_seconds(headers: Any) -> float | None:
