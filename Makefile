@@ -22,6 +22,7 @@ test: setup                ## the whole check: format, lint, types, tests
 bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_network.py
+	$(PY) benchmarks/bench_postgres.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

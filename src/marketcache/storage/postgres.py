@@ -195,29 +195,17 @@ class PostgresBackend(StorageBackend):
         return f"{key.year}-01-01", f"{key.year + 1}-01-01"
 
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
-        import pandas as pd
-
         lo, hi = self._year(key)
         sink = io.BytesIO()
-        cols = ", ".join(COLUMNS)
+        values = ", ".join(f"coalesce({c}, 'NaN'::float8)" for c in record.file_info.columns[1:])
         query = (
-            f"COPY (SELECT (extract(epoch FROM ts) * 1000000)::bigint, {cols} FROM"
-            f" {self.schema}.ohlcv WHERE symbol = %s AND timeframe = %s AND ts >= %s"
-            f" AND ts < %s ORDER BY ts) TO STDOUT WITH (FORMAT csv)"
+            f"COPY (SELECT ts, {values} FROM {self.schema}.ohlcv WHERE symbol = %s AND"
+            " timeframe = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT binary)"
         )
         with self.conn.cursor() as cur, cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp:
             for block in cp:
                 sink.write(block)
-        names = ["ts", *COLUMNS]
-        raw = sink.getvalue()
-        df = (
-            pd.read_csv(io.BytesIO(raw), header=None, names=names)
-            if raw
-            else pd.DataFrame(columns=names)
-        )
-        frame = pd.DataFrame({"timestamp": pd.to_datetime(df["ts"].astype("int64") * 1000)})
-        for col in record.file_info.columns[1:]:
-            frame[col] = df[col].astype("float64").to_numpy()
+        frame = _parse_binary(sink.getvalue(), record.file_info.columns)
         where = f"{self.location} {key}"
         if len(frame) != record.rows:
             raise CorruptFile(where, f"holds {len(frame)} rows, metadata says {record.rows}")
@@ -228,7 +216,7 @@ class PostgresBackend(StorageBackend):
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
         columns = record.file_info.columns
         frame = frame.reindex(columns=columns)
-        body = _csv(frame, columns)
+        body = _csv(frame, columns, key)
         info = record.file_info
         info.format, info.size_bytes, info.raw_bytes = self.format, len(body), len(body)
         info.sha256, info.members, info.rows = digest(frame, columns), 1, len(frame)
@@ -247,8 +235,7 @@ class PostgresBackend(StorageBackend):
                 conn.cursor() as cur,
                 cur.copy(f"COPY {s}.ohlcv ({names}) FROM STDIN WITH (FORMAT csv)") as cp,
             ):
-                prefix = f"{_quote(key.symbol)},{key.timeframe},".encode()
-                cp.write(b"".join(prefix + line + b"\n" for line in body.splitlines()))
+                cp.write(body)
             self._upsert(conn, key, record)
         return record
 
@@ -383,18 +370,50 @@ def _timeout(what: str, wait: float) -> str:
     )
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
+def _csv(frame: pd.DataFrame, columns: list[str], key: Key) -> bytes:
+    """The rows as COPY CSV (symbol, timeframe, UTC stamp, floats that read back exact)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    n = len(frame)
+    arrays = [
+        pa.array(np.full(n, key.symbol, dtype=object), pa.string()),
+        pa.array(np.full(n, key.timeframe, dtype=object), pa.string()),
+        pa.array(frame["timestamp"].to_numpy("datetime64[ns]").astype("datetime64[us]")),
+    ]
+    arrays += [
+        pa.array(frame[c].to_numpy("float64", na_value=np.nan), from_pandas=True)
+        for c in columns[1:]
+    ]
+    table = pa.Table.from_arrays(arrays, names=["symbol", "timeframe", *columns])
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
+    return sink.getvalue()
 
 
-def _csv(frame: pd.DataFrame, columns: list[str]) -> bytes:
-    """The rows as CSV (no header): UTC stamps, floats that read back bit-identical."""
-    import isal.igzip as igzip
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 
-    from marketcache.storage.files.codecs.csvgz import encode
 
-    member, _ = encode(frame, columns, header=False)
-    return bytes(igzip.decompress(member))  # type: ignore[no-untyped-call]
+def _parse_binary(raw: bytes, columns: list[str]) -> pd.DataFrame:
+    """COPY binary out (timestamptz, float8 × n, no NULLs) → a frame, parsed by numpy: every
+    row has the same width, so the body is one structured array."""
+    import numpy as np
+    import pandas as pd
+
+    extension = int.from_bytes(raw[15:19], "big") if len(raw) >= 19 else 0
+    body = raw[19 + extension :]  # signature (11), flags (4), header extension length (4)
+    fields = [("count", ">i2")]
+    for i in range(len(columns)):
+        fields += [(f"len{i}", ">i4"), (f"v{i}", ">i8" if i == 0 else ">f8")]
+    row = np.dtype(fields)
+    count = max(len(body) - 2, 0) // row.itemsize  # the trailer is a -1 field count
+    data = np.frombuffer(body, dtype=row, count=count)
+    stamps = (data["v0"].astype(np.int64) + PG_EPOCH_US) * 1000
+    frame = pd.DataFrame({"timestamp": stamps.astype("datetime64[ns]")})
+    for i, col in enumerate(columns[1:], start=1):
+        frame[col] = data[f"v{i}"].astype(np.float64)
+    return frame
 
 
 def digest(frame: pd.DataFrame, columns: list[str]) -> str:
