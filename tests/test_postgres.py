@@ -74,6 +74,14 @@ def test_every_command_runs_on_postgresql_and_other_services_read_plain_sql(
     assert len(rows) == 24 * 8
     bad = cli("validate", *args)
     assert bad.code == 3 and "sha256 does not match" in bad.err
+    # --fix takes the rows as they now are; the edited one breaks high >= close, so it goes and
+    # the user is told to fetch it again — which populate does
+    fixed = cli("validate", "--fix", "--json", *args)
+    assert fixed.code == 3 and "1 of 192 committed rows could not be recovered" in fixed.err
+    again = cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-12-30", "--end",
+                "2024-01-09", "--json", *args)  # fmt: skip
+    assert again.json()["results"][0]["rows_added"] == 1
+    assert cli("validate", *args).code == 0
     cleaned = cli("cleanup", "--before", "2024-01-01", "--json", *args)
     assert cleaned.code == 0, cleaned.err
     assert cli("list", "ABCUSDT", "1h", "--json", *args).json()[0]["year"] == 2024
@@ -180,3 +188,21 @@ def test_two_machines_share_one_provider_limit_through_postgresql(
     assert busiest <= 5, f"{busiest} requests within one second at a shared limit of 4/s"
     assert times[-1] - times[0] >= 1.5, "12 requests at 4/s take at least two windows"
     assert not list(tmp_path.glob("machine*/ratelimit.sqlite")), "no local bucket was used"
+
+
+def test_the_data_manager_reads_through_postgresql(pg_url: str, fake_binance: FakeBinance) -> None:
+    from marketcache import DataManager
+
+    for i, sym in enumerate(("AAAUSDT", "BBBUSDT")):
+        fake_binance.add(sym, "1d", make_bars("2024-01-01", 30, "1D", seed=i))
+    settings = parse_settings(config_for(binance=fake_binance))
+    with DataManager(pg_url, settings=settings) as dm:
+        first = dm.get_ohlcv("AAAUSDT", "1d", start="2024-01-01", end="2024-01-31")
+        asked = len(fake_binance.data_requests())
+        assert len(first) == 30
+        dm.get_ohlcv("AAAUSDT", "1d", start="2024-01-01", end="2024-01-31")
+        assert len(fake_binance.data_requests()) == asked
+        many = dm.get_many(["AAAUSDT", "BBBUSDT"], "1d", start="2024-01-01", end="2024-01-31")
+        assert many.groupby("symbol").size().to_dict() == {"AAAUSDT": 30, "BBBUSDT": 30}
+        assert dm.latest(["AAAUSDT", "BBBUSDT"], "1d")["timestamp"].nunique() == 1
+        assert set(dm.availability()["symbol"]) == {"AAAUSDT", "BBBUSDT"}

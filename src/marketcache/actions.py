@@ -18,12 +18,13 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from marketcache.columns import PRICE_COLUMNS
+
 if TYPE_CHECKING:  # the store side of this module stays light; the arithmetic imports them
     import numpy as np
     import pandas as pd
 
 ADJUST_MODES = ("none", "splits", "all")
-PRICE_COLUMNS = ("open", "high", "low", "close")
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ class CorruptFile(StorageError):
 
     def __init__(self, path: Path | str, reason: str):
         super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
+        self.path = path  # a file, or a backend location and key ("postgresql://… SYM TF YEAR")
         self.reason = reason
 
 

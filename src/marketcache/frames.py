@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marketcache.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
 from marketcache.errors import UsageError
 from marketcache.validate import sound_rows
 
-BASE_COLUMNS = ["timestamp", "open", "high", "low", "close", "volume"]
-OPTIONAL_COLUMNS = ["adj_close"]
+__all__ = ["BASE_COLUMNS", "OPTIONAL_COLUMNS"]
 SAME = 1e-9  # relative difference below which a re-fetched value is the stored one
 
 

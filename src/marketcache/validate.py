@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from marketcache.calendars import expected_bars
+from marketcache.columns import BASE_COLUMNS, PRICE_COLUMNS
 from marketcache.quality import TailContext, ValidationCounts, score_counts
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
 
-PRICE_COLUMNS = ("open", "high", "low", "close")
-REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
+REQUIRED_COLUMNS = tuple(BASE_COLUMNS)
 JUMP_THRESHOLDS = {AssetClass.STOCK: 0.20, AssetClass.CRYPTO: 0.50, AssetClass.FX: 0.10}
 STALE_RUN = 20  # this many consecutive unchanged closes with volume make a stale run
 MAX_ERRORS = 20

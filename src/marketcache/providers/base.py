@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from marketcache.actions import Dividend, Split
+from marketcache.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
 from marketcache.config import ProviderSettings
 from marketcache.errors import ProviderUnavailable, RangeUnavailable
 from marketcache.models import utcnow
@@ -24,7 +25,7 @@ from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
 from marketcache.validate import sound_rows
 
-CANONICAL = ["timestamp", "open", "high", "low", "close", "volume"]
+CANONICAL = BASE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def canonical_frame(
             0,
             notes,
         )
-    cols = [c for c in (*CANONICAL, "adj_close") if c in frame.columns]
+    cols = [c for c in (*CANONICAL, *OPTIONAL_COLUMNS) if c in frame.columns]
     df = frame[cols].copy()
     df["timestamp"] = pd.to_datetime(df["timestamp"], errors="coerce").astype("datetime64[ns]")
     for col in cols[1:]:

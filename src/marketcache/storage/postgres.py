@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from marketcache.columns import VALUE_COLUMNS
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
 from marketcache.records import YearRecord
 from marketcache.storage.backend import Key, StorageBackend
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA_VERSION = 1
-COLUMNS = ["open", "high", "low", "close", "volume", "adj_close"]
+COLUMNS = VALUE_COLUMNS
 
 
 class PostgresBackend(StorageBackend):
@@ -212,6 +213,24 @@ class PostgresBackend(StorageBackend):
         if digest(frame, record.file_info.columns) != record.file_info.sha256:
             raise CorruptFile(where, "sha256 does not match metadata (the rows changed)")
         return frame
+
+    def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
+        """Rows that no longer match their record were changed in the database, not damaged:
+        they are what there is. `validate --fix` records them anew (the old record stays in
+        the report)."""
+        record = self.read_record(key)
+        lo, hi = self._year(key)
+        sink = io.BytesIO()
+        values = ", ".join(f"coalesce({c}, 'NaN'::float8)" for c in record.file_info.columns[1:])
+        query = (
+            f"COPY (SELECT ts, {values} FROM {self.schema}.ohlcv WHERE symbol = %s AND"
+            " timeframe = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT binary)"
+        )
+        with self.conn.cursor() as cur, cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp:
+            for block in cp:
+                sink.write(block)
+        frame = _parse_binary(sink.getvalue(), record.file_info.columns)
+        return (frame if len(frame) else None), "rows as they are in the database", "-"
 
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
         columns = record.file_info.columns

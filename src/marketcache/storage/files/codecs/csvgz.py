@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from isal import igzip, igzip_threaded
 
-from marketcache.frames import BASE_COLUMNS
+from marketcache.columns import BASE_COLUMNS
 from marketcache.validate import sound_rows
 
 COMPRESS_LEVEL = 2
