@@ -199,9 +199,9 @@ class PostgresBackend(StorageBackend):
         lo, hi = self._year(key)
         sink = io.BytesIO()
         values = ", ".join(f"coalesce({c}, 'NaN'::float8)" for c in record.file_info.columns[1:])
-        query = (
+        query = (  # unordered: a sequential scan, sorted below if it has to be
             f"COPY (SELECT ts, {values} FROM {self.schema}.ohlcv WHERE symbol = %s AND"
-            " timeframe = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT binary)"
+            " timeframe = %s AND ts >= %s AND ts < %s) TO STDOUT (FORMAT binary)"
         )
         with self.conn.cursor() as cur, cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp:
             for block in cp:
@@ -428,6 +428,8 @@ def _parse_binary(raw: bytes, columns: list[str]) -> pd.DataFrame:
     row = np.dtype(fields)
     count = max(len(body) - 2, 0) // row.itemsize  # the trailer is a -1 field count
     data = np.frombuffer(body, dtype=row, count=count)
+    if len(data) > 1 and not (np.diff(data["v0"]) > 0).all():
+        data = data[np.argsort(data["v0"], kind="stable")]
     stamps = (data["v0"].astype(np.int64) + PG_EPOCH_US) * 1000
     frame = pd.DataFrame({"timestamp": stamps.astype("datetime64[ns]")})
     for i, col in enumerate(columns[1:], start=1):
