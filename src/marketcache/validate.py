@@ -1,21 +1,7 @@
 """OHLCV validation: a frame in, a ValidationResult with a quality score out. Pure, no I/O.
 
-The counts and the score formula live in `quality.py` (light enough for metadata-only paths).
-
-The score is a weighted sum of components, each the share of bars that pass one family of checks:
-
-    completeness = present expected bars / (expected bars between the first and    weight 0.40
-                   last stored bar + expected bars of `missing_ranges` outside them)
-    validity     = 1 - rows with bad values / rows                                weight 0.25
-                   (non-finite, price <= 0, volume < 0, high < max(open, close),
-                    low > min(open, close), high < low)
-    uniqueness   = 1 - (duplicate + out-of-order timestamps) / rows               weight 0.15
-    continuity   = 1 - bar-to-bar close jumps over the asset threshold / rows     weight 0.10
-    freshness    = 1 - bars in stale runs (close unchanged with volume) / rows    weight 0.05
-    volume       = 1 - bars with zero volume while the price moved / rows         weight 0.05
-
-All counts are additive, so a year's score can be updated from newly appended rows alone by
-validating them with the `TailContext` of the rows before them and adding the counts.
+The checks feed the additive counts of `quality.py`, whose docstring gives the score formula (kept
+light for metadata-only paths); a year's score can be updated from newly appended rows alone (see `TailContext`).
 """
 
 from __future__ import annotations

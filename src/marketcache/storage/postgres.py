@@ -195,18 +195,22 @@ class PostgresBackend(StorageBackend):
     def _year(self, key: Key) -> tuple[str, str]:
         return f"{key.year}-01-01", f"{key.year + 1}-01-01"
 
-    def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
+    def _rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
+        """The year's rows as they are in the table (unchecked)."""
         lo, hi = self._year(key)
         sink = io.BytesIO()
         values = ", ".join(f"coalesce({c}, 'NaN'::float8)" for c in record.file_info.columns[1:])
-        query = (  # unordered: a sequential scan, sorted below if it has to be
+        query = (  # unordered: a sequential scan, sorted by _parse_binary if it has to be
             f"COPY (SELECT ts, {values} FROM {self.schema}.ohlcv WHERE symbol = %s AND"
             " timeframe = %s AND ts >= %s AND ts < %s) TO STDOUT (FORMAT binary)"
         )
         with self.conn.cursor() as cur, cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp:
             for block in cp:
                 sink.write(block)
-        frame = _parse_binary(sink.getvalue(), record.file_info.columns)
+        return _parse_binary(sink.getvalue(), record.file_info.columns)
+
+    def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
+        frame = self._rows(key, record)
         where = f"{self.location} {key}"
         if len(frame) != record.rows:
             raise CorruptFile(where, f"holds {len(frame)} rows, metadata says {record.rows}")
@@ -216,20 +220,8 @@ class PostgresBackend(StorageBackend):
 
     def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
         """Rows that no longer match their record were changed in the database, not damaged:
-        they are what there is. `validate --fix` records them anew (the old record stays in
-        the report)."""
-        record = self.read_record(key)
-        lo, hi = self._year(key)
-        sink = io.BytesIO()
-        values = ", ".join(f"coalesce({c}, 'NaN'::float8)" for c in record.file_info.columns[1:])
-        query = (
-            f"COPY (SELECT ts, {values} FROM {self.schema}.ohlcv WHERE symbol = %s AND"
-            " timeframe = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT binary)"
-        )
-        with self.conn.cursor() as cur, cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp:
-            for block in cp:
-                sink.write(block)
-        frame = _parse_binary(sink.getvalue(), record.file_info.columns)
+        they are what there is, and `validate --fix` records them anew."""
+        frame = self._rows(key, self.read_record(key))
         return (frame if len(frame) else None), "rows as they are in the database", "-"
 
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
