@@ -1,7 +1,8 @@
 """OHLCV validation: a frame in, a ValidationResult with a quality score out. Pure, no I/O.
 
-The checks feed the additive counts of `quality.py`, whose docstring gives the score formula (kept
-light for metadata-only paths); a year's score can be updated from newly appended rows alone (see `TailContext`).
+The checks feed the additive counts of `quality.py`, whose docstring gives the score formula
+(kept light for metadata-only paths); a year's score can be updated from newly appended rows
+alone (see `TailContext`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     import typer
 
+    import marketcache.cli.data_commands  # noqa: F401 — registers copy and fundamentals
     from marketcache.cli.commands import app
 
     verbose = "-v" in args or "--verbose" in args

@@ -1,0 +1,106 @@
+"""The commands that move or enrich a cache: `copy` and `fundamentals` (thin, like the rest)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from marketcache.cache import UnifiedCache
+from marketcache.cli.commands import (
+    CacheDir,
+    ConfigPath,
+    JsonOut,
+    Quiet,
+    Verbose,
+    _context,
+    _logging,
+    _scope,
+    app,
+)
+from marketcache.cli.render import Renderer
+from marketcache.config import load_settings
+from marketcache.errors import UsageError
+from marketcache.symbols import normalize_symbol
+
+
+@app.command()
+def copy(
+    source: Annotated[str, typer.Argument(help="The cache to copy from (path or URL).")],
+    destination: Annotated[str, typer.Argument(help="The cache to copy to (path or URL).")],
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="Format of a new file cache: csv.gz or parquet."),
+    ] = None,
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="Only this timeframe.")] = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Copy a cache (or part of it) to another format or backend, verifying every year;
+    a re-run copies only what changed."""
+    from dataclasses import replace
+
+    from marketcache.copy import copy_cache
+
+    _logging(quiet=quiet, verbose=verbose, log_file=None)
+    out = Renderer(as_json=as_json, quiet=quiet)
+    settings = load_settings(config)
+    sym, tf = _scope(symbol, timeframe)
+    src = UnifiedCache(source, settings=settings)
+    if not src.backend.exists():
+        raise UsageError(f"copy: the source cache {source} does not exist")
+    if output_format is not None:
+        from marketcache.config import FORMATS
+
+        if output_format not in FORMATS:
+            raise UsageError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
+        settings = replace(settings, options=replace(settings.options, format=output_format))
+    dest = UnifiedCache(destination, settings=settings)
+    if output_format is not None and dest.backend.format != output_format:
+        raise UsageError(
+            f"--format {output_format}: {destination} already holds a {dest.backend.format} cache"
+        )
+    report = copy_cache(src, dest, symbol=sym, timeframe=tf)
+    out.copy_report(report)
+    return report.exit_code
+
+
+@app.command()
+def fundamentals(
+    symbols: Annotated[list[str], typer.Argument(help="Symbols.")],
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age", help="Reuse younger snapshots [settings.fundamentals_max_age]; 0 fetches."
+        ),
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="Ask only this provider.")] = None,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Fundamentals per symbol: cached snapshots, refreshed when older than --max-age."""
+    from marketcache.errors import MarketCacheError
+    from marketcache.manager import DataManager
+
+    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose)
+    reports: list[dict[str, Any]] = []
+    failed = 0
+    with DataManager(ctx.cache) as dm:
+        for raw in symbols:
+            sym = normalize_symbol(raw)
+            try:
+                reports.append(dm.get_fundamentals(sym, max_age, provider=provider))
+            except MarketCacheError as exc:
+                if isinstance(exc, UsageError):
+                    raise
+                failed += 1
+                ctx.out.error(f"{sym}: {exc}")
+                reports.append({"symbol": sym, "fields": {}, "snapshots": [], "errors": [str(exc)]})
+    ctx.out.fundamentals(reports)
+    return 1 if failed else 0
