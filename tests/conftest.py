@@ -187,3 +187,23 @@ def pg_url(pg_server: str, request: pytest.FixtureRequest) -> str:
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     return f"{pg_server}&schema={schema}"
+
+
+# Fetch 6 times from binance with the config at argv[1] and a state folder at argv[2]: two of
+# these at once show whether a rate limit is shared between processes.
+RATE_PROBE = (
+    "import sys; from pathlib import Path; import pandas as pd\n"
+    "from marketcache.config import load_settings\n"
+    "from marketcache.providers.registry import provider_class\n"
+    "from marketcache.timeframes import Timeframe\n"
+    "s = load_settings(sys.argv[1])\n"
+    "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
+    "for _ in range(6):\n"
+    "    p.fetch('RATEUSDT', Timeframe('1h'), pd.Timestamp('2024-01-01'), pd.Timestamp('2024-01-02'))\n"
+)
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most requests that arrived within any 0.95 s."""
+    times = sorted(arrivals)
+    return max(sum(1 for t in times if start <= t < start + 0.95) for start in times)

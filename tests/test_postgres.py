@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CliResult, make_bars
+from conftest import RATE_PROBE, CliResult, busiest_second, make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
 from marketcache.config import parse_settings
@@ -167,16 +167,7 @@ def test_two_machines_share_one_provider_limit_through_postgresql(
     conf = tmp_path / "p.yaml"
     conf.write_text(config_for(binance=fake_binance, rate="{per_second: 4}")
                     + f"settings: {{rate_limit_store: '{pg_server}'}}\n")  # fmt: skip
-    code = (
-        "import sys; from pathlib import Path; import pandas as pd\n"
-        "from marketcache.config import load_settings\n"
-        "from marketcache.providers.registry import provider_class\n"
-        "from marketcache.timeframes import Timeframe\n"
-        "s = load_settings(sys.argv[1])\n"
-        "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
-        "for _ in range(6):\n"
-        "    p.fetch('RATEUSDT', Timeframe('1h'), pd.Timestamp('2024-01-01'), pd.Timestamp('2024-01-02'))\n"
-    )
+    code = RATE_PROBE
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(conf), str(tmp_path / f"machine{i}")])
         for i in range(2)
@@ -184,7 +175,7 @@ def test_two_machines_share_one_provider_limit_through_postgresql(
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     times = sorted(fake_binance.arrivals)
     assert len(times) == 12
-    busiest = max(sum(1 for t in times if start <= t < start + 0.95) for start in times)
+    busiest = busiest_second(times)
     assert busiest <= 5, f"{busiest} requests within one second at a shared limit of 4/s"
     assert times[-1] - times[0] >= 1.5, "12 requests at 4/s take at least two windows"
     assert not list(tmp_path.glob("machine*/ratelimit.sqlite")), "no local bucket was used"

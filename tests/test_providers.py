@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import make_bars
+from conftest import RATE_PROBE, busiest_second, make_bars
 from fakes import HTML_ERROR, FakeAlphaVantage, FakeBinance, FakeServer, FakeYahoo, config_for
 from marketcache.config import parse_settings
 from marketcache.errors import (
@@ -338,16 +338,7 @@ def test_two_processes_share_one_rate_limit(fake_binance: FakeBinance, tmp_path:
     fake_binance.add("RATEUSDT", "1h", make_bars("2024-01-01", 10, "1h"))
     conf = tmp_path / "p.yaml"
     conf.write_text(config_for(binance=fake_binance, rate="{per_second: 4}"))
-    code = (
-        "import sys; from pathlib import Path; import pandas as pd\n"
-        "from marketcache.config import load_settings\n"
-        "from marketcache.providers.registry import provider_class\n"
-        "from marketcache.timeframes import Timeframe\n"
-        "s = load_settings(sys.argv[1])\n"
-        "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
-        "for _ in range(6):\n"
-        "    p.fetch('RATEUSDT', Timeframe('1h'), pd.Timestamp('2024-01-01'), pd.Timestamp('2024-01-02'))\n"
-    )
+    code = RATE_PROBE
     state = tmp_path / "cache" / "_metadata"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(conf), str(state)]) for _ in range(2)
@@ -355,6 +346,6 @@ def test_two_processes_share_one_rate_limit(fake_binance: FakeBinance, tmp_path:
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     times = sorted(fake_binance.arrivals)
     assert len(times) == 12
-    busiest = max(sum(1 for t in times if start <= t < start + 0.95) for start in times)
+    busiest = busiest_second(times)
     assert busiest <= 5, f"{busiest} requests within one second at a shared limit of 4/s"
     assert times[-1] - times[0] >= 1.5, "12 requests at 4/s take at least two windows"

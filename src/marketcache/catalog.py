@@ -19,8 +19,6 @@ from marketcache.timeframes import parse_timeframe
 if TYPE_CHECKING:
     from marketcache.config import Settings
 
-INDEX_FILES = ("symbols.json", "quality_scores.json", "providers.json")
-
 
 class Catalog:
     def __init__(self, backend: StorageBackend, settings: Settings, *, lock_wait: float) -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from marketcache.errors import ConfigError, MarketCacheError
 from marketcache.models import parse_date
+from marketcache.storage.files.codecs import CODECS
 from marketcache.symbols import AssetClass, normalize_symbol
 from marketcache.timeframes import parse_timeframe
 
@@ -106,7 +107,7 @@ class Dataset:
     derive_from: str | None = None  # build these timeframes from this cached base timeframe
 
 
-FORMATS = ("csv.gz", "parquet")
+FORMATS = tuple(CODECS)  # the file formats: the codec registry's names
 
 
 @dataclass(frozen=True)

@@ -67,16 +67,7 @@ def get_fundamentals(
         provider = providers[name]
         known = snapshots(cache, symbol, name)
         if known and age > now - known[0][0] and age.total_seconds() > 0:
-            doc = json.loads(cache.backend.read_document(symbol, known[0][1]) or b"{}")
-            taken.append((name, doc.get("fields", {})))
-            report["snapshots"].append(
-                {
-                    "provider": name,
-                    "path": known[0][1],
-                    "fetched_at": doc.get("fetched_at"),
-                    "reused": True,
-                }
-            )
+            taken.append(_reuse(cache, symbol, name, known[0][1], report, stale=False))
             continue
         if not provider.available():
             report["errors"].append(f"{name}: not usable (disabled or no API key)")
@@ -90,17 +81,7 @@ def get_fundamentals(
         except ProviderError as exc:
             report["errors"].append(str(exc))
             if known:  # an older snapshot is better than none: used, and said so
-                doc = json.loads(cache.backend.read_document(symbol, known[0][1]) or b"{}")
-                taken.append((name, doc.get("fields", {})))
-                report["snapshots"].append(
-                    {
-                        "provider": name,
-                        "path": known[0][1],
-                        "fetched_at": doc.get("fetched_at"),
-                        "reused": True,
-                        "stale": True,
-                    }
-                )
+                taken.append(_reuse(cache, symbol, name, known[0][1], report, stale=True))
             continue
         path, stamp = _write(cache, symbol, name, fields, now)
         _prune(cache, symbol, name, settings.options.fundamentals_keep)
@@ -124,6 +105,28 @@ def get_fundamentals(
                 seen[key] = field
                 report["fields"][field] = {"value": value, "provider": name}
     return report
+
+
+def _reuse(
+    cache: UnifiedCache,
+    symbol: str,
+    provider: str,
+    path: str,
+    report: dict[str, Any],
+    *,
+    stale: bool,
+) -> tuple[str, dict[str, Any]]:
+    """Take a stored snapshot's fields (noted in the report as reused, and stale when a fetch
+    failed)."""
+    doc = json.loads(cache.backend.read_document(symbol, path) or b"{}")
+    entry = {
+        "provider": provider,
+        "path": path,
+        "fetched_at": doc.get("fetched_at"),
+        "reused": True,
+    }
+    report["snapshots"].append({**entry, "stale": True} if stale else entry)
+    return provider, doc.get("fields", {})
 
 
 def _write(

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from marketcache.errors import UsageError
+from marketcache.storage.files.codecs import SUFFIXES
 from marketcache.symbols import decode_symbol, encode_symbol
 from marketcache.timeframes import TIMEFRAMES
 
 INDEX_DIR = "_metadata"
-DATA_SUFFIXES = (".csv.gz", ".parquet")
+DATA_SUFFIXES = SUFFIXES  # every codec's year-file suffix
 META_SUFFIX = ".metadata.json"
 PENDING_SUFFIX = ".pending"
 TEMP_MARK = ".tmp-"

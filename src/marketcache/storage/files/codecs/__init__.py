@@ -28,9 +28,10 @@ class Codec(Protocol):
         ...
 
 
-# name -> "module:Class", imported on first use (pyarrow stays out of metadata-only commands)
-CODECS = {"csv.gz": "csvgz:CsvGz", "parquet": "parquet:Parquet"}
-SUFFIXES = {".csv.gz": "csv.gz", ".parquet": "parquet"}
+# The registry — adding a format is a module here and an entry below. Name -> (year-file
+# suffix, "module:Class" imported on first use: pyarrow stays out of metadata-only commands).
+CODECS = {"csv.gz": (".csv.gz", "csvgz:CsvGz"), "parquet": (".parquet", "parquet:Parquet")}
+SUFFIXES = tuple(suffix for suffix, _ in CODECS.values())
 
 
 def codec(name: str) -> Codec:
@@ -38,10 +39,10 @@ def codec(name: str) -> Codec:
 
     if name not in CODECS:
         raise ConfigError(f"unknown format '{name}': use one of {', '.join(CODECS)}")
-    module, cls = CODECS[name].split(":")
+    module, cls = CODECS[name][1].split(":")
     found: Codec = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
     return found
 
 
 def suffix(name: str) -> str:
-    return next(s for s, n in SUFFIXES.items() if n == name)
+    return CODECS[name][0]
