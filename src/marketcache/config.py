@@ -6,6 +6,7 @@ show the value.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -119,6 +120,8 @@ class Options:
     fundamentals_max_age: str = "7d"  # a younger snapshot is reused, not fetched
     fundamentals_keep: int = 3  # snapshots kept per provider
     rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
+    lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
+    storage_options: Secret = Secret("")  # object storage: fsspec options as JSON (secret)
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,19 @@ class _Parser:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise self.fail(key, f"must be text, got {type(value).__name__}")
         return _ENV.sub(lambda m: os.environ.get(m.group(1), ""), str(value))
+
+    def options_tree(self, value: Any, key: str) -> dict[str, Any]:
+        """fsspec storage options: a mapping of text, numbers, booleans and nested mappings,
+        `${ENV}` interpolated (secrets stay in the environment)."""
+        out: dict[str, Any] = {}
+        for k, v in self.mapping(value, key).items():
+            if isinstance(v, dict):
+                out[k] = self.options_tree(v, f"{key}.{k}")
+            elif isinstance(v, bool) or v is None:
+                out[k] = v
+            else:
+                out[k] = self.text(v, f"{key}.{k}")
+        return out
 
     def number(self, value: Any, key: str, *, low: float = 0.0, high: float | None = None) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -411,7 +427,8 @@ class _Parser:
         self.unknown(
             body,
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
-             "fundamentals_max_age", "fundamentals_keep", "rate_limit_store"),
+             "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
+             "lease_seconds", "storage_options"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -429,8 +446,15 @@ class _Parser:
             raise self.fail(
                 "settings.rate_limit_store", "use a postgresql:// URL (or leave it out)"
             )
+        storage = body.get("storage_options", {})
         return Options(
             rate_limit_store=store,
+            lease_seconds=self.number(
+                body.get("lease_seconds", defaults.lease_seconds), "settings.lease_seconds", low=1
+            ),
+            storage_options=Secret(
+                json.dumps(self.options_tree(storage, "settings.storage_options"))
+            ),
             format=fmt,
             fundamentals_max_age=max_age,
             fundamentals_keep=int(keep),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from marketcache.errors import CorruptFile, StorageError
 from marketcache.records import YearRecord
 from marketcache.storage.atomic import append_durable, write_atomic
 from marketcache.storage.backend import Key, StorageBackend
+from marketcache.storage.checked import decode_checked
 from marketcache.storage.files.codecs import Codec, codec, suffix
 from marketcache.storage.layout import (
     DATA_SUFFIXES,
@@ -121,35 +121,14 @@ class FileBackend(StorageBackend):
 
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
         path = self._paths(key)[0]
-        size = record.file_info.size_bytes
         try:
             with open(path, "rb") as fh:
-                data = fh.read(size)
+                data = fh.read(record.file_info.size_bytes)
         except FileNotFoundError:
             raise CorruptFile(path, "data file is missing (metadata exists)") from None
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
-        if len(data) < size:
-            raise CorruptFile(path, f"file is truncated: {len(data)} of {size} bytes")
-        # hash while decoding (hashlib releases the GIL); nothing is returned before it matches
-        digest: list[str] = []
-        hasher = threading.Thread(target=lambda: digest.append(hashlib.sha256(data).hexdigest()))
-        hasher.start()
-        try:
-            df = self.codec.decode(data)
-            error = None
-        except (ValueError, OSError, EOFError) as exc:
-            error = str(exc)
-        hasher.join()
-        if digest[0] != record.file_info.sha256:
-            raise CorruptFile(
-                path, "sha256 does not match metadata (the file changed or is damaged)"
-            )
-        if error is not None:
-            raise CorruptFile(path, f"cannot decode: {error}")
-        if len(df) != record.rows:
-            raise CorruptFile(path, f"holds {len(df)} rows, metadata says {record.rows}")
-        return df
+        return decode_checked(self.codec, str(path), data, record)
 
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
         data, meta, pending = self._paths(key)

@@ -1,0 +1,168 @@
+"""Lease locks on an object store: one writer per series across machines.
+
+A lease is an object (`_metadata/locks/SYMBOL/TF.lease`) naming its owner, taken with a
+create-if-absent write and renewed (a replace-if-unchanged write) every third of its length
+while the holder works. A holder that dies stops renewing; once the store's own clock says the
+lease is older than its length, a waiter takes it over with a replace-if-unchanged write, so a
+killed runner blocks the next one for at most `lease_seconds`. A holder that was paused past
+its lease finds its renewal refused and its commits stop (`check`); the conditional writes of
+the commit itself are the second guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from marketcache.errors import LockTimeout, StorageError
+from marketcache.storage.objects.store import Conflict, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Conflict):
+    """This process's lease expired and another writer took it: stop writing, re-plan."""
+
+
+@dataclass
+class _Held:
+    rlock: threading.RLock = field(default_factory=threading.RLock)
+    depth: int = 0
+    etag: str = ""
+    renewed: float = 0.0  # time.monotonic() of the last successful write of the lease
+    lost: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class Leases:
+    def __init__(self, store: ObjectStore, seconds: float) -> None:
+        self.store = store
+        self.seconds = max(float(seconds), 1.0)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held: dict[str, _Held] = {}
+        self._guard = threading.Lock()
+
+    def _body(self) -> bytes:
+        return json.dumps(
+            {"owner": self.owner, "seconds": self.seconds, "renewed_at": time.time()}
+        ).encode()
+
+    @contextmanager
+    def hold(self, name: str, *, wait: float, what: str) -> Iterator[None]:
+        with self._guard:
+            held = self._held.setdefault(name, _Held())
+        if not held.rlock.acquire(timeout=max(wait, 0.0)):
+            raise LockTimeout(_timeout(what, wait, ""))
+        try:
+            if held.depth == 0:
+                self._take(name, held, wait, what)
+            held.depth += 1
+            try:
+                yield
+            finally:
+                held.depth -= 1
+                if held.depth == 0:
+                    self._release(name, held)
+        finally:
+            held.rlock.release()
+
+    def _take(self, name: str, held: _Held, wait: float, what: str) -> None:
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        holder = ""
+        while True:
+            try:
+                held.etag = self.store.put(name, self._body(), if_absent=True)
+                break
+            except Conflict:
+                pass
+            found = self.store.get(name)
+            if found is not None:
+                body, meta = found
+                holder, age, length = _describe(body, meta.modified, meta.now)
+                if age > length:
+                    try:
+                        held.etag = self.store.put(name, self._body(), if_match=meta.etag)
+                        log.info("took over %s: the lease of %s expired %.0fs ago",
+                                 what, holder, age - length)  # fmt: skip
+                        break
+                    except Conflict:
+                        pass
+            if time.monotonic() >= deadline:
+                raise LockTimeout(_timeout(what, wait, holder))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        held.renewed, held.lost = time.monotonic(), False
+        held.stop = threading.Event()
+        held.thread = threading.Thread(
+            target=self._renew_loop, args=(name, held), name=f"lease {what}", daemon=True
+        )
+        held.thread.start()
+
+    def _renew(self, name: str, held: _Held) -> None:
+        try:
+            held.etag = self.store.put(name, self._body(), if_match=held.etag)
+            held.renewed = time.monotonic()
+        except Conflict:
+            held.lost = True
+        except StorageError as exc:  # a network hiccup: the next renewal may get through
+            log.warning("cannot renew the lease %s: %s", name, exc)
+            if time.monotonic() - held.renewed > self.seconds:
+                held.lost = True
+
+    def _renew_loop(self, name: str, held: _Held) -> None:
+        while not held.stop.wait(self.seconds / 3) and not held.lost:
+            self._renew(name, held)
+
+    def _release(self, name: str, held: _Held) -> None:
+        held.stop.set()
+        if held.thread is not None:
+            held.thread.join()
+        if not held.lost:
+            # taken over meanwhile, or unreachable: it expires anyway
+            with contextlib.suppress(StorageError):
+                self.store.delete(name, if_match=held.etag)
+
+    def check(self, name: str) -> None:
+        """Before a commit's writes: this process still holds the lease `name` (renewed now
+        if a third of it has passed). LeaseLost otherwise."""
+        held = self._held.get(name)
+        if held is None or held.depth == 0:
+            return  # not leased here (a caller without the series lock): the conditions guard
+        if not held.lost and time.monotonic() - held.renewed > self.seconds / 3:
+            self._renew(name, held)
+        if held.lost or time.monotonic() - held.renewed > self.seconds / 2:
+            held.lost = True
+            raise LeaseLost(
+                f"the lease {name} expired while this run was paused and another writer took"
+                " it; nothing more is written"
+            )
+
+
+def _describe(body: bytes, modified: float | None, now: float) -> tuple[str, float, float]:
+    """(owner, age in seconds, length) of a lease object; unreadable ones count as expired."""
+    try:
+        doc = json.loads(body)
+        owner, length = str(doc["owner"]), float(doc["seconds"])
+        renewed = float(doc["renewed_at"]) if modified is None else modified
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable lease", float("inf"), 0.0
+    return owner, now - renewed, length
+
+
+def _timeout(what: str, wait: float, holder: str) -> str:
+    by = f" ({holder})" if holder else ""
+    return (
+        f"{what} is locked by another marketcache run{by} (waited {wait:g}s): "
+        "let it finish or raise lock_wait"
+    )
