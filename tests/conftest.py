@@ -207,3 +207,96 @@ def busiest_second(arrivals: list[float]) -> int:
     """The most requests that arrived within any 0.95 s."""
     times = sorted(arrivals)
     return max(sum(1 for t in times if start <= t < start + 0.95) for start in times)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """moto's S3 server (the real S3 HTTP API, conditional writes included) on 127.0.0.1."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_environment(endpoint: str, home: Path) -> dict[str, str]:
+    """What a machine of the cluster has: the S3 endpoint and keys in AWS_* variables, its own
+    XDG cache folder (the per-machine rate-limit bucket)."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIAMARKETCACHETEST",
+        "AWS_SECRET_ACCESS_KEY": "marketcache-test-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "XDG_CACHE_HOME": str(home),
+    }
+
+
+@pytest.fixture
+def s3_url(
+    s3_server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> str:
+    """A fresh bucket per test; this process's AWS_* variables point at the moto server."""
+    import re
+
+    import boto3
+
+    for name, value in s3_environment(s3_server, tmp_path / "xdg").items():
+        monkeypatch.setenv(name, value)
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:48].strip("-") or "bucket"
+    bucket = f"{bucket}-{len(request.node.nodeid)}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/cache"
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the S3 server that counts the requests a client
+    sends (method, path) — what `info` and `list` cost on a bucket, measured on the wire."""
+
+    def __init__(self, target: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.seen: list[tuple[str, str]] = []
+        upstream = urlsplit(target)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def forward(self) -> None:
+                proxy.seen.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = upstream.netloc
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

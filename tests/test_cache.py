@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,35 +18,68 @@ import pytest
 from conftest import make_bars
 from marketcache import CorruptFile, UnifiedCache
 from marketcache.config import parse_settings
-from marketcache.storage.metadata import read_metadata
+from marketcache.storage.backend import Key
 
-FORMATS = ["csv.gz", "parquet", "postgresql"]
+FORMATS = ["csv.gz", "parquet", "postgresql", "s3-csv.gz", "s3-parquet"]
 
 
 @pytest.fixture(params=FORMATS)
 def cache(cache_dir: Path, request: pytest.FixtureRequest) -> UnifiedCache:
-    """The contract's cache: one per backend × format (a real PostgreSQL server for the last)."""
+    """The contract's cache: one per backend × format (a real PostgreSQL server, and moto's S3
+    server through s3fs, for the last three)."""
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
         return UnifiedCache(url, settings=parse_settings(""), lock_wait=5)
-    settings = parse_settings(f"settings: {{format: {request.param}}}")
-    return UnifiedCache(cache_dir, settings=settings, lock_wait=5)
+    fmt = request.param.removeprefix("s3-")
+    settings = parse_settings(f"settings: {{format: {fmt}, lease_seconds: 5}}")
+    where = request.getfixturevalue("s3_url") if request.param.startswith("s3-") else cache_dir
+    return UnifiedCache(where, settings=settings, lock_wait=5)
 
 
-def data_file(cache: UnifiedCache, symbol: str, tf: str, year: int) -> Path:
-    if cache.backend.format == "postgresql":
+class ObjectPath:
+    """A year object in the bucket, handled as the tests handle a year file."""
+
+    def __init__(self, cache: UnifiedCache, name: str) -> None:
+        self.cache, self.name_in_store = cache, name
+        self.name = name.rpartition("/")[2]
+
+    def read_bytes(self) -> bytes:
+        found = self.cache.backend.store.get(self.name_in_store)  # type: ignore[attr-defined]
+        assert found is not None, self.name_in_store
+        data: bytes = found[0]
+        return data
+
+    def write_bytes(self, data: bytes) -> None:
+        self.cache.backend.store.put(self.name_in_store, data)  # type: ignore[attr-defined]
+
+    def with_name(self, name: str) -> ObjectPath:
+        return ObjectPath(self.cache, self.name_in_store.rpartition("/")[0] + "/" + name)
+
+    def __str__(self) -> str:
+        return f"{self.cache.backend.location}/{self.name_in_store}"
+
+
+def data_file(cache: UnifiedCache, symbol: str, tf: str, year: int) -> Any:
+    """The year's data file (or object)."""
+    if cache.backend.name == "object":
+        return ObjectPath(cache, cache.backend._names(Key.of(symbol, tf, year))[0])  # type: ignore[attr-defined]
+    if cache.backend.name != "files":
         pytest.skip("a file-backend behaviour (bytes on disk)")
     path: Path = cache.layout.data_path(symbol, tf, year)
     return path
 
 
+def suffix(cache: UnifiedCache) -> str:
+    return ".parquet" if cache.backend.format == "parquet" else ".csv.gz"
+
+
 def files_only(cache: UnifiedCache) -> None:
-    if cache.backend.format == "postgresql":
+    if cache.backend.name != "files":
         pytest.skip("a file-backend behaviour (files on disk)")
 
 
 def csv_only(cache: UnifiedCache) -> None:
-    if cache.backend.format != "csv.gz":
+    if cache.backend.format != "csv.gz" or cache.backend.name != "files":
         pytest.skip("a csv.gz byte-format behaviour")
 
 
@@ -90,8 +125,8 @@ def test_metadata_has_every_documented_field(cache: UnifiedCache) -> None:
     assert info["rows"] == 48 and info["format"] == cache.backend.format
     if cache.backend.format != "postgresql":  # files: sha256 and size of the bytes on disk
         data = data_file(cache, "ETHUSDT", "1h", 2024).read_bytes()
-        assert read_metadata(data_file(cache, "ETHUSDT", "1h", 2024).with_name(
-            "2024.metadata.json")) == meta  # fmt: skip
+        record = data_file(cache, "ETHUSDT", "1h", 2024).with_name("2024.metadata.json")
+        assert json.loads(record.read_bytes()) == meta
         assert info["sha256"] == hashlib.sha256(data).hexdigest()
         assert info["size_bytes"] == len(data)
     assert set(meta["data_quality"]["breakdown"]) >= {"completeness", "validity"}
@@ -122,6 +157,7 @@ def test_new_values_replace_old_and_nothing_is_lost(cache: UnifiedCache) -> None
 def test_an_identical_put_writes_nothing(cache: UnifiedCache) -> None:
     df = make_bars("2024-01-01", 100)
     cache.put(df, "ABCUSDT", "1h")
+    files_only(cache)
     path = data_file(cache, "ABCUSDT", "1h", 2024)
     before = path.stat().st_mtime_ns
     result = cache.put(df.iloc[10:20], "ABCUSDT", "1h")
@@ -156,7 +192,7 @@ def test_get_reads_only_the_years_it_needs(cache: UnifiedCache) -> None:
     (data_file(cache, "ABCUSDT", "1h", 2022)).write_bytes(b"garbage")
     got = cache.get("ABCUSDT", "1h", start="2023-03-01", end="2023-03-02")
     assert len(got) == 24 and got["timestamp"].iloc[0] == pd.Timestamp("2023-03-01")
-    with pytest.raises(CorruptFile, match=f"2022{cache.layout.suffix}"):
+    with pytest.raises(CorruptFile, match=f"2022{suffix(cache)}"):
         cache.get("ABCUSDT", "1h", start="2022-12-31")
 
 
@@ -298,17 +334,17 @@ def test_parquet_years_are_zstd_parquet_read_directly_by_pandas_and_pyarrow(
     df = make_bars("2024-01-01", 3, freq="1D").assign(adj_close=lambda d: d["close"] * 0.5)
     cache.put(df, "AAPL", "1d", provider="yahoo")
     path = data_file(cache, "AAPL", "1d", 2024)
-    meta = pq.ParquetFile(path).metadata
+    meta = pq.ParquetFile(io.BytesIO(path.read_bytes())).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
-    schema = pq.read_schema(path)
+    schema = pq.read_schema(io.BytesIO(path.read_bytes()))
     assert schema.names == ["timestamp", "open", "high", "low", "close", "volume", "adj_close"]
     assert str(schema.field("timestamp").type) == "timestamp[us]"
-    view = pd.read_parquet(path)
+    view = pd.read_parquet(str(path))  # a local path, or s3://… read by pandas through s3fs
     assert np.array_equal(view["adj_close"].to_numpy(), df["adj_close"].to_numpy())
     record = cache.metadata("AAPL", "1d", 2024)["file_info"]
     assert record["format"] == "parquet"
     assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert json.loads((cache.root / "_metadata" / "cache.json").read_text())["format"] == "parquet"
+    assert cache.backend.read_index("cache.json")["format"] == "parquet"
 
 
 def test_an_append_to_a_parquet_year_rewrites_it_whole(cache: UnifiedCache) -> None:

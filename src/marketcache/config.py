@@ -121,7 +121,8 @@ class Options:
     fundamentals_keep: int = 3  # snapshots kept per provider
     rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
     lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
-    storage_options: Secret = Secret("")  # object storage: fsspec options as JSON (secret)
+    # object storage: the fsspec options as JSON, kept secret (keys may be in it)
+    storage_options: Secret = field(default_factory=lambda: Secret(""))
 
 
 @dataclass(frozen=True)

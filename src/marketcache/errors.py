@@ -15,7 +15,9 @@ Library code raises only these; the CLI maps them to messages and exit codes in 
     │                                provider is marked down for the rest of the run)
     ├── StorageError                 the cache could not be read or written
     │   ├── CorruptFile              a data or metadata file fails its checks     (exit 3)
-    │   └── LockTimeout              another run holds the lock past the wait     (exit 4)
+    │   ├── LockTimeout              another run holds the lock past the wait     (exit 4)
+    │   └── Conflict                 object storage: a conditional write was refused (another
+    │                                writer committed first, or this run's lease expired)
     └── ValidationFailed             data scored below --min-score                (exit 3)
 """
 
@@ -128,6 +130,11 @@ class LockTimeout(StorageError):
     """Another run holds the symbol/timeframe lock past the wait limit."""
 
     exit_code = 4
+
+
+class Conflict(StorageError):
+    """A conditional write was refused: the object is not in the state the writer read (a
+    newer commit, or a lease this run lost). The writer re-plans from the new state."""
 
 
 class ValidationFailed(MarketCacheError):

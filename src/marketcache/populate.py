@@ -19,6 +19,7 @@ from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
 from marketcache.derive import INCOMPLETE
 from marketcache.errors import (
+    Conflict,
     LockTimeout,
     MarketCacheError,
     ProviderError,
@@ -177,10 +178,25 @@ class Runner:
             if planned is not None:
                 self._plan_only(planned[0], chain, result)
             return
-        with cache.lock(job.symbol, job.timeframe):
+        for attempt in (1, 2):
+            try:
+                if self._locked(job, tf, chain, result) is None:
+                    return
+                break
+            except Conflict as exc:  # object storage: another writer committed first
+                if attempt == 2:
+                    raise
+                result.notes.append(f"re-planned from the newer state ({exc})")
+        self._summarise(job, result)
+
+    def _locked(
+        self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult
+    ) -> bool | None:
+        """Plan and fetch under the series lock; None when there was nothing to do."""
+        with self.cache.lock(job.symbol, job.timeframe):
             planned = self._plan(job, tf, chain, result, writes=True)
             if planned is None:
-                return
+                return None
             plan, now, expected, present = planned
             self.sink.plan(f"{job.symbol} {job.timeframe}", _bars_in(plan.fetch, expected))
             self._execute(job, tf, plan, chain, result, now, expected, present)
@@ -188,7 +204,7 @@ class Runner:
             if readjusted:
                 redone = ", ".join(map(str, readjusted))
                 result.notes.append(f"adj_close recomputed for {redone} (corporate actions)")
-        self._summarise(job, result)
+        return True
 
     def _derived(self, job: Job) -> list[Choice]:
         """The one-provider chain of a derived job: the cache's own base bars."""

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from marketcache.errors import CorruptFile, UsageError
+from marketcache.errors import CorruptFile, StorageError, UsageError
 from marketcache.records import YearRecord
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import decode_checked, matches
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 CACHE_FILE = f"{INDEX_DIR}/cache.json"
 PENDING = "pending"  # the key of the next record inside a record being committed
+LISTING_TTL = 5.0  # seconds a whole-cache listing answers `symbols` / `timeframes`
 
 
 def _dumps(doc: Any) -> bytes:
@@ -71,7 +72,8 @@ class ObjectBackend(StorageBackend):
     ) -> None:
         self.store = open_store(url, options or {})
         super().__init__(self.store.url)
-        self.store.exists()  # a missing bucket is a usage error, named, before anything else
+        self.store.check()  # a missing bucket is a usage error, named, before anything else
+        self._root_listing: tuple[float, list[Key]] | None = None
         self.leases = Leases(self.store, lease_seconds)
         self._seen: dict[str, tuple[str, dict[str, Any]]] = {}  # record → (etag, doc) read
         recorded = self._json(CACHE_FILE)
@@ -147,7 +149,24 @@ class ObjectBackend(StorageBackend):
         if symbol:
             sym = normalize_symbol(symbol)
             prefix = self._series(sym, timeframe) if timeframe else f"{encode_symbol(sym)}/"
-        return self._scan(prefix)
+        return [k for k in self._scan(prefix) if timeframe in (None, k.timeframe)]
+
+    def _all_keys(self) -> list[Key]:
+        """Every committed year, from one listing reused for a few seconds (`list` asks for
+        the symbols, then each symbol's timeframes); a write of this process drops it. A
+        writer never plans from it: `years` and `keys` of a series list afresh."""
+        import time
+
+        if self._root_listing is None or time.monotonic() - self._root_listing[0] > LISTING_TTL:
+            self._root_listing = (time.monotonic(), self._scan(""))
+        return self._root_listing[1]
+
+    def symbols(self) -> list[str]:
+        return sorted({k.symbol for k in self._all_keys()})
+
+    def timeframes(self, symbol: str) -> list[str]:
+        found = {k.timeframe for k in self._all_keys() if k.symbol == symbol}
+        return [tf for tf in TIMEFRAMES if tf in found]
 
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         keys = self._scan(self._series(symbol, timeframe), ("meta", "data"))
@@ -223,10 +242,12 @@ class ObjectBackend(StorageBackend):
         return body
 
     def _seen_etag(self, name: str) -> tuple[str, dict[str, Any]] | None:
-        """What this writer read of a record (read now if it never did)."""
-        return self._seen.get(name) or self._read(name)
+        """What this writer read of a record: None when it never read one (it planned the year
+        as new, so a record that exists now is another writer's commit)."""
+        return self._seen.get(name)
 
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
+        self._root_listing = None
         body = self._encode(frame, record)
         data_name, meta_name, _pending_name = self._names(key)
         new = record.to_json()
@@ -257,22 +278,27 @@ class ObjectBackend(StorageBackend):
     def _create_year(self, key: Key, body: bytes, new: dict[str, Any]) -> None:
         data_name, meta_name, pending_name = self._names(key)
         try:
-            self.store.put(pending_name, _dumps(new), if_absent=True)
+            mine = self.store.put(pending_name, _dumps(new), if_absent=True)
         except Conflict:  # a killed writer's pending record: resolve it (the lease is ours)
             self.recover(key)
             raise
         try:
-            self.store.put(data_name, body, if_absent=True)
+            try:
+                self.store.put(data_name, body, if_absent=True)
+            except Conflict:
+                # a data object no record names (a killed writer's) may be replaced; one that
+                # a record names means another writer committed the year
+                if self.store.head(meta_name) is not None:
+                    raise
+                orphan = self.store.head(data_name)
+                self.store.put(data_name, body, if_match=orphan.etag if orphan else None)
+            done = self.store.put(meta_name, _dumps(new), if_absent=True)
         except Conflict:
-            # a data object no record names (a killed writer's) may be replaced; one that a
-            # record names means another writer committed the year
-            if self.store.head(meta_name) is not None:
-                raise
-            orphan = self.store.head(data_name)
-            self.store.put(data_name, body, if_match=orphan.etag if orphan else None)
-        done = self.store.put(meta_name, _dumps(new), if_absent=True)
+            with contextlib.suppress(StorageError):  # our own pending record, if still ours
+                self.store.delete(pending_name, if_match=mine)
+            raise
         self._seen[meta_name] = (done, new)
-        self.store.delete(pending_name)
+        self.store.delete(pending_name, if_match=mine)
 
     def write_record(self, key: Key, record: YearRecord) -> None:
         meta_name = self._names(key)[1]
@@ -286,6 +312,7 @@ class ObjectBackend(StorageBackend):
         self._seen[meta_name] = (done, new)
 
     def delete(self, key: Key) -> None:
+        self._root_listing = None
         data_name, meta_name, _ = self._names(key)
         self.store.delete(meta_name)  # the record first: data without one is a known leftover
         self._seen.pop(meta_name, None)

@@ -24,11 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from marketcache.errors import StorageError, UsageError
+from marketcache.errors import Conflict, StorageError, UsageError
 
-
-class Conflict(StorageError):
-    """A conditional write was refused: the object is not in the state the writer read."""
+__all__ = ["Conflict", "FsspecStore", "Meta", "ObjectStore", "S3Store", "open_store"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,14 @@ class ObjectStore:
     atomic_conditions = False  # whether the service itself checks If-Match / If-None-Match
     requests = 0  # requests sent (what `info` and the tests count)
 
+    def check(self) -> None:
+        """UsageError naming the bucket when it does not exist."""
+
     def exists(self) -> bool:
-        """Whether the bucket (or the root) can be used; raises UsageError when it is absent."""
+        """Whether anything is stored under the root."""
+        return bool(self.listing_page())
+
+    def listing_page(self) -> bool:
         raise NotImplementedError
 
     def get(self, name: str) -> tuple[bytes, Meta] | None:
@@ -156,7 +160,7 @@ class S3Store(ObjectStore):
         modified = out.get("LastModified")
         return Meta(str(out.get("ETag", "")), size, modified.timestamp() if modified else None, now)
 
-    def exists(self) -> bool:
+    def check(self) -> None:
         try:
             self._call("head_bucket")
         except FileNotFoundError:
@@ -164,6 +168,8 @@ class S3Store(ObjectStore):
                 f"--cache-dir {self.url}: bucket '{self.bucket}' does not exist;"
                 " create it or fix the URL"
             ) from None
+
+    def listing_page(self) -> bool:
         listed = self._call("list_objects_v2", Prefix=self._key(""), MaxKeys=1)
         return bool(listed.get("KeyCount", 0))
 
@@ -243,7 +249,7 @@ class FsspecStore(ObjectStore):
     def _path(self, name: str) -> str:
         return f"{self.base}/{name}" if name else self.base
 
-    def exists(self) -> bool:
+    def listing_page(self) -> bool:
         self.requests += 1
         return bool(self.fs.exists(self._path("")))
 

@@ -57,7 +57,8 @@ def encode(df: pd.DataFrame, columns: list[str], *, header: bool) -> tuple[bytes
     if len(df):
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
     raw = sink.getbuffer()
-    return bytes(igzip.compress(raw, compresslevel=COMPRESS_LEVEL)), len(raw)
+    # mtime 0: the same rows always give the same bytes (a copy or a re-write keeps the sha256)
+    return bytes(igzip.compress(raw, compresslevel=COMPRESS_LEVEL, mtime=0)), len(raw)
 
 
 THREADED_ABOVE = 1 << 20  # decompress in a helper thread, overlapped with parsing, above 1 MB
