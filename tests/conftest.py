@@ -255,28 +255,40 @@ def s3_url(
 
 class CountingProxy:
     """An HTTP proxy on 127.0.0.1 in front of the S3 server that counts the requests a client
-    sends (method, path) — what `info` and `list` cost on a bucket, measured on the wire."""
+    sends (method, path) — what `info` and `list` cost on a bucket, measured on the wire.
 
-    def __init__(self, target: str) -> None:
+    `freeze_after(method, path, body)`: once a request it matches has been answered, every
+    later request is held until `thaw` is set — a client paused (GC, a frozen VM) at that
+    point of its work, its lease renewals included."""
+
+    def __init__(
+        self, target: str, freeze_after: Callable[[str, str, bytes], bool] | None = None
+    ) -> None:
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import urlsplit
 
         self.seen: list[tuple[str, str]] = []
+        self.frozen, self.thaw = threading.Event(), threading.Event()
         upstream = urlsplit(target)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` (botocore's PUTs)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
             def forward(self) -> None:
+                if proxy.frozen.is_set():
+                    proxy.thaw.wait(120)
                 proxy.seen.append((self.command, self.path))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                hop = ("host", "expect", "connection")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
                 headers["Host"] = upstream.netloc
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -290,6 +302,8 @@ class CountingProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
+                if freeze_after is not None and freeze_after(self.command, self.path, body or b""):
+                    proxy.frozen.set()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 

@@ -3,36 +3,48 @@ conditional writes so that many machines can share one cache.
 
 Objects are named as the local files are (`SYMBOL/TF/YEAR.csv.gz|parquet`,
 `YEAR.metadata.json`), so pandas, polars and DuckDB read them directly. A writer holds the
-series lease (`lease.py`) and commits a year as the local protocol does — pending record, data,
-record — each step a conditional write:
+series lease (`lease.py`) and commits a year as the local protocol does — claim, data,
+record — each step a conditional write on what the writer read:
 
-- a year that exists: (1) the record is replaced, If-Match the etag this writer read, by the
-  same record carrying the next one under `pending`. Any commit another writer made since the
-  read changed that etag, so a writer whose lease expired under it fails here having written
-  nothing. (2) The data object is replaced If-Match its current etag. (3) The record is
-  replaced by the new record, If-Match the etag of step 1.
-- a new year: `YEAR.metadata.json.pending` is created (If-None-Match: *), then the data object
-  and the record (both If-None-Match: *), then the pending object is removed.
+- a year that exists: (0) the data object's etag is read; (1) the claim: the record is
+  replaced, If-Match the etag the writer planned from, by the same record with the next one
+  added to its `pending` candidates — any commit since the plan changed that etag, so a
+  writer whose lease expired fails here having written nothing; (2) the data, If-Match the etag
+  of step 0 — any data written since (by a writer that claimed after us) fails it; (3) the
+  record, If-Match the claim: the commit point.
+- a new year: the claim is `YEAR.metadata.json.pending` (created If-None-Match: *, or
+  extended If-Match), the data is created If-None-Match: * (or replaces the orphan read in
+  step 0), the record is created If-None-Match: *, then the pending object goes.
 
-Readers take no lease. A record carrying `pending` reads as its committed part; a reader whose
-data object does not match that record looks again and accepts the data when it matches the
-`pending` record — the new state, which is what the next writer's `recover` promotes (a data
-object matching neither is corrupt). Objects cannot be appended to, so a nightly extension
-rewrites one year object: its cost is one year, never the history.
+Every data write carries a random mark (gzip mtime, a Parquet footer key) so that no etag
+ever comes back: S3 etags are content hashes, and a paused writer's If-Match must never match
+bytes written after it. Claims are never rolled back, only superseded: a candidate stays
+listed until a commit or a promotion settles the year, so whatever data a paused writer
+manages to write is data some listed candidate describes.
+
+Readers take no lease. A record reads as its committed part; a reader whose data object does
+not match it looks again and accepts the data when it matches a listed candidate — the new
+state, which the next writer (or `cleanup`) promotes. Recovery with the lease held promotes
+the candidate the data matches; when the data is still the committed one it re-commits those
+rows with a fresh mark (a fence: every paused writer's data condition now fails). Objects
+cannot be appended to, so a nightly extension rewrites one year object: its cost is one year,
+never the history.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from marketcache.errors import CorruptFile, StorageError, UsageError
+from marketcache.errors import CorruptFile, UsageError
 from marketcache.records import YearRecord
 from marketcache.storage.backend import Key, StorageBackend
-from marketcache.storage.checked import decode_checked, matches
+from marketcache.storage.checked import committed_bytes, decode_checked, matches
 from marketcache.storage.files.codecs import Codec, codec, suffix
 from marketcache.storage.layout import (
     INDEX_DIR,
@@ -42,7 +54,7 @@ from marketcache.storage.layout import (
     year_file,
 )
 from marketcache.storage.objects.lease import Leases
-from marketcache.storage.objects.store import Conflict, open_store
+from marketcache.storage.objects.store import Conflict, Meta, open_store
 from marketcache.symbols import decode_symbol, encode_symbol, normalize_symbol
 from marketcache.timeframes import TIMEFRAMES
 
@@ -50,12 +62,31 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CACHE_FILE = f"{INDEX_DIR}/cache.json"
-PENDING = "pending"  # the key of the next record inside a record being committed
+PENDING = "pending"  # the candidates (next records) a commit under way lists
 LISTING_TTL = 5.0  # seconds a whole-cache listing answers `symbols` / `timeframes`
 
 
 def _dumps(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _committed(doc: dict[str, Any]) -> dict[str, Any]:
+    """A record object without the candidates of a commit under way."""
+    return {k: v for k, v in doc.items() if k != PENDING}
+
+
+def _candidates(doc: Any) -> list[dict[str, Any]]:
+    """The next records a record (or a new-year claim object) lists."""
+    listed = doc.get(PENDING) if isinstance(doc, dict) else None
+    listed = [listed] if isinstance(listed, dict) else listed
+    return [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
 
 
 class ObjectBackend(StorageBackend):
@@ -190,8 +221,7 @@ class ObjectBackend(StorageBackend):
         return found[1].etag, doc
 
     def _record(self, name: str, doc: dict[str, Any]) -> YearRecord:
-        committed = {k: v for k, v in doc.items() if k != PENDING}
-        return YearRecord.from_json(committed, f"{self.location}/{name}")
+        return YearRecord.from_json(_committed(doc), f"{self.location}/{name}")
 
     def read_record(self, key: Key) -> YearRecord:
         name = self._names(key)[1]
@@ -200,22 +230,39 @@ class ObjectBackend(StorageBackend):
             raise CorruptFile(f"{self.location}/{name}", "metadata file is missing")
         return self._record(name, found[1])
 
+    def _candidates_now(self, key: Key) -> list[YearRecord]:
+        """The next records listed by commits under way (record and new-year claim), now."""
+        _, meta_name, pending_name = self._names(key)
+        docs: list[dict[str, Any]] = []
+        with contextlib.suppress(CorruptFile):
+            found = self._read(meta_name)
+            docs += [found[1]] if found is not None else []
+            docs += _candidates(found[1]) if found is not None else []
+        docs += _candidates(self._json(pending_name))
+        out = []
+        for doc in docs:
+            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
+                out.append(self._record(meta_name, doc))
+        return out
+
+    def _matching(self, key: Key, data: bytes, record: YearRecord) -> YearRecord:
+        """The record `data` is the committed bytes of: `record`, or — a commit ran between
+        the two reads — the record now committed or a listed candidate."""
+        if matches(data, record):
+            return record
+        for candidate in self._candidates_now(key):
+            if matches(data, candidate):
+                return candidate
+        return record
+
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
-        data_name, meta_name, _ = self._names(key)
+        data_name = self._names(key)[0]
         where = f"{self.location}/{data_name}"
         found = self.store.get(data_name)
         if found is None:
             raise CorruptFile(where, "data object is missing (metadata exists)")
         data = found[0]
-        if not matches(data, record):  # a commit ran between the two reads: look again
-            now = self._read(meta_name)
-            if now is not None:
-                for doc in (now[1].get(PENDING), now[1]):
-                    if isinstance(doc, dict):
-                        candidate = self._record(meta_name, doc)
-                        if matches(data, candidate):
-                            return decode_checked(self.codec, where, data, candidate)
-        return decode_checked(self.codec, where, data, record)
+        return decode_checked(self.codec, where, data, self._matching(key, data, record))
 
     def verify(self, key: Key, record: YearRecord) -> None:
         data_name = self._names(key)[0]
@@ -223,88 +270,100 @@ class ObjectBackend(StorageBackend):
         found = self.store.get(data_name)
         if found is None:
             raise CorruptFile(where, "data object is missing (metadata exists)")
-        if len(found[0]) < record.file_info.size_bytes:
-            size = record.file_info.size_bytes
-            raise CorruptFile(where, f"file is truncated: {len(found[0])} of {size} bytes")
+        record = self._matching(key, found[0], record)
+        committed_bytes(where, found[0], record)  # names a truncated object as such
         if not matches(found[0], record):
             raise CorruptFile(
                 where, "sha256 does not match metadata (the file changed or is damaged)"
             )
 
     def _encode(self, frame: pd.DataFrame, record: YearRecord) -> bytes:
-        import hashlib
-
+        """The year's bytes with a fresh mark (no two writes give the same etag)."""
         columns = record.file_info.columns
-        body, raw_len = self.codec.encode(frame.reindex(columns=columns), columns)
+        mark = secrets.randbits(32) or 1
+        body, raw_len = self.codec.encode(frame.reindex(columns=columns), columns, mark=mark)
         info = record.file_info
         info.format, info.size_bytes, info.raw_bytes = self.format, len(body), raw_len
         info.sha256, info.members, info.rows = hashlib.sha256(body).hexdigest(), 1, len(frame)
         return body
 
-    def _seen_etag(self, name: str) -> tuple[str, dict[str, Any]] | None:
-        """What this writer read of a record: None when it never read one (it planned the year
-        as new, so a record that exists now is another writer's commit)."""
-        return self._seen.get(name)
+    # ---- the commit protocol ----------------------------------------------------------------
 
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
         self._root_listing = None
-        body = self._encode(frame, record)
-        data_name, meta_name, _pending_name = self._names(key)
-        new = record.to_json()
         self._created()
-        self.leases.check(self._lease(*key.series))
-        seen = self._seen_etag(meta_name)
-        if seen is None:
-            self._create_year(key, body, new)
-            return record
-        etag, old = seen
-        if PENDING in old:  # an interrupted commit: resolve it first (the lease is ours)
-            self.recover(key)
-            raise Conflict(f"{self.location}/{meta_name}: an interrupted commit was resolved")
-        # (1) claim: fails, writing nothing, if any commit happened since this writer read
-        claim = self.store.put(meta_name, _dumps({**old, PENDING: new}), if_match=etag)
-        self._seen.pop(meta_name, None)
-        # (2) the data, replacing only the object the record named
-        current = self.store.head(data_name)
-        if current is None:
-            self.store.put(data_name, body, if_absent=True)
+        body = self._encode(frame, record)
+        seen = self._seen.get(self._names(key)[1])
+        if seen is None:  # planned as a new year
+            self._commit_new(key, body, record.to_json())
         else:
-            self.store.put(data_name, body, if_match=current.etag)
-        # (3) the commit point
-        done = self.store.put(meta_name, _dumps(new), if_match=claim)
-        self._seen[meta_name] = (done, new)
+            self._commit(key, body, record.to_json(), seen)
         return record
 
-    def _create_year(self, key: Key, body: bytes, new: dict[str, Any]) -> None:
-        data_name, meta_name, pending_name = self._names(key)
-        try:
-            mine = self.store.put(pending_name, _dumps(new), if_absent=True)
-        except Conflict:  # a killed writer's pending record: resolve it (the lease is ours)
-            self.recover(key)
-            raise
-        try:
-            try:
-                self.store.put(data_name, body, if_absent=True)
-            except Conflict:
-                # a data object no record names (a killed writer's) may be replaced; one that
-                # a record names means another writer committed the year
-                if self.store.head(meta_name) is not None:
-                    raise
-                orphan = self.store.head(data_name)
-                self.store.put(data_name, body, if_match=orphan.etag if orphan else None)
-            done = self.store.put(meta_name, _dumps(new), if_absent=True)
-        except Conflict:
-            with contextlib.suppress(StorageError):  # our own pending record, if still ours
-                self.store.delete(pending_name, if_match=mine)
-            raise
+    def _check_lease(self, key: Key) -> None:
+        self.leases.check(self._lease(*key.series))
+
+    def _put_data(self, name: str, body: bytes, before: Meta | None) -> None:
+        """Replace exactly the data object read before the claim (create it if there was none)."""
+        if before is None:
+            self.store.put(name, body, if_absent=True)
+        else:
+            self.store.put(name, body, if_match=before.etag)
+
+    def _commit(
+        self, key: Key, body: bytes, new: dict[str, Any], seen: tuple[str, dict[str, Any]]
+    ) -> None:
+        data_name, meta_name, _ = self._names(key)
+        etag, doc = seen
+        listed = _candidates(doc)
+        before = self.store.head(data_name)  # (0) before the claim
+        if listed and before is not None and self._promote(key, etag, doc) is not None:
+            raise Conflict(f"{self.location}/{meta_name}: an interrupted commit was completed")
+        self._check_lease(key)
+        claimed = {**_committed(doc), PENDING: [*listed, new]}
+        claim = self.store.put(meta_name, _dumps(claimed), if_match=etag)  # (1)
+        self._seen[meta_name] = (claim, claimed)
+        self._check_lease(key)
+        self._put_data(data_name, body, before)  # (2)
+        done = self.store.put(meta_name, _dumps(new), if_match=claim)  # (3)
         self._seen[meta_name] = (done, new)
-        self.store.delete(pending_name, if_match=mine)
+
+    def _commit_new(self, key: Key, body: bytes, new: dict[str, Any]) -> None:
+        data_name, meta_name, pending_name = self._names(key)
+        if self.store.head(meta_name) is not None:
+            raise Conflict(f"{self.location}/{meta_name}: created by another writer")
+        pending = self.store.get(pending_name)
+        listed = _candidates(_loads(pending[0])) if pending else []
+        before = self.store.head(data_name)  # (0) an orphan a killed writer left, or none
+        if listed and before is not None and self._promote_new(key) is not None:
+            raise Conflict(f"{self.location}/{meta_name}: an interrupted commit was completed")
+        self._check_lease(key)
+        claim = self.store.put(  # (1)
+            pending_name,
+            _dumps({PENDING: [*listed, new]}),
+            if_absent=pending is None,
+            if_match=pending[1].etag if pending else None,
+        )
+        self._check_lease(key)
+        self._put_data(data_name, body, before)  # (2)
+        done = self.store.put(meta_name, _dumps(new), if_absent=True)  # (3)
+        self._seen[meta_name] = (done, new)
+        with contextlib.suppress(Conflict):  # extended meanwhile: the next writer removes it
+            self.store.delete(pending_name, if_match=claim)
 
     def write_record(self, key: Key, record: YearRecord) -> None:
+        """The record alone (coverage, quality): the committed data stays as it is."""
         meta_name = self._names(key)[1]
-        self.leases.check(self._lease(*key.series))
+        self._check_lease(key)
+        seen = self._seen.get(meta_name)
+        if seen is not None and _candidates(seen[1]):
+            # settle the interrupted commit first; a fence changes only the bytes' mark
+            if self._settle(key) == "promoted":
+                raise Conflict(f"{self.location}/{meta_name}: an interrupted commit was completed")
+            seen = self._seen.get(meta_name)
+            if seen is not None:
+                record.file_info = self._record(meta_name, seen[1]).file_info
         new = record.to_json()
-        seen = self._seen_etag(meta_name)
         if seen is None:
             done = self.store.put(meta_name, _dumps(new), if_absent=True)
         else:
@@ -321,54 +380,86 @@ class ObjectBackend(StorageBackend):
     def lock(
         self, symbol: str, timeframe: str, *, wait: float
     ) -> contextlib.AbstractContextManager[None]:
-        name = f"{INDEX_DIR}/locks/{encode_symbol(symbol)}/{timeframe}.lease"
-        return self.leases.hold(name, wait=wait, what=f"{symbol} {timeframe}")
+        return self.leases.hold(
+            self._lease(symbol, timeframe), wait=wait, what=f"{symbol} {timeframe}"
+        )
 
-    # ---- recovery --------------------------------------------------------------------------
+    # ---- recovery (the lease held) -----------------------------------------------------------
 
-    def recover(self, key: Key) -> None:
-        """Finish or roll back an interrupted commit of `key` (the caller holds the lease)."""
+    def _promote(self, key: Key, etag: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Commit the listed candidate the data object matches, if one does."""
+        data_name, meta_name, _ = self._names(key)
+        found = self.store.get(data_name)
+        if found is None:
+            return None
+        for candidate in _candidates(doc):
+            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
+                if matches(found[0], self._record(meta_name, candidate)):
+                    done = self.store.put(meta_name, _dumps(candidate), if_match=etag)
+                    self._seen[meta_name] = (done, candidate)
+                    return candidate
+        return None
+
+    def _promote_new(self, key: Key) -> dict[str, Any] | None:
+        """A new year's claim whose data arrived: create the record it lists."""
+        data_name, meta_name, pending_name = self._names(key)
+        pending, data = self.store.get(pending_name), self.store.get(data_name)
+        if pending is None or data is None:
+            return None
+        for candidate in _candidates(_loads(pending[0])):
+            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
+                if matches(data[0], self._record(meta_name, candidate)):
+                    done = self.store.put(meta_name, _dumps(candidate), if_absent=True)
+                    self._seen[meta_name] = (done, candidate)
+                    with contextlib.suppress(Conflict):
+                        self.store.delete(pending_name, if_match=pending[1].etag)
+                    return candidate
+        return None
+
+    def _settle(self, key: Key) -> str:
+        """An existing year whose record lists candidates: promote the one the data matches;
+        data still as committed is re-committed with a fresh mark (the fence); data matching
+        nothing keeps the committed record, to be quarantined as corrupt."""
         data_name, meta_name, _ = self._names(key)
         found = self._read(meta_name)
-        if found is None:
-            self._resolve_pending(key, record=False)
-        elif isinstance(found[1].get(PENDING), dict):
-            etag, doc = found
-            nxt = doc[PENDING]
-            data = self.store.get(data_name)
-            promote = data is not None and matches(data[0], self._record(meta_name, nxt))
-            after = nxt if promote else {k: v for k, v in doc.items() if k != PENDING}
-            self._seen[meta_name] = (self.store.put(meta_name, _dumps(after), if_match=etag), after)
+        if found is None or not _candidates(found[1]):
+            return "clean"
+        etag, doc = found
+        if self._promote(key, etag, doc) is not None:
+            return "promoted"
+        committed = self._record(meta_name, doc)
+        data = self.store.get(data_name)
+        if data is None or not matches(data[0], committed):
+            plain = _committed(doc)
+            self._seen[meta_name] = (self.store.put(meta_name, _dumps(plain), if_match=etag), plain)
+            return "corrupt"
+        rows = decode_checked(self.codec, f"{self.location}/{data_name}", data[0], committed)
+        fenced = YearRecord.from_json(committed.to_json(), key)
+        body = self._encode(rows, fenced)
+        self._commit(key, body, fenced.to_json(), found)
+        return "fenced"
 
-    def _resolve_pending(self, key: Key, *, record: bool) -> None:
-        """A new year's pending record: promoted when the data matches it and no record was
-        committed, else removed."""
-        data_name, meta_name, pending_name = self._names(key)
+    def recover(self, key: Key) -> None:
+        """Finish an interrupted commit of `key` (the caller holds the lease): afterwards the
+        record lists no candidate and no claim object is left."""
+        self._settle(key)
+        _, meta_name, pending_name = self._names(key)
         pending = self.store.get(pending_name)
         if pending is None:
             return
-        if not record:
-            try:
-                nxt = json.loads(pending[0])
-                rec: YearRecord | None = self._record(meta_name, nxt)
-            except (ValueError, CorruptFile, TypeError, AttributeError):
-                rec = None
-            data = self.store.get(data_name) if rec is not None else None
-            if rec is not None and data is not None and matches(data[0], rec):
-                with contextlib.suppress(Conflict):
-                    done = self.store.put(meta_name, _dumps(nxt), if_absent=True)
-                    self._seen[meta_name] = (done, nxt)
-        self.store.delete(pending_name, if_match=pending[1].etag)
+        if self.store.head(meta_name) is None and self._promote_new(key) is not None:
+            return
+        # the year exists (the claim is stale), or its data never arrived: no reader needs it
+        with contextlib.suppress(Conflict):
+            self.store.delete(pending_name, if_match=pending[1].etag)
 
     def housekeeping(self, symbol: str, timeframe: str) -> list[str]:
-        """Resolve what killed writers left in this series (lease held): one listing."""
+        """Resolve the new-year claims killed writers left in this series (lease held)."""
         done = []
-        names = self.store.listing(self._series(symbol, timeframe))
-        for name in names:
+        for name in self.store.listing(self._series(symbol, timeframe)):
             parsed = year_file(name.rpartition("/")[2])
             if parsed is not None and parsed[1] == "pending":
-                key = Key(symbol, timeframe, parsed[0])
-                self._resolve_pending(key, record=self._names(key)[1] in names)
+                self.recover(Key(symbol, timeframe, parsed[0]))
                 done.append(name.rpartition("/")[2])
         return done
 
@@ -398,52 +489,47 @@ class ObjectBackend(StorageBackend):
         return df, note, aside.rpartition("/")[2]
 
     def leftovers(self, *, dry_run: bool) -> list[tuple[str, str]]:
-        """Interrupted commits resolved (each under its series lease), then objects no record
-        backs: afterwards exactly one data object backs each record."""
-        listing = self.store.listing()
-        found: list[tuple[str, str]] = []
+        """Interrupted commits settled (each under its series lease), then data objects no
+        record backs: afterwards exactly one data object backs each record."""
         series: dict[tuple[str, str], dict[int, set[str]]] = {}
-        for name in listing:
+        for name in self.store.listing():
             parts = name.split("/")
             if len(parts) != 3 or parts[0] == INDEX_DIR or parts[1] not in TIMEFRAMES:
                 continue
             symbol, parsed = decode_symbol(parts[0]), year_file(parts[2])
             if symbol is None or parsed is None:
                 continue
-            kinds = series.setdefault((symbol, parts[1]), {}).setdefault(parsed[0], set())
-            kinds.add(parsed[1] if parsed[1] != "data" or name.endswith(self.suffix) else "other")
+            kind = parsed[1] if parsed[1] != "data" or name.endswith(self.suffix) else "other"
+            series.setdefault((symbol, parts[1]), {}).setdefault(parsed[0], set()).add(kind)
+        found: list[tuple[str, str]] = []
         for (symbol, tf), years in sorted(series.items()):
             for year, kinds in sorted(years.items()):
                 key = Key(symbol, tf, year)
-                data_name, meta_name, pending_name = self._names(key)
-                if "pending" in kinds:
-                    found.append((f"{self.location}/{pending_name}", "interrupted commit"))
-                    if not dry_run:
-                        with self.lock(symbol, tf, wait=600):
-                            self.recover(key)
-                        kinds = set(self._kinds(key))
-                if "meta" in kinds and not dry_run:
-                    record = self._read(meta_name)
-                    if record is not None and PENDING in record[1]:
-                        found.append((f"{self.location}/{meta_name}", "interrupted commit"))
-                        with self.lock(symbol, tf, wait=600):
-                            self.recover(key)
-                if "data" in kinds and "meta" not in kinds:
-                    found.append((f"{self.location}/{data_name}", "data without metadata"))
-                    if not dry_run:
-                        self.store.delete(data_name)
-                elif "meta" in kinds and "data" not in kinds:
-                    found.append((f"{self.location}/{meta_name}", "metadata without data"))
+                found += self._leftovers_of(key, kinds, dry_run=dry_run)
         return found
 
-    def _kinds(self, key: Key) -> list[str]:
+    def _leftovers_of(self, key: Key, kinds: set[str], *, dry_run: bool) -> list[tuple[str, str]]:
         data_name, meta_name, pending_name = self._names(key)
-        names = self.store.listing(self._series(key.symbol, key.timeframe) + str(key.year))
-        return [
-            k
-            for n, k in ((data_name, "data"), (meta_name, "meta"), (pending_name, "pending"))
-            if n in names
-        ]
+        found: list[tuple[str, str]] = []
+        interrupted = "pending" in kinds
+        if "meta" in kinds and not interrupted:
+            record = self._read(meta_name)
+            interrupted = record is not None and bool(_candidates(record[1]))
+        if interrupted:
+            where = pending_name if "pending" in kinds else meta_name
+            found.append((f"{self.location}/{where}", "interrupted commit"))
+            if not dry_run:
+                with self.lock(*key.series, wait=600):
+                    self.recover(key)
+                names = self.store.listing(self._series(*key.series) + str(key.year))
+                kinds = {k for n, k in ((data_name, "data"), (meta_name, "meta")) if n in names}
+        if "data" in kinds and "meta" not in kinds:
+            found.append((f"{self.location}/{data_name}", "data without metadata"))
+            if not dry_run:
+                self.store.delete(data_name)
+        elif "meta" in kinds and "data" not in kinds:
+            found.append((f"{self.location}/{meta_name}", "metadata without data"))
+        return found
 
     # ---- documents and the index -----------------------------------------------------------
 

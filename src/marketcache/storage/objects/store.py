@@ -43,6 +43,8 @@ class ObjectStore:
     url = ""  # shown in messages (no credentials)
     atomic_conditions = False  # whether the service itself checks If-Match / If-None-Match
     requests = 0  # requests sent (what `info` and the tests count)
+    sent_bytes = 0  # object bytes uploaded and downloaded (what the benchmark reports)
+    received_bytes = 0
 
     def check(self) -> None:
         """UsageError naming the bucket when it does not exist."""
@@ -134,6 +136,7 @@ class S3Store(ObjectStore):
             raise StorageError(f"{self.url}: cannot reach the object store ({exc})") from None
 
     def _error(self, exc: Any, key: str) -> Exception:
+        key = key.removeprefix(f"{self.prefix}/") if self.prefix else key  # the URL names it
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         if code == "NoSuchBucket":
@@ -179,6 +182,7 @@ class S3Store(ObjectStore):
         except FileNotFoundError:
             return None
         data = bytes(out["Data"])
+        self.received_bytes += len(data)
         return data, self._meta(out, len(data))
 
     def head(self, name: str) -> Meta | None:
@@ -194,6 +198,7 @@ class S3Store(ObjectStore):
         cond: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
         if if_match is not None:
             cond["IfMatch"] = if_match
+        self.sent_bytes += len(data)
         try:
             out = self._call("put_object", Key=self._key(name), Body=data, **cond)
         except FileNotFoundError:  # If-Match on an object that is gone
@@ -259,6 +264,7 @@ class FsspecStore(ObjectStore):
             data = bytes(self.fs.cat_file(self._path(name)))
         except FileNotFoundError:
             return None
+        self.received_bytes += len(data)
         return data, Meta(_etag(data), len(data), None, time.time())
 
     def head(self, name: str) -> Meta | None:
@@ -275,6 +281,7 @@ class FsspecStore(ObjectStore):
             if if_match is not None and (current is None or current[1].etag != if_match):
                 raise Conflict(f"{self.url}/{name}: changed by another writer")
         self.requests += 1
+        self.sent_bytes += len(data)
         try:
             self.fs.pipe_file(self._path(name), data)
         except OSError as exc:

@@ -15,8 +15,10 @@ class Codec(Protocol):
     suffix: str  # of the year file: YEAR + suffix
     appendable: bool  # encode_rows output may be appended after the committed bytes
 
-    def encode(self, df: pd.DataFrame, columns: list[str]) -> tuple[bytes, int]:
-        """The whole year as bytes, and its uncompressed size."""
+    def encode(self, df: pd.DataFrame, columns: list[str], *, mark: int = 0) -> tuple[bytes, int]:
+        """The whole year as bytes, and its uncompressed size. The same rows give the same bytes;
+        a non-zero `mark` is stored where readers ignore it, so that the bytes (and an object
+        store's etag) differ from every other write of the same rows."""
         ...
 
     def encode_rows(self, df: pd.DataFrame, columns: list[str]) -> tuple[bytes, int]: ...

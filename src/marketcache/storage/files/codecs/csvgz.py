@@ -30,8 +30,8 @@ class CsvGz:
     suffix = ".csv.gz"
     appendable = True
 
-    def encode(self, df: pd.DataFrame, columns: list[str]) -> tuple[bytes, int]:
-        return encode(df, columns, header=True)
+    def encode(self, df: pd.DataFrame, columns: list[str], *, mark: int = 0) -> tuple[bytes, int]:
+        return encode(df, columns, header=True, mark=mark)
 
     def encode_rows(self, df: pd.DataFrame, columns: list[str]) -> tuple[bytes, int]:
         """A member holding rows only, to append after the committed bytes."""
@@ -44,8 +44,11 @@ class CsvGz:
         return salvage(data)
 
 
-def encode(df: pd.DataFrame, columns: list[str], *, header: bool) -> tuple[bytes, int]:
-    """One gzip member holding `df`'s rows as CSV, and the CSV's uncompressed length."""
+def encode(
+    df: pd.DataFrame, columns: list[str], *, header: bool, mark: int = 0
+) -> tuple[bytes, int]:
+    """One gzip member holding `df`'s rows as CSV, and the CSV's uncompressed length. `mark`
+    goes in the gzip header's mtime field, which no reader uses."""
     arrays = [pa.array(df["timestamp"].to_numpy(dtype="M8[ns]").astype("M8[s]"))]
     for col in columns[1:]:
         values = df[col].to_numpy(dtype="float64", na_value=np.nan)
@@ -57,8 +60,9 @@ def encode(df: pd.DataFrame, columns: list[str], *, header: bool) -> tuple[bytes
     if len(df):
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
     raw = sink.getbuffer()
-    # mtime 0: the same rows always give the same bytes (a copy or a re-write keeps the sha256)
-    return bytes(igzip.compress(raw, compresslevel=COMPRESS_LEVEL, mtime=0)), len(raw)
+    # mtime = mark (0 by default): the same rows give the same bytes (a copy keeps the sha256)
+    body = igzip.compress(raw, compresslevel=COMPRESS_LEVEL, mtime=mark & 0xFFFFFFFF)
+    return bytes(body), len(raw)
 
 
 THREADED_ABOVE = 1 << 20  # decompress in a helper thread, overlapped with parsing, above 1 MB

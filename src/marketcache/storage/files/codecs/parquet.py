@@ -23,24 +23,28 @@ class Parquet:
     suffix = ".parquet"
     appendable = False
 
-    def encode(self, df: pd.DataFrame, columns: list[str]) -> tuple[bytes, int]:
+    def encode(self, df: pd.DataFrame, columns: list[str], *, mark: int = 0) -> tuple[bytes, int]:
         arrays = [pa.array(df["timestamp"].to_numpy(dtype="M8[ns]").astype("M8[us]"))]
         for col in columns[1:]:
             arrays.append(pa.array(df[col].to_numpy(dtype="float64", na_value=np.nan)))
         table = pa.Table.from_arrays(arrays, names=columns)
         sink = io.BytesIO()
-        pq.write_table(  # byte-stream-split floats and delta timestamps: smaller and faster
-            table,
-            sink,
-            compression="zstd",
-            row_group_size=ROW_GROUP,
-            use_dictionary=False,
-            use_byte_stream_split=columns[1:],
-            column_encoding={"timestamp": "DELTA_BINARY_PACKED"},
-            write_statistics=True,
-            store_schema=False,
-            write_page_checksum=True,
-        )
+        with (
+            pq.ParquetWriter(  # byte-stream-split floats and delta timestamps: smaller, faster
+                sink,
+                table.schema,
+                compression="zstd",
+                use_dictionary=False,
+                use_byte_stream_split=columns[1:],
+                column_encoding={"timestamp": "DELTA_BINARY_PACKED"},
+                write_statistics=True,
+                store_schema=False,
+                write_page_checksum=True,
+            ) as writer
+        ):
+            writer.write_table(table, row_group_size=ROW_GROUP)
+            if mark:  # a footer key-value that readers ignore
+                writer.add_key_value_metadata({"marketcache.mark": str(mark)})
         return sink.getvalue(), int(table.nbytes)
 
     def encode_rows(self, df: pd.DataFrame, columns: list[str]) -> tuple[bytes, int]:
