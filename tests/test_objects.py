@@ -70,6 +70,32 @@ def test_pandas_reads_the_year_objects_directly(s3_url: str) -> None:
     assert record["file_info"]["rows"] == 48 and PENDING not in record
 
 
+def test_duckdb_and_pandas_read_a_parquet_bucket_directly(s3_url: str) -> None:
+    """What a backtest node does without marketcache: glob the year objects of a timeframe."""
+    import duckdb
+    import s3fs
+
+    cache = UnifiedCache(s3_url, settings=settings("parquet"))
+    frames = {}
+    for i, sym in enumerate(("AAAUSDT", "BBBUSDT")):
+        frames[sym] = make_bars("2023-12-20", 24 * 30, seed=i)  # two year objects each
+        cache.put(frames[sym], sym, "1h", provider="binance")
+    cache.put(make_bars("2024-01-01", 5, freq="1D"), "AAAUSDT", "1d")  # another timeframe
+    con = duckdb.connect()
+    con.register_filesystem(s3fs.S3FileSystem())  # the AWS_* variables, as boto3's would
+    got = con.sql(
+        f"SELECT filename, timestamp, close FROM read_parquet('{s3_url}/*/1h/*.parquet',"
+        " filename = true) ORDER BY filename, timestamp"
+    ).df()
+    assert len(got) == 2 * 24 * 30
+    for sym, frame in frames.items():
+        mine = got[got["filename"].str.contains(f"/{sym}/")]
+        assert mine["close"].tolist() == frame["close"].tolist()
+        assert (mine["timestamp"].to_numpy() == frame["timestamp"].to_numpy()).all()
+    view = pd.read_parquet(f"{s3_url}/AAAUSDT/1h/2024.parquet")
+    assert len(view) == len(frames["AAAUSDT"][frames["AAAUSDT"]["timestamp"] >= "2024-01-01"])
+
+
 def test_a_writer_that_lost_its_place_cannot_overwrite_a_newer_commit(s3_url: str) -> None:
     a = UnifiedCache(s3_url, settings=settings(), lock_wait=5)
     b = UnifiedCache(s3_url, settings=settings(), lock_wait=5)
