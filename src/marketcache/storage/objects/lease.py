@@ -6,7 +6,9 @@ while the holder works. A holder that dies stops renewing; once the store's own 
 lease is older than its length, a waiter takes it over with a replace-if-unchanged write, so a
 killed runner blocks the next one for at most `lease_seconds`. A holder that was paused past
 its lease finds its renewal refused and its commits stop (`check`); the conditional writes of
-the commit itself are the second guard.
+the commit itself are the second guard. Taking a lease does not trust the store to refuse one
+of two simultaneous creates (moto and fsspec stores check, then write): the taker reads the
+lease back after a moment and holds it only if its own write is the one that stood.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from marketcache.errors import LockTimeout, StorageError
 from marketcache.storage.objects.store import Conflict, ObjectStore
 
 log = logging.getLogger(__name__)
+
+SETTLE = 0.2  # seconds between taking a lease and reading it back (longer than a write takes)
 
 
 class LeaseLost(Conflict):
@@ -81,23 +85,20 @@ class Leases:
         delay = 0.05
         holder = ""
         while True:
-            try:
-                held.etag = self.store.put(name, self._body(), if_absent=True)
-                break
-            except Conflict:
-                pass
-            found = self.store.get(name)
-            if found is not None:
+            etag = None
+            with contextlib.suppress(Conflict):
+                etag = self.store.put(name, self._body(), if_absent=True)
+            if etag is None and (found := self.store.get(name)) is not None:
                 body, meta = found
                 holder, age, length = _describe(body, meta.modified, meta.now)
                 if age > length:
-                    try:
-                        held.etag = self.store.put(name, self._body(), if_match=meta.etag)
+                    with contextlib.suppress(Conflict):
+                        etag = self.store.put(name, self._body(), if_match=meta.etag)
                         log.info("took over %s: the lease of %s expired %.0fs ago",
                                  what, holder, age - length)  # fmt: skip
-                        break
-                    except Conflict:
-                        pass
+            if etag is not None and self._confirmed(name, etag):
+                held.etag = etag
+                break
             if time.monotonic() >= deadline:
                 raise LockTimeout(_timeout(what, wait, holder))
             time.sleep(delay)
@@ -108,6 +109,15 @@ class Leases:
             target=self._renew_loop, args=(name, held), name=f"lease {what}", daemon=True
         )
         held.thread.start()
+
+    def _confirmed(self, name: str, etag: str) -> bool:
+        """Whether the lease written with `etag` is still the stored one a moment later. A store
+        may check a condition and write without atomicity (moto, fsspec stores): two waiters'
+        creates (or takeovers) can both succeed, and the later write is the one that stands.
+        Whoever reads back their own etag after the settle holds the lease; the other waits."""
+        time.sleep(SETTLE)
+        found = self.store.head(name)
+        return found is not None and found.etag == etag
 
     def _renew(self, name: str, held: _Held) -> None:
         try:
