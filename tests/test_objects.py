@@ -274,6 +274,48 @@ def test_a_killed_holder_blocks_only_until_its_lease_expires(
     with patient.lock("ABCUSDT", "1h"):
         waited = time.monotonic() - killed
     assert waited < 2 + 2.5, f"blocked {waited:.1f}s after the holder died (lease 2s)"
+    # a dead holder's lease: left alone by cleanup while it may be live, swept once expired
+    dead = _holder(s3_url, "sleep", s3_environment(s3_server, tmp_path / "m2"))
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    assert not [a for a in waiter.cleanup_leftovers() if "lease" in a.reason]
+    assert [n for n in objects(s3_url) if n.endswith(".lease")]
+    time.sleep(2.5)
+    swept = [a.reason for a in waiter.cleanup_leftovers() if "lease" in a.reason]
+    assert len(swept) == 1 and swept[0].startswith("expired lease of "), swept
+    assert not [n for n in objects(s3_url) if n.endswith(".lease")]
+
+
+SKEWED_WAITER = """
+import sys, time
+real = time.time
+time.time = lambda: real() + 3600  # this machine's clock runs an hour ahead
+from marketcache import UnifiedCache
+from marketcache.config import parse_settings
+from marketcache.errors import LockTimeout
+cache = UnifiedCache(sys.argv[1], settings=parse_settings("settings: {lease_seconds: 2}"), lock_wait=3)
+try:
+    with cache.lock("ABCUSDT", "1h"):
+        print("took a live lease", flush=True)
+except LockTimeout:
+    print("waited", flush=True)
+"""
+
+
+def test_a_machine_whose_clock_runs_ahead_does_not_take_a_live_lease(
+    s3_url: str, s3_server: str, tmp_path: Path
+) -> None:
+    """Expiry is judged by the store's clock (Date, Last-Modified), not the machines'."""
+    holder = _holder(s3_url, "sleep", s3_environment(s3_server, tmp_path / "m1"))
+    try:
+        skewed = subprocess.run(
+            [sys.executable, "-c", SKEWED_WAITER, s3_url], capture_output=True, text=True,
+            env={**os.environ, **s3_environment(s3_server, tmp_path / "m2")}, timeout=60,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert skewed.stdout.strip() == "waited", skewed.stdout + skewed.stderr
 
 
 def test_a_paused_writer_whose_lease_expired_writes_nothing(

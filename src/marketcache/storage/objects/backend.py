@@ -490,7 +490,8 @@ class ObjectBackend(StorageBackend):
 
     def leftovers(self, *, dry_run: bool) -> list[tuple[str, str]]:
         """Interrupted commits settled (each under its series lease), then data objects no
-        record backs: afterwards exactly one data object backs each record."""
+        record backs, then the leases of dead writers: afterwards exactly one data object backs
+        each record."""
         series: dict[tuple[str, str], dict[int, set[str]]] = {}
         for name in self.store.listing():
             parts = name.split("/")
@@ -506,7 +507,8 @@ class ObjectBackend(StorageBackend):
             for year, kinds in sorted(years.items()):
                 key = Key(symbol, tf, year)
                 found += self._leftovers_of(key, kinds, dry_run=dry_run)
-        return found
+        swept = self.leases.sweep(f"{INDEX_DIR}/locks/", dry_run=dry_run)
+        return found + [(f"{self.location}/{name}", why) for name, why in swept]
 
     def _leftovers_of(self, key: Key, kinds: set[str], *, dry_run: bool) -> list[tuple[str, str]]:
         data_name, meta_name, pending_name = self._names(key)

@@ -143,6 +143,22 @@ class Leases:
             with contextlib.suppress(StorageError):
                 self.store.delete(name, if_match=held.etag)
 
+    def sweep(self, prefix: str, *, dry_run: bool) -> list[tuple[str, str]]:
+        """Expired leases under `prefix` (their holders died): removed, unless `dry_run`,
+        If-Match what was read, so a lease renewed or taken meanwhile stays."""
+        found = []
+        for name in self.store.listing(prefix):
+            lease = self.store.get(name) if name.endswith(".lease") else None
+            if lease is None:
+                continue
+            holder, age, length = _describe(lease[0], lease[1].modified, lease[1].now)
+            if age > length:
+                found.append((name, f"expired lease of {holder}"))
+                if not dry_run:
+                    with contextlib.suppress(Conflict):
+                        self.store.delete(name, if_match=lease[1].etag)
+        return found
+
     def check(self, name: str) -> None:
         """Before a commit's writes: this process still holds the lease `name` (renewed now
         if a third of it has passed). LeaseLost otherwise."""
