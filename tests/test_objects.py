@@ -604,6 +604,11 @@ def test_a_missing_bucket_is_exit_2_and_no_secret_is_ever_shown(
         assert secret not in r.stdout + r.stderr, "not even in the -v traceback"
         if not verbose:
             assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # an endpoint nobody answers: a runtime failure (exit 1), one line naming the store
+    down = run_cli("list", "--cache-dir", s3_url, endpoint="http://127.0.0.1:9", home=tmp_path,
+                   extra_env={"AWS_MAX_ATTEMPTS": "2"})  # fmt: skip
+    assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+    assert "cannot reach the object store" in down.stderr and "AWS_ENDPOINT_URL" in down.stderr
     cache = UnifiedCache(s3_url, settings=settings())
     cache.put(make_bars("2024-01-01", 24), "ABCUSDT", "1h")
     for args in (("info", "--json"), ("info", "ABCUSDT", "--json"), ("validate", "-v")):

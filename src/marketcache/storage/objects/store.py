@@ -105,7 +105,7 @@ class S3Store(ObjectStore):
         self.url = safe_url(url).rstrip("/")
         _, self.bucket, self.prefix = _root(safe_url(url))
         if not self.bucket:
-            raise UsageError(f"--cache-dir {self.url}: name a bucket (s3://BUCKET/prefix)")
+            raise UsageError(f"--cache-dir {safe_url(url)}: name a bucket (s3://BUCKET/prefix)")
         opts = dict(options)
         opts.setdefault("default_block_size", 8 << 20)
         self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
@@ -120,7 +120,7 @@ class S3Store(ObjectStore):
         return sync(self.fs.loop, self._async_call, method, kwargs)
 
     async def _async_call(self, method: str, kwargs: dict[str, Any]) -> Any:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             # s3fs's client (endpoint, keys, retries) without its error translation
@@ -132,8 +132,11 @@ class S3Store(ObjectStore):
             return out
         except ClientError as exc:
             raise self._error(exc, kwargs.get("Key", "")) from None
-        except OSError as exc:
-            raise StorageError(f"{self.url}: cannot reach the object store ({exc})") from None
+        except (OSError, BotoCoreError) as exc:  # refused, DNS, timeouts, no credentials
+            raise StorageError(
+                f"{self.url}: cannot reach the object store ({exc}); check AWS_ENDPOINT_URL,"
+                " the network and the credentials"
+            ) from None
 
     def _error(self, exc: Any, key: str) -> Exception:
         key = key.removeprefix(f"{self.prefix}/") if self.prefix else key  # the URL names it
