@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 CACHE_FILE = f"{INDEX_DIR}/cache.json"
 PENDING = "pending"  # the candidates (next records) a commit under way lists
+INDEX_LEASE = f"{INDEX_DIR}/locks/index.lease"
 LISTING_TTL = 5.0  # seconds a whole-cache listing answers `symbols` / `timeframes`
 
 
@@ -545,6 +546,7 @@ class ObjectBackend(StorageBackend):
         return None if found is None else found[0]
 
     def write_document(self, symbol: str, name: str, data: bytes) -> None:
+        self.leases.check(self._lease(symbol, "actions"))  # when held (corporate actions)
         self.store.put(self._document(symbol, name), data)
 
     def list_documents(self, symbol: str, prefix: str) -> list[str]:
@@ -559,11 +561,12 @@ class ObjectBackend(StorageBackend):
         return self._json(f"{INDEX_DIR}/{name}")
 
     def write_index(self, name: str, data: Any) -> None:
+        self.leases.check(INDEX_LEASE)
         self.store.put(f"{INDEX_DIR}/{name}", _dumps(data))
 
     @contextlib.contextmanager
     def index_lock(self, *, wait: float) -> Iterator[None]:
-        with self.leases.hold(f"{INDEX_DIR}/locks/index.lease", wait=wait, what="the cache index"):
+        with self.leases.hold(INDEX_LEASE, wait=wait, what="the cache index"):
             yield
 
     def describe(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ killed runner blocks the next one for at most `lease_seconds`. A holder that was
 its lease finds its renewal refused and its commits stop (`check`); the conditional writes of
 the commit itself are the second guard. Taking a lease does not trust the store to refuse one
 of two simultaneous creates (moto and fsspec stores check, then write): the taker reads the
-lease back after a moment and holds it only if its own write is the one that stood.
+lease back before its first write and goes on only if its own write is the one that stood.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class _Held:
     depth: int = 0
     etag: str = ""
     renewed: float = 0.0  # time.monotonic() of the last successful write of the lease
+    confirmed: bool = False  # read back: this holder's write is the one that stood
     lost: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -96,28 +97,35 @@ class Leases:
                         etag = self.store.put(name, self._body(), if_match=meta.etag)
                         log.info("took over %s: the lease of %s expired %.0fs ago",
                                  what, holder, age - length)  # fmt: skip
-            if etag is not None and self._confirmed(name, etag):
+            if etag is not None:
                 held.etag = etag
                 break
             if time.monotonic() >= deadline:
                 raise LockTimeout(_timeout(what, wait, holder))
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-        held.renewed, held.lost = time.monotonic(), False
+        held.renewed, held.lost, held.confirmed = time.monotonic(), False, False
         held.stop = threading.Event()
         held.thread = threading.Thread(
             target=self._renew_loop, args=(name, held), name=f"lease {what}", daemon=True
         )
         held.thread.start()
 
-    def _confirmed(self, name: str, etag: str) -> bool:
-        """Whether the lease written with `etag` is still the stored one a moment later. A store
-        may check a condition and write without atomicity (moto, fsspec stores): two waiters'
-        creates (or takeovers) can both succeed, and the later write is the one that stands.
-        Whoever reads back their own etag after the settle holds the lease; the other waits."""
-        time.sleep(SETTLE)
+    def _confirm(self, name: str, held: _Held) -> None:
+        """Before the first write under a lease: is this holder's write still the stored one a
+        moment after it was made? A store may check a condition and write without atomicity
+        (moto, fsspec stores): two waiters' creates (or takeovers) can both succeed, and the
+        later write is the one that stands. Done lazily, the settle overlaps the planning and
+        fetching a writer does before its first write. LeaseLost for the other holder."""
+        time.sleep(max(0.0, SETTLE - (time.monotonic() - held.renewed)))
         found = self.store.head(name)
-        return found is not None and found.etag == etag
+        if found is None or found.etag != held.etag:
+            held.lost = True
+            raise LeaseLost(
+                f"the lease {name} was taken by another writer at the same moment; nothing"
+                " was written"
+            )
+        held.confirmed = True
 
     def _renew(self, name: str, held: _Held) -> None:
         try:
@@ -165,6 +173,8 @@ class Leases:
         held = self._held.get(name)
         if held is None or held.depth == 0:
             return  # not leased here (a caller without the series lock): the conditions guard
+        if not held.confirmed and not held.lost:
+            self._confirm(name, held)
         if not held.lost and time.monotonic() - held.renewed > self.seconds / 3:
             self._renew(name, held)
         if held.lost or time.monotonic() - held.renewed > self.seconds / 2:
