@@ -4,7 +4,8 @@ A lease is an object (`_metadata/locks/SYMBOL/TF.lease`) naming its owner, taken
 create-if-absent write and renewed (a replace-if-unchanged write) every third of its length
 while the holder works. A holder that dies stops renewing; once the store's own clock says the
 lease is older than its length, a waiter takes it over with a replace-if-unchanged write, so a
-killed runner blocks the next one for at most `lease_seconds`. A holder that was paused past
+killed runner blocks the next one for at most `lease_seconds` (and the second of granularity
+of the store's HTTP dates). A holder that was paused past
 its lease finds its renewal refused and its commits stop (`check`); the conditional writes of
 the commit itself are the second guard. Taking a lease does not trust the store to refuse one
 of two simultaneous creates (moto and fsspec stores check, then write): the taker reads the
