@@ -411,7 +411,12 @@ def s3_market(request: pytest.FixtureRequest) -> Iterator[tuple[FakeBinance, str
 
 
 def machine(
-    conf: str, url: str, endpoint: str, home: Path, symbols: tuple[str, ...] = SYMBOLS
+    conf: str,
+    url: str,
+    endpoint: str,
+    home: Path,
+    symbols: tuple[str, ...] = SYMBOLS,
+    workers: int = 1,
 ) -> subprocess.Popen[str]:
     """`marketcache populate` as another machine would run it: its own folder and config."""
     home.mkdir(parents=True, exist_ok=True)
@@ -424,7 +429,7 @@ def machine(
     }
     return subprocess.Popen(
         [sys.executable, "-m", "marketcache", "populate", *symbols, "-t", "1m", "--start", START,
-         "--end", END, "--json", "-q"],
+         "--end", END, "--json", "-q", "--workers", str(workers)],
         env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -479,7 +484,10 @@ def test_three_machines_racing_on_one_bucket_end_as_one_run(
     _, conf = s3_market
     expected, _, _ = s3_reference
     pairs = [(SYMBOLS[0], SYMBOLS[1]), (SYMBOLS[1], SYMBOLS[2]), (SYMBOLS[2], SYMBOLS[0])]
-    procs = [machine(conf, s3_url, s3_server, tmp_path / f"m{i}", p) for i, p in enumerate(pairs)]
+    procs = [  # the first machine runs its two symbols on two threads sharing one backend
+        machine(conf, s3_url, s3_server, tmp_path / f"m{i}", p, workers=2 if i == 0 else 1)
+        for i, p in enumerate(pairs)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
