@@ -397,6 +397,52 @@ def test_a_writer_paused_between_its_claim_and_its_data_cannot_overwrite_the_nex
     assert UnifiedCache(s3_url, settings=settings()).cleanup_leftovers() == []
 
 
+def test_a_paused_populate_re_plans_from_the_newer_commit_and_loses_nothing(
+    s3_url: str, s3_server: str, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    """A populate frozen right after its claim; another machine fills the same range; when the
+    pause ends its data write is refused, it re-plans from the newer state and ends clean."""
+    fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 72))
+    conf = config_for(binance=fake_binance) + "settings: {lease_seconds: 2, lock_wait: 30}\n"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(conf)
+
+    def populate(end: str, endpoint: str, home: Path) -> subprocess.Popen[str]:
+        home.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "marketcache", "populate", "ABCUSDT", "-t", "1h", "--start",
+             "2024-01-01", "--end", end, "--json", "-q", "--cache-dir", s3_url,
+             "--config", str(mine)],
+            env={**os.environ, **s3_environment(endpoint, home / "xdg")}, cwd=home, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    first = populate("2024-01-02", s3_server, tmp_path / "m0")
+    assert first.wait(60) == 0, first.communicate()[1]
+
+    def after_claim(method: str, path: str, body: bytes) -> bool:
+        return method == "PUT" and "/ABCUSDT/1h/2024.metadata.json" in path
+
+    proxy = CountingProxy(s3_server, freeze_after=after_claim)
+    try:
+        paused = populate("2024-01-03", proxy.url, tmp_path / "m1")
+        assert proxy.frozen.wait(60), "the paused populate never claimed"
+        other = populate("2024-01-04", s3_server, tmp_path / "m2")  # waits out the lease
+        out, err = other.communicate(timeout=60)
+        assert other.returncode == 0, err
+    finally:
+        proxy.thaw.set()
+    out, err = paused.communicate(timeout=60)
+    proxy.close()
+    assert paused.returncode == 0, err
+    notes = json.loads(out)["results"][0]["notes"]
+    assert any("re-planned from the newer state" in n for n in notes), notes
+    got = UnifiedCache(s3_url, settings=settings()).get("ABCUSDT", "1h")
+    assert got["close"].tolist() == fake_binance.series[("ABCUSDT", "1h")]["close"].tolist()
+    one_data_object_per_record(s3_url, ".csv.gz")
+    assert UnifiedCache(s3_url, settings=settings()).cleanup_leftovers() == []
+
+
 # ---- machines that share nothing but the bucket -------------------------------------------------
 
 
