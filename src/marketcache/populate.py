@@ -180,7 +180,7 @@ class Runner:
             return
         for attempt in (1, 2):
             try:
-                if self._locked(job, tf, chain, result) is None:
+                if not self._locked(job, tf, chain, result):
                     return
                 break
             except Conflict as exc:  # object storage: another writer committed first
@@ -189,14 +189,12 @@ class Runner:
                 result.notes.append(f"re-planned from the newer state ({exc})")
         self._summarise(job, result)
 
-    def _locked(
-        self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult
-    ) -> bool | None:
-        """Plan and fetch under the series lock; None when there was nothing to do."""
+    def _locked(self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult) -> bool:
+        """Plan and fetch under the series lock; False when there was nothing to do."""
         with self.cache.lock(job.symbol, job.timeframe):
             planned = self._plan(job, tf, chain, result, writes=True)
             if planned is None:
-                return None
+                return False
             plan, now, expected, present = planned
             self.sink.plan(f"{job.symbol} {job.timeframe}", _bars_in(plan.fetch, expected))
             self._execute(job, tf, plan, chain, result, now, expected, present)

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from marketcache.errors import CorruptFile, UsageError
+from marketcache.errors import Conflict, CorruptFile, UsageError
 from marketcache.records import YearRecord
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import committed_bytes, decode_checked, matches
@@ -54,7 +54,7 @@ from marketcache.storage.layout import (
     year_file,
 )
 from marketcache.storage.objects.lease import Leases
-from marketcache.storage.objects.store import Conflict, Meta, open_store
+from marketcache.storage.objects.store import Meta, open_store
 from marketcache.symbols import decode_symbol, encode_symbol, normalize_symbol
 from marketcache.timeframes import TIMEFRAMES
 
@@ -231,30 +231,30 @@ class ObjectBackend(StorageBackend):
             raise CorruptFile(f"{self.location}/{name}", "metadata file is missing")
         return self._record(name, found[1])
 
-    def _candidates_now(self, key: Key) -> list[YearRecord]:
-        """The next records listed by commits under way (record and new-year claim), now."""
+    def _match(
+        self, meta_name: str, data: bytes, docs: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The first of `docs` (records) whose committed bytes `data` is; unreadable ones are
+        skipped."""
+        for doc in docs:
+            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
+                if matches(data, self._record(meta_name, doc)):
+                    return doc
+        return None
+
+    def _matching(self, key: Key, data: bytes, record: YearRecord) -> YearRecord:
+        """The record `data` is the committed bytes of: `record`, or — a commit ran between
+        the two reads — the record now committed or a candidate a commit under way lists."""
+        if matches(data, record):
+            return record
         _, meta_name, pending_name = self._names(key)
         docs: list[dict[str, Any]] = []
         with contextlib.suppress(CorruptFile):
             found = self._read(meta_name)
-            docs += [found[1]] if found is not None else []
-            docs += _candidates(found[1]) if found is not None else []
+            docs += [found[1], *_candidates(found[1])] if found is not None else []
         docs += _candidates(self._json(pending_name))
-        out = []
-        for doc in docs:
-            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
-                out.append(self._record(meta_name, doc))
-        return out
-
-    def _matching(self, key: Key, data: bytes, record: YearRecord) -> YearRecord:
-        """The record `data` is the committed bytes of: `record`, or — a commit ran between
-        the two reads — the record now committed or a listed candidate."""
-        if matches(data, record):
-            return record
-        for candidate in self._candidates_now(key):
-            if matches(data, candidate):
-                return candidate
-        return record
+        doc = self._match(meta_name, data, docs)
+        return record if doc is None else self._record(meta_name, doc)
 
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
         data_name = self._names(key)[0]
@@ -312,13 +312,20 @@ class ObjectBackend(StorageBackend):
             self.store.put(name, body, if_match=before.etag)
 
     def _commit(
-        self, key: Key, body: bytes, new: dict[str, Any], seen: tuple[str, dict[str, Any]]
+        self,
+        key: Key,
+        body: bytes,
+        new: dict[str, Any],
+        seen: tuple[str, dict[str, Any]],
+        checked: Meta | None = None,
     ) -> None:
+        """`checked`: the data object the caller has just read and found to be no listed
+        candidate's (the fence); otherwise it is read here, step (0)."""
         data_name, meta_name, _ = self._names(key)
         etag, doc = seen
         listed = _candidates(doc)
-        before = self.store.head(data_name)  # (0) before the claim
-        if listed and before is not None and self._promote(key, etag, doc) is not None:
+        before = checked or self.store.head(data_name)  # (0) before the claim
+        if listed and before is not None and checked is None and self._promote(key, etag, doc):
             raise Conflict(f"{self.location}/{meta_name}: an interrupted commit was completed")
         self._check_lease(key)
         claimed = {**_committed(doc), PENDING: [*listed, new]}
@@ -336,7 +343,7 @@ class ObjectBackend(StorageBackend):
         pending = self.store.get(pending_name)
         listed = _candidates(_loads(pending[0])) if pending else []
         before = self.store.head(data_name)  # (0) an orphan a killed writer left, or none
-        if listed and before is not None and self._promote_new(key) is not None:
+        if listed and before is not None and self._promote_new(key):
             raise Conflict(f"{self.location}/{meta_name}: an interrupted commit was completed")
         self._check_lease(key)
         claim = self.store.put(  # (1)
@@ -387,35 +394,36 @@ class ObjectBackend(StorageBackend):
 
     # ---- recovery (the lease held) -----------------------------------------------------------
 
-    def _promote(self, key: Key, etag: str, doc: dict[str, Any]) -> dict[str, Any] | None:
-        """Commit the listed candidate the data object matches, if one does."""
+    def _promote(self, key: Key, etag: str, doc: dict[str, Any], data: bytes | None = None) -> bool:
+        """Commit the listed candidate the data object (`data`, or read now) matches, if one
+        does."""
         data_name, meta_name, _ = self._names(key)
-        found = self.store.get(data_name)
-        if found is None:
-            return None
-        for candidate in _candidates(doc):
-            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
-                if matches(found[0], self._record(meta_name, candidate)):
-                    done = self.store.put(meta_name, _dumps(candidate), if_match=etag)
-                    self._seen[meta_name] = (done, candidate)
-                    return candidate
-        return None
+        if data is None:
+            found = self.store.get(data_name)
+            data = found[0] if found is not None else None
+        candidate = None if data is None else self._match(meta_name, data, _candidates(doc))
+        if candidate is None:
+            return False
+        self._seen[meta_name] = (
+            self.store.put(meta_name, _dumps(candidate), if_match=etag),
+            candidate,
+        )
+        return True
 
-    def _promote_new(self, key: Key) -> dict[str, Any] | None:
+    def _promote_new(self, key: Key) -> bool:
         """A new year's claim whose data arrived: create the record it lists."""
         data_name, meta_name, pending_name = self._names(key)
         pending, data = self.store.get(pending_name), self.store.get(data_name)
         if pending is None or data is None:
-            return None
-        for candidate in _candidates(_loads(pending[0])):
-            with contextlib.suppress(CorruptFile, TypeError, AttributeError, KeyError):
-                if matches(data[0], self._record(meta_name, candidate)):
-                    done = self.store.put(meta_name, _dumps(candidate), if_absent=True)
-                    self._seen[meta_name] = (done, candidate)
-                    with contextlib.suppress(Conflict):
-                        self.store.delete(pending_name, if_match=pending[1].etag)
-                    return candidate
-        return None
+            return False
+        candidate = self._match(meta_name, data[0], _candidates(_loads(pending[0])))
+        if candidate is None:
+            return False
+        done = self.store.put(meta_name, _dumps(candidate), if_absent=True)
+        self._seen[meta_name] = (done, candidate)
+        with contextlib.suppress(Conflict):
+            self.store.delete(pending_name, if_match=pending[1].etag)
+        return True
 
     def _settle(self, key: Key) -> str:
         """An existing year whose record lists candidates: promote the one the data matches;
@@ -426,10 +434,10 @@ class ObjectBackend(StorageBackend):
         if found is None or not _candidates(found[1]):
             return "clean"
         etag, doc = found
-        if self._promote(key, etag, doc) is not None:
+        data = self.store.get(data_name)  # read once: promotion, then the fence, use it
+        if data is not None and self._promote(key, etag, doc, data[0]):
             return "promoted"
         committed = self._record(meta_name, doc)
-        data = self.store.get(data_name)
         if data is None or not matches(data[0], committed):
             plain = _committed(doc)
             self._seen[meta_name] = (self.store.put(meta_name, _dumps(plain), if_match=etag), plain)
@@ -437,7 +445,8 @@ class ObjectBackend(StorageBackend):
         rows = decode_checked(self.codec, f"{self.location}/{data_name}", data[0], committed)
         fenced = YearRecord.from_json(committed.to_json(), key)
         body = self._encode(rows, fenced)
-        self._commit(key, body, fenced.to_json(), found)
+        # the data replaced If-Match what was just checked: a write since then refuses the fence
+        self._commit(key, body, fenced.to_json(), found, checked=data[1])
         return "fenced"
 
     def recover(self, key: Key) -> None:
@@ -448,7 +457,7 @@ class ObjectBackend(StorageBackend):
         pending = self.store.get(pending_name)
         if pending is None:
             return
-        if self.store.head(meta_name) is None and self._promote_new(key) is not None:
+        if self.store.head(meta_name) is None and self._promote_new(key):
             return
         # the year exists (the claim is stale), or its data never arrived: no reader needs it
         with contextlib.suppress(Conflict):

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from marketcache.errors import LockTimeout, StorageError
-from marketcache.storage.objects.store import Conflict, ObjectStore
+from marketcache.errors import Conflict, LockTimeout, StorageError
+from marketcache.storage.objects.store import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,6 @@ from typing import Any
 
 from marketcache.errors import Conflict, StorageError, UsageError
 
-__all__ = ["Conflict", "FsspecStore", "Meta", "ObjectStore", "S3Store", "open_store"]
-
 
 @dataclass(frozen=True)
 class Meta:
@@ -43,7 +41,7 @@ class ObjectStore:
     url = ""  # shown in messages (no credentials)
     atomic_conditions = False  # whether the service itself checks If-Match / If-None-Match
     requests = 0  # requests sent (what `info` and the tests count)
-    sent_bytes = 0  # object bytes uploaded and downloaded (what the benchmark reports)
+    sent_bytes = 0  # object bytes uploaded, and downloaded (what the benchmark reports)
     received_bytes = 0
 
     def check(self) -> None:
@@ -51,9 +49,6 @@ class ObjectStore:
 
     def exists(self) -> bool:
         """Whether anything is stored under the root."""
-        return bool(self.listing_page())
-
-    def listing_page(self) -> bool:
         raise NotImplementedError
 
     def get(self, name: str) -> tuple[bytes, Meta] | None:
@@ -175,7 +170,7 @@ class S3Store(ObjectStore):
                 " create it or fix the URL"
             ) from None
 
-    def listing_page(self) -> bool:
+    def exists(self) -> bool:
         listed = self._call("list_objects_v2", Prefix=self._key(""), MaxKeys=1)
         return bool(listed.get("KeyCount", 0))
 
@@ -257,7 +252,7 @@ class FsspecStore(ObjectStore):
     def _path(self, name: str) -> str:
         return f"{self.base}/{name}" if name else self.base
 
-    def listing_page(self) -> bool:
+    def exists(self) -> bool:
         self.requests += 1
         return bool(self.fs.exists(self._path("")))
 
