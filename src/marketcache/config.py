@@ -6,7 +6,10 @@ show the value.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,8 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from marketcache.configfile import check_size, load_yaml, merge_over
 from marketcache.errors import ConfigError, MarketCacheError
 from marketcache.models import parse_date
 from marketcache.storage.files.codecs import CODECS
@@ -30,6 +32,7 @@ DEFAULT_BASE_URLS = {
     "alpha_vantage": "https://www.alphavantage.co",
 }
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+NUMBER_CEILING = 1e9  # the bound of a numeric key that names no tighter one
 _RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
 
 
@@ -171,34 +174,36 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 def default_settings() -> Settings:
     """The packaged defaults (what a library user gets without naming a config)."""
-    return parse_settings(default_config_text(), source="<packaged default>")
+    return parse_settings(default_config_text(), source="<packaged default>", defaults=False)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Load settings from `path` (resolved as the CLI does) or the packaged default."""
     resolved = resolve_config_path(path)
     if resolved is None:
-        return parse_settings(default_config_text(), source="<packaged default>")
+        return default_settings()
     try:
+        check_size(resolved.stat().st_size, str(resolved))  # before reading it into memory
         text = resolved.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path=resolved) from None
     return parse_settings(text, source=str(resolved))
 
 
-def parse_settings(text: str, *, source: str = "providers.yaml") -> Settings:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML{where}: {problem}", path=source) from None
-    except ValueError as exc:  # e.g. a date-looking scalar such as 2020-13-01
-        raise ConfigError(f"invalid value: {exc}", path=source) from None
+def parse_settings(text: str, *, source: str = "providers.yaml", defaults: bool = True) -> Settings:
+    """Typed settings from a providers.yaml's text, merged over the packaged defaults key by
+    key (see `configfile.merge_over`) unless `defaults` is False."""
+    raw = load_yaml(text, source)
     if raw is None:
         raw = {}
+    if defaults and isinstance(raw, dict):
+        raw = merge_over(copy.deepcopy(_packaged_raw()), raw)
     return _Parser(source).settings(raw)
+
+
+@functools.cache
+def _packaged_raw() -> Any:
+    return load_yaml(default_config_text(), "<packaged default>")
 
 
 class _Parser:
@@ -240,13 +245,32 @@ class _Parser:
                 out[k] = self.text(v, f"{key}.{k}")
         return out
 
-    def number(self, value: Any, key: str, *, low: float = 0.0, high: float | None = None) -> float:
+    def number(
+        self,
+        value: Any,
+        key: str,
+        *,
+        low: float = 0.0,
+        high: float = NUMBER_CEILING,
+        integer: bool = False,
+    ) -> float:
+        """A finite number in [low, high]: every numeric key is bounded both ways, since `.nan`
+        compares false with everything and `.inf` (or 1e400) overflows timers and buckets."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, f"must be a number, got {type(value).__name__}")
-        if value < low or (high is not None and value > high):
-            bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        bound = f"between {low:g} and {high:g}"
+        try:
+            number = float(value)
+        except OverflowError:
+            digits = len(str(value))
+            raise self.fail(key, f"must be a number {bound}, got a {digits}-digit one") from None
+        if not math.isfinite(number):
+            raise self.fail(key, f"must be a finite number {bound}, got {value}")
+        if not low <= number <= high:
             raise self.fail(key, f"must be {bound}, got {value}")
-        return float(value)
+        if integer and not number.is_integer():
+            raise self.fail(key, f"must be a whole number {bound}, got {value}")
+        return number
 
     def unknown(self, data: dict[str, Any], allowed: tuple[str, ...], key: str) -> None:
         for k in data:
@@ -280,6 +304,12 @@ class _Parser:
                 for n, p in providers.items()
             }
         fundamentals = self.fundamentals(top.get("fundamentals") or {}, providers)
+        for name, prov in providers.items():
+            if prov.enabled and prov.rate_limit.describe() == "unlimited":
+                self.warnings.append(
+                    f"{self.source}: providers.{name} has no rate_limit, so its requests are not"
+                    f" throttled: set one, e.g. providers.{name}.rate_limit: {{per_minute: 60}}"
+                )
         return Settings(
             self.source, providers, selection, symbols, datasets, options, tuple(self.warnings),
             fundamentals,
@@ -328,9 +358,11 @@ class _Parser:
                     body.get("reliability", 0.9), f"{key}.reliability", high=1.0
                 ),
                 api_key=api_key,
-                timeout=self.number(body.get("timeout", 15.0), f"{key}.timeout", low=0.1),
+                timeout=self.number(
+                    body.get("timeout", 15.0), f"{key}.timeout", low=0.1, high=3600
+                ),
                 retry_budget=self.number(
-                    body.get("retry_budget", 60.0), f"{key}.retry_budget", low=0.0
+                    body.get("retry_budget", 60.0), f"{key}.retry_budget", high=86_400
                 ),
                 enabled=enabled,
                 archive_url=archive_url,
@@ -352,7 +384,7 @@ class _Parser:
         self.unknown(body, tuple(_RATE_UNITS), key)
         return RateLimit(
             **{
-                k: self.number(v, f"{key}.{k}", low=1e-9)
+                k: self.number(v, f"{key}.{k}", low=1e-9, high=1e6)
                 for k, v in body.items()
                 if k in _RATE_UNITS
             }
@@ -441,7 +473,8 @@ class _Parser:
         if not re.fullmatch(r"0|\d+[mhdw]", max_age.strip().lower()):
             raise self.fail("settings.fundamentals_max_age", f"'{max_age}': use e.g. 7d, 36h")
         keep = self.number(body.get("fundamentals_keep", defaults.fundamentals_keep),
-                           "settings.fundamentals_keep", low=1)  # fmt: skip
+                           "settings.fundamentals_keep", low=1, high=10_000,
+                           integer=True)  # fmt: skip
         store = self.text(body.get("rate_limit_store", ""), "settings.rate_limit_store")
         if store and not store.startswith(("postgresql://", "postgres://")):
             raise self.fail(
@@ -451,7 +484,10 @@ class _Parser:
         return Options(
             rate_limit_store=store,
             lease_seconds=self.number(
-                body.get("lease_seconds", defaults.lease_seconds), "settings.lease_seconds", low=1
+                body.get("lease_seconds", defaults.lease_seconds),
+                "settings.lease_seconds",
+                low=1,
+                high=86_400,
             ),
             storage_options=Secret(
                 json.dumps(self.options_tree(storage, "settings.storage_options"))
@@ -462,10 +498,13 @@ class _Parser:
             min_score=self.number(
                 body.get("min_score", defaults.min_score), "settings.min_score", high=1.0
             ),
-            lock_wait=self.number(body.get("lock_wait", defaults.lock_wait), "settings.lock_wait"),
+            lock_wait=self.number(  # a week: longer is a hang, not a wait
+                body.get("lock_wait", defaults.lock_wait), "settings.lock_wait", high=604_800
+            ),
             verified_empty_recheck_days=self.number(
                 body.get("verified_empty_recheck_days", defaults.verified_empty_recheck_days),
                 "settings.verified_empty_recheck_days",
+                high=36_500,
             ),
         )
 
