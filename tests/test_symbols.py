@@ -1,14 +1,28 @@
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import make_bars
+from fakes import FakeBinance, FakeYahoo, config_for
+from marketcache import UnifiedCache
+from marketcache.config import parse_settings
 from marketcache.errors import UsageError
 from marketcache.storage.layout import CacheLayout
-from marketcache.symbols import AssetClass, classify, decode_symbol, encode_symbol
+from marketcache.symbols import (
+    AssetClass,
+    classify,
+    decode_symbol,
+    encode_symbol,
+    normalize_symbol,
+)
 
 
 @pytest.mark.parametrize(
@@ -18,11 +32,10 @@ from marketcache.symbols import AssetClass, classify, decode_symbol, encode_symb
         ("BRK.B", "BRK.B"),
         ("EURUSD=X", "EURUSD=X"),
         ("^GSPC", "^GSPC"),
-        ("BTC/USDT", "BTC%2FUSDT"),
         ("A B", "A%20B"),
-        ("..X", "%2E.X"),
+        (".X", "%2EX"),
         ("_METADATA", "%5FMETADATA"),
-        ("C:\\", "C%3A%5C"),
+        ("C:X", "C%3AX"),
         ("€", "%E2%82%AC"),
     ],
 )
@@ -56,7 +69,7 @@ def test_no_symbol_resolves_outside_the_root(
         return
     assert root in path.resolve().parents
     assert path.parent.parent.parent == root
-    assert decode_symbol(path.parent.parent.name) == text.strip().upper()
+    assert decode_symbol(path.parent.parent.name) == normalize_symbol(text)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +91,114 @@ def test_classification(symbol: str, kind: AssetClass) -> None:
 
 def test_classification_override() -> None:
     assert classify("AAPL", "crypto") is AssetClass.CRYPTO
+
+
+# ---- the library parts of issue 19.12 -----------------------------------------------------
+
+
+def test_a_pair_written_with_a_slash_names_the_same_series(tmp_path: Path) -> None:
+    """ccxt and freqtrade write BTC/USDT; it is the series BTCUSDT, not a second one."""
+    cache = UnifiedCache(tmp_path / "c", settings=parse_settings(""))
+    cache.put(make_bars("2024-01-01", 24), "BTC/USDT", "1h", provider="binance")
+    cache.put(make_bars("2024-01-02", 24), "btcusdt", "1h", provider="binance")
+    assert cache.list_symbols() == ["BTCUSDT"]
+    assert len(cache.get("BTC/USDT", "1h")) == len(cache.get("BTCUSDT", "1h")) == 48
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name != "_metadata"] == ["BTCUSDT"]
+    assert classify(normalize_symbol("BTC/EUR")) is AssetClass.CRYPTO
+
+
+def test_populate_of_a_slash_pair_asks_binance_for_the_pair_and_stores_one_series(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 48))
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    args = ("-t", "1h", "--start", "2024-01-01", "--end", "2024-01-03", "--json",
+            "--config", str(conf), "--cache-dir", "c")  # fmt: skip
+    first = cli("populate", "ABC/USDT", *args)
+    assert first.code == 0, first.err
+    assert first.json()["results"][0]["symbol"] == "ABCUSDT"
+    assert {q["symbol"] for q in fake_binance.data_requests()} == {"ABCUSDT"}
+    again = cli("populate", "ABCUSDT", *args)
+    assert again.json()["results"][0]["requests"] == 0, "the same series: nothing to fetch"
+    assert cli("list", "--json", "--cache-dir", "c").json() == [
+        {"symbol": "ABCUSDT", "timeframes": ["1h"]}
+    ]
+
+
+NOT_TICKERS = ["../../etc", "a/b/c", "A\\B", "X..Y", "\ufeffAAPL", "AA\u200bPL", "AAPL\u202e"]
+
+
+@pytest.mark.parametrize("bad", NOT_TICKERS)
+def test_what_cannot_be_a_ticker_is_refused(bad: str) -> None:
+    with pytest.raises(UsageError, match="ticker"):
+        normalize_symbol(bad)
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "A\\B", "AA\u200bPL"])
+def test_populate_refuses_a_non_ticker_with_exit_2_before_any_request(
+    cli: Any, fake_binance: FakeBinance, fake_yahoo: FakeYahoo, tmp_path: Path, bad: str
+) -> None:
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance, yahoo=fake_yahoo))
+    r = cli("populate", bad, "-t", "1d", "--start", "2024-01-01", "--end", "2024-02-01",
+            "--config", str(conf), "--cache-dir", "c")  # fmt: skip
+    assert r.code == 2, (r.code, r.err)
+    assert r.err.count("\n") == 1 and "ticker" in r.err and "Traceback" not in r.err
+    assert fake_binance.requests == [] and fake_yahoo.requests == []
+    assert not (tmp_path / "c").exists(), "nothing written"
+
+
+def test_a_byte_order_mark_on_a_symbols_file_is_not_part_of_the_symbol(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    """Windows editors save UTF-8 with a BOM: the first symbol must still be ABCUSDT."""
+    fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 24))
+    listed = tmp_path / "symbols.txt"
+    listed.write_text("ABCUSDT  # the first line carries the mark\n", encoding="utf-8-sig")
+    assert listed.read_bytes().startswith(b"\xef\xbb\xbf")
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    r = cli("populate", "--symbols-file", str(listed), "-t", "1h", "--start", "2024-01-01",
+            "--end", "2024-01-02", "--json", "--config", str(conf), "--cache-dir", "c")  # fmt: skip
+    assert r.code == 0, r.err
+    assert [j["symbol"] for j in r.json()["results"]] == ["ABCUSDT"]
+    assert r.json()["results"][0]["rows_added"] == 24
+
+
+START_TYPES = {
+    "date": dt.date(2024, 1, 2),
+    "datetime": dt.datetime(2024, 1, 2),
+    "aware datetime": dt.datetime(2024, 1, 2, 5, tzinfo=dt.timezone(dt.timedelta(hours=5))),
+    "Timestamp": pd.Timestamp("2024-01-02"),
+    "aware Timestamp": pd.Timestamp("2024-01-01 19:00", tz="America/New_York"),
+    "numpy": np.datetime64("2024-01-02"),
+    "text": "2024-01-02",
+}
+
+
+@pytest.mark.parametrize("kind", list(START_TYPES))
+def test_get_accepts_every_usual_date_type_naive_as_utc(tmp_path: Path, kind: str) -> None:
+    cache = UnifiedCache(tmp_path / "c", settings=parse_settings(""))
+    cache.put(make_bars("2024-01-01", 72), "ABCUSDT", "1h", provider="binance")
+    start = START_TYPES[kind]
+    got = cache.get("ABCUSDT", "1h", start=start, end=dt.date(2024, 1, 3))
+    assert got["timestamp"].iloc[0] == pd.Timestamp("2024-01-02 00:00"), kind
+    assert len(got) == 24
+
+
+def test_the_data_manager_accepts_dates_too(fake_binance: FakeBinance, tmp_path: Path) -> None:
+    from marketcache import DataManager
+
+    fake_binance.add("ABCUSDT", "1h", make_bars("2024-01-01", 24 * 5))
+    settings = parse_settings(config_for(binance=fake_binance))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        got = dm.get_ohlcv("ABCUSDT", "1h", start=dt.date(2024, 1, 2), end=dt.date(2024, 1, 4))
+        assert len(got) == 48 and got["timestamp"].iloc[0] == pd.Timestamp("2024-01-02")
+        aware = pd.Timestamp("2024-01-02 06:00", tz="Asia/Tokyo")  # 2024-01-01 21:00 UTC
+        early = dm.get_ohlcv("ABCUSDT", "1h", start=aware, end=dt.datetime(2024, 1, 2))
+        assert early["timestamp"].tolist() == list(
+            pd.date_range("2024-01-01 21:00", periods=3, freq="1h")
+        )
+    with pytest.raises(UsageError, match="start"):
+        UnifiedCache(tmp_path / "c", settings=settings).get("ABCUSDT", "1h", start=20240102)

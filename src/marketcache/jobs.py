@@ -149,7 +149,7 @@ def read_symbols_file(path: Path) -> list[str]:
     except OSError as exc:
         raise UsageError(f"--symbols-file {path}: {exc.strerror or exc}") from None
     out = []
-    for line in text.splitlines():
+    for line in text.removeprefix("\ufeff").splitlines():  # an editor's byte-order mark
         item = line.split("#", 1)[0].strip()
         if item:
             out.append(item)

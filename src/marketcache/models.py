@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 from marketcache.errors import UsageError
@@ -22,15 +22,27 @@ def utcnow() -> pd.Timestamp:
     return pd.Timestamp(datetime.now(UTC).replace(tzinfo=None))
 
 
-def parse_date(text: str | datetime | pd.Timestamp, *, option: str = "date") -> pd.Timestamp:
-    """Parse an ISO date/time or a relative age ('30d', '2y' = that long before now), UTC-naive.
+def parse_date(text: str | date | datetime | pd.Timestamp, *, option: str = "date") -> pd.Timestamp:
+    """A point in time, UTC-naive, from an ISO date/time or a relative age ('30d', '2y' = that
+    long before now), or a `datetime.date`, `datetime.datetime`, `pd.Timestamp` or
+    `np.datetime64` (naive means UTC; aware is converted).
 
-    Raises UsageError naming `option` when the text is not a date or lies outside 1970..2200.
+    Raises UsageError naming `option` when it is not a date or lies outside 1970..2200.
     """
+    import numpy as np
     import pandas as pd
 
-    if isinstance(text, datetime | pd.Timestamp):
+    if isinstance(text, datetime | pd.Timestamp | np.datetime64):
         ts = pd.Timestamp(text)
+        if pd.isna(ts):
+            raise UsageError(f"{option} is NaT: give a date")
+    elif isinstance(text, date):  # a date, not a datetime (which is a date too): its midnight
+        ts = pd.Timestamp(text.year, text.month, text.day)
+    elif not isinstance(text, str):
+        raise UsageError(
+            f"{option} {text!r} is a {type(text).__name__}: give a date, datetime, Timestamp"
+            " or text such as 2024-01-31"
+        )
     else:
         raw = text.strip()
         m = _RELATIVE.match(raw.lower())

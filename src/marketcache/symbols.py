@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import StrEnum
 
 from marketcache.errors import UsageError
@@ -11,6 +12,10 @@ MAX_SYMBOL_LENGTH = 64
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-=^")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 CRYPTO_QUOTES = ("USDT", "USDC", "FDUSD", "TUSD", "BUSD", "BTC", "ETH", "BNB")
+FIAT_QUOTES = ("USD", "EUR", "GBP", "TRY", "BRL", "JPY", "AUD")  # after a known coin: a pair
+_PAIR = re.compile(r"([^\W_]+)/([^\W_]+)")  # BASE/QUOTE, ccxt and freqtrade style
+# control, format (a byte-order mark, zero-width and direction marks), surrogate, line breaks
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class AssetClass(StrEnum):
@@ -20,17 +25,32 @@ class AssetClass(StrEnum):
 
 
 def normalize_symbol(symbol: str) -> str:
-    """Upper-case and strip a user-given symbol; refuse the unusable ones with UsageError."""
+    """Upper-case and strip a user-given symbol; refuse with UsageError what cannot be a ticker.
+
+    `BTC/USDT` (ccxt, freqtrade) is the pair `BTCUSDT`: one series whichever way it is
+    written. Any other path separator, a `..`, and invisible characters (control characters,
+    a byte-order mark, zero-width or direction marks) are refused before anything is asked.
+    """
     if not isinstance(symbol, str):
         raise UsageError(f"symbol {symbol!r} is not text")
     s = symbol.strip().upper()
     if s in ("", ".", ".."):
         raise UsageError(f"symbol '{symbol}' is not a usable name: give a ticker such as AAPL")
-    if "\x00" in s or any(ord(c) < 32 for c in s):
-        raise UsageError(f"symbol {symbol!r} contains control characters")
+    if any(unicodedata.category(c) in _INVISIBLE for c in s):
+        raise UsageError(
+            f"symbol {symbol!r} contains control or invisible characters: type the ticker plainly"
+        )
     if len(s) > MAX_SYMBOL_LENGTH:
         raise UsageError(
             f"symbol '{s[:20]}…' is {len(s)} characters long: at most {MAX_SYMBOL_LENGTH}"
+        )
+    pair = _PAIR.fullmatch(s)
+    if pair:
+        return pair.group(1) + pair.group(2)
+    if "/" in s or "\\" in s or ".." in s:
+        raise UsageError(
+            f"symbol '{symbol}' cannot be a ticker (path separators or '..'): give a ticker"
+            " such as AAPL, or a pair as BTC/USDT or BTCUSDT"
         )
     return s
 
@@ -77,6 +97,9 @@ def classify(symbol: str, override: str | None = None) -> AssetClass:
     if re.fullmatch(r"[A-Z0-9]+", s):
         for quote in CRYPTO_QUOTES:
             if s.endswith(quote) and len(s) - len(quote) >= 2:
+                return AssetClass.CRYPTO
+        for quote in FIAT_QUOTES:  # BTC/EUR is stored as BTCEUR: still a coin's pair
+            if s.endswith(quote) and s[: -len(quote)] in _KNOWN_COINS:
                 return AssetClass.CRYPTO
     m = re.fullmatch(r"([A-Z0-9]+)-(USD|USDT|EUR|BTC|ETH)", s)
     if m and m.group(1) in _KNOWN_COINS:
