@@ -202,3 +202,13 @@ def test_the_data_manager_accepts_dates_too(fake_binance: FakeBinance, tmp_path:
         )
     with pytest.raises(UsageError, match="start"):
         UnifiedCache(tmp_path / "c", settings=settings).get("ABCUSDT", "1h", start=20240102)
+
+
+def test_a_fiat_pair_written_with_a_slash_still_reaches_yahoo_as_a_pair() -> None:
+    from marketcache.selector import native_symbol
+
+    sym = normalize_symbol("BTC/EUR")
+    asset = classify(sym)
+    assert (sym, asset) == ("BTCEUR", AssetClass.CRYPTO)
+    assert native_symbol(sym, "yahoo", asset, parse_settings("")) == "BTC-EUR"
+    assert native_symbol(sym, "binance", asset, parse_settings("")) == "BTCEUR"

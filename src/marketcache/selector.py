@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from marketcache.config import SelectionRule, Settings
 from marketcache.errors import UsageError
 from marketcache.providers.base import Capabilities
-from marketcache.symbols import CRYPTO_QUOTES, AssetClass, classify
+from marketcache.symbols import CRYPTO_QUOTES, FIAT_QUOTES, AssetClass, classify
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def split_pair(symbol: str) -> tuple[str, str]:
         if sep in symbol:
             base, _, quote = symbol.partition(sep)
             return base, quote
-    for quote in CRYPTO_QUOTES:
+    for quote in (*CRYPTO_QUOTES, *FIAT_QUOTES):  # BTC/EUR arrives as BTCEUR
         if symbol.endswith(quote) and len(symbol) > len(quote):
             return symbol[: -len(quote)], quote
     return symbol, ""
