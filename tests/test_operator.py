@@ -123,7 +123,7 @@ def test_validate_fix_keeps_every_row_before_the_damage_and_exits_3_naming_the_l
     assert check["status"] == "fixed"
     assert 24 * 365 * 0.3 < check["rows"] < 24 * 365, check  # rows before the damage kept
     assert check["lost"] == 24 * 365 - check["rows"]
-    assert "could not be recovered: run `marketcache populate ABCUSDT -t 1h`" in r.err
+    assert "run `marketcache populate ABCUSDT -t 1h --start '2023-" in r.err
     kept = cache.get("ABCUSDT", "1h")
     want = make_bars("2023-01-01", 24 * 365, "1h", seed=3).iloc[: len(kept)].reset_index(drop=True)
     want["timestamp"] = want["timestamp"].astype("datetime64[ns]")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import make_bars
+from fakes import FakeBinance, config_for
+from marketcache import UnifiedCache
 from marketcache.calendars import expected_bars
+from marketcache.config import parse_settings
 from marketcache.quality import WEIGHTS, ValidationCounts, score_counts
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import Timeframe
@@ -167,3 +173,169 @@ def test_appended_counts_add_up_on_an_exchange_calendar_too() -> None:
         head = nyse.validate(df.iloc[:cut])
         tail = nyse.validate(df.iloc[cut:], head.tail)
         assert head.counts + tail.counts == whole.counts, cut
+
+
+# ---- validate --fix never leaves an unrecorded hole (issue 19.4), on every backend ---------
+
+YEAR_BARS = make_bars("2023-01-01", 24 * 365, "1h", seed=11)
+
+
+def _damage_file(root: Path, suffix: str) -> None:
+    path = root / "ABCUSDT" / "1h" / f"2023{suffix}"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit in the middle of the year
+    path.write_bytes(bytes(raw))
+
+
+def _damage_object(url: str, suffix: str) -> None:
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3")
+    name = f"{prefix}/ABCUSDT/1h/2023{suffix}"
+    body = bytearray(s3.get_object(Bucket=bucket, Key=name)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    s3.put_object(Bucket=bucket, Key=name, Body=bytes(body))
+
+
+def _damage_rows(url: str) -> None:
+    """What another service's UPDATE does: one bar's close above its high (invalid)."""
+    import psycopg
+
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(url.rsplit("&schema=", 1)[0]) as conn:
+        conn.execute(f"UPDATE {schema}.ohlcv SET close = high * 2 WHERE ts = '2023-07-01 12:00+00'")
+
+
+BACKENDS = ["csv.gz", "parquet", "s3", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def damaged(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, Any]:
+    """(cache URL or folder, format, damage function) for each backend --fix applies to: bytes
+    damaged in files and objects, a row UPDATEd in PostgreSQL (the rows decode whole there)."""
+    kind = request.param
+    if kind == "s3":
+        url = request.getfixturevalue("s3_url")
+        return url, "csv.gz", lambda: _damage_object(url, ".csv.gz")
+    if kind == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        return url, "csv.gz", lambda: _damage_rows(url)
+    root = tmp_path / "data-cache"
+    suffix = ".parquet" if kind == "parquet" else ".csv.gz"
+    return str(root), kind, lambda: _damage_file(root, suffix)
+
+
+def test_fix_records_what_it_lost_and_its_populate_command_restores_the_year(
+    cli: Any,
+    fake_binance: FakeBinance,
+    damaged: tuple[str, str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shlex
+
+    where, fmt, damage = damaged
+    fake_binance.add("ABCUSDT", "1h", YEAR_BARS)
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(config_for(binance=fake_binance) + f"settings: {{format: {fmt}}}\n")
+    monkeypatch.setenv("MARKETCACHE_CONFIG", str(conf))  # as a user's shell has them, so the
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", where)  # printed command runs as printed
+    first = cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-01-01", "--end", "2024-01-01")
+    assert first.code == 0, first.err
+    damage()
+
+    fixed = cli("validate", "--fix", "--json")
+    assert fixed.code == 3, fixed.err
+    check = fixed.json()["files"][0]
+    assert check["status"] == "fixed" and check["lost"] > 0 and check["rows"] < 24 * 365
+    cache = UnifiedCache(where, settings=parse_settings(conf.read_text()))
+    kept = cache.get("ABCUSDT", "1h")
+    record = cache.metadata("ABCUSDT", "1h", 2023)
+    ranges = record["coverage"]["missing_ranges"]
+    assert ranges and {m["reason"] for m in ranges} == {"lost in repair"}
+    assert ranges == check["missing_ranges"]
+    in_ranges = np.zeros(len(YEAR_BARS), dtype=bool)
+    for m in ranges:
+        ts = YEAR_BARS["timestamp"]
+        in_ranges |= ((ts >= pd.Timestamp(m["start"])) & (ts < pd.Timestamp(m["end"]))).to_numpy()
+    lost = ~YEAR_BARS["timestamp"].isin(kept["timestamp"]).to_numpy()
+    assert (in_ranges == lost).all(), "the missing ranges are exactly the lost bars"
+    share = 1 - lost.mean()
+    assert record["data_quality"]["score"] == pytest.approx(0.6 + 0.4 * share, abs=2e-3)
+    assert record["data_quality"]["breakdown"]["completeness"] < 1.0, "the loss counts"
+    # the last line on stderr is the command; it asks exactly for the lost range
+    hint = check["hint"]
+    assert f"run `{hint}`" in fixed.err.splitlines()[-1]
+    words = shlex.split(hint)
+    assert words[:5] == ["marketcache", "populate", "ABCUSDT", "-t", "1h"]
+    assert pd.Timestamp(words[words.index("--start") + 1]) == pd.Timestamp(ranges[0]["start"])
+    assert pd.Timestamp(words[words.index("--end") + 1]) == pd.Timestamp(ranges[-1]["end"])
+
+    asked_before = len(fake_binance.data_requests())
+    restored = cli(*words[1:], "--json")
+    assert restored.code == 0, restored.err
+    assert restored.json()["results"][0]["rows_added"] == int(lost.sum())
+    assert len(fake_binance.data_requests()) - asked_before <= -(-int(lost.sum()) // 1000) + 1
+    after = cache.get("ABCUSDT", "1h")
+    want = YEAR_BARS.assign(timestamp=YEAR_BARS["timestamp"].astype("datetime64[ns]"))
+    pd.testing.assert_frame_equal(after, want, check_exact=True)
+    assert cache.metadata("ABCUSDT", "1h", 2023)["coverage"]["missing_ranges"] == []
+    again = cli("validate", "--json")
+    year = again.json()["files"][0]
+    if where.startswith("postgresql"):  # the rows kept may hold other UPDATEs: check them
+        assert year["status"] == "unverified", year
+        assert cli(*shlex.split(year["problems"][-1].split("`")[1])[1:]).code == 0
+        again = cli("validate", "--json")
+    assert again.code == 0 and again.json()["files"][0]["status"] == "ok", again.out
+
+
+def test_a_gzip_edited_by_hand_is_not_called_truncated_and_keeps_every_valid_row(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decompressed, two values edited, compressed again: the file is smaller than its record
+    but decodes whole. The row made invalid is lost (and fetched again by the printed
+    command); the other edit is caught by the re-verification the year is marked for."""
+    import gzip
+    import shlex
+
+    fake_binance.add("ABCUSDT", "1h", YEAR_BARS)
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    monkeypatch.setenv("MARKETCACHE_CONFIG", str(conf))
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(tmp_path / "data-cache"))
+    assert cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-01-01", "--end",
+               "2024-01-01").code == 0  # fmt: skip
+    path = tmp_path / "data-cache" / "ABCUSDT" / "1h" / "2023.csv.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().split("\n")
+    bad = lines[100].split(",")
+    bad[4] = str(float(bad[2]) * 2)  # close above high: this row cannot be kept
+    lines[100] = ",".join(bad)
+    nudged = lines[200].split(",")
+    nudged[4] = str(float(nudged[4]) + 0.01)  # a plausible wrong close: only the source knows
+    lines[200] = ",".join(nudged)
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+
+    fixed = cli("validate", "--fix", "--json")
+    check = fixed.json()["files"][0]
+    diagnosis = check["problems"][0]
+    assert "decode whole" in diagnosis and "truncated" not in diagnosis.split(":")[-2], diagnosis
+    assert "changed after the commit, not truncated" in diagnosis
+    assert fixed.code == 3 and check["status"] == "fixed"
+    assert (check["rows"], check["lost"]) == (24 * 365 - 1, 1), check
+    first_bad = YEAR_BARS["timestamp"].iloc[99]
+    assert check["missing_ranges"][0]["start"] == first_bad.isoformat()
+    assert any("against-source" in r for r in check["repairs"]), check["repairs"]
+    restored = cli(*shlex.split(check["hint"])[1:], "--json")
+    assert restored.code == 0 and restored.json()["results"][0]["rows_added"] == 1
+
+    unverified = cli("validate", "--json")
+    year = unverified.json()["files"][0]
+    assert year["status"] == "unverified" and "--against-source" in year["problems"][-1], year
+    command = year["problems"][-1].split("`")[1]
+    source = cli(*shlex.split(command)[1:], "--json")
+    assert source.code == 0, source.out + source.err
+    got = UnifiedCache(tmp_path / "data-cache", settings=parse_settings("")).get("ABCUSDT", "1h")
+    want = YEAR_BARS.assign(timestamp=YEAR_BARS["timestamp"].astype("datetime64[ns]"))
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert cli("validate", "--json").json()["files"][0]["status"] == "ok"

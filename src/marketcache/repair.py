@@ -2,14 +2,22 @@
 
 Without `fix` nothing is written but the refreshed quality. With it: a torn tail is cut, a
 damaged year gives back the rows before the damage (the original is kept aside), invalid and
-duplicate rows go, and the year is rewritten; rows that could not be recovered are counted
-so that the command can say so (and populate fetches them again).
+duplicate rows go, and the year is rewritten. A repair never leaves a hole nothing records:
+the committed bars it could not keep become the year's `missing_ranges` (reason
+`LOST_IN_REPAIR`), so the score counts them, `populate` knows them, and the check carries the
+one `populate --start … --end …` command that fetches exactly them again.
+
+What the salvage found is said as it is: bytes that differ from their record but decode whole
+(a value edited by hand, a table row UPDATEd) are not "truncated": every row that validates
+is kept, and the year is marked (`REVERIFY`) until `validate --against-source` has compared
+it with its source.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from marketcache.errors import CorruptFile
 from marketcache.frames import clean_frame, empty_frame
@@ -20,7 +28,14 @@ from marketcache.validate import ValidationResult
 if TYPE_CHECKING:
     import pandas as pd
 
+    from marketcache.gaps import Span
     from marketcache.writes import SeriesWriter
+
+LOST_IN_REPAIR = "lost in repair"
+REVERIFY = "reverify"  # the record key of a year whose kept rows await a check at the source
+# the salvage notes of bytes that decoded whole (every gzip member's CRC held, every Parquet
+# page read, the database rows as they are): changed, not cut short
+_DECODED_WHOLE = ("all members readable", "all row groups readable", "rows as they are")
 
 
 @dataclass
@@ -31,12 +46,14 @@ class YearCheck:
     timeframe: str
     year: int
     path: str
-    status: str  # ok | low-score | corrupt | fixed
+    status: str  # ok | low-score | corrupt | fixed | unverified
     score: float | None = None
     rows: int = 0
     lost: int = 0  # committed rows a repair could not recover (populate fetches them again)
     problems: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
+    missing_ranges: list[dict[str, str]] = field(default_factory=list)  # recorded by a repair
+    hint: str = ""  # the command that restores what the repair could not keep
 
 
 def check_year(
@@ -49,16 +66,19 @@ def check_year(
     backend.recover(key)
     record: YearRecord | None = None
     rewrite = False
+    changed = False  # the bytes decoded whole but are not the committed ones
     try:
         record = backend.read_record(key)
         df = backend.read_rows(key, record)
     except CorruptFile as exc:
-        check.problems.append(str(exc))
         check.path = str(exc.path)
         if not fix:
+            check.problems.append(str(exc))
             check.status = "corrupt"
             return check
         salvaged, note, aside = backend.salvage(key)
+        changed = record is not None and salvaged is not None and note.startswith(_DECODED_WHOLE)
+        check.problems.append(_diagnosis(exc, note, changed))
         if salvaged is None and not aside:
             check.status = "corrupt"
             check.problems.append(note)
@@ -83,31 +103,144 @@ def check_year(
         )
         df, rewrite = cleaned, True
     provider = record.data_source if record is not None else "unknown"
-    if rewrite and df.empty:
+    lost = _lost_spans(writer, record, df) if rewrite and record is not None else []
+    if rewrite and df.empty and not lost:
         backend.delete(key)
         check.repairs.append("no valid rows left: year removed (original kept aside)")
     elif rewrite:
-        writer.rewrite(key, record, df, provider, record_source=False)
-        result = _scored(writer, record, writer.validator.validate(df), df)
+        change = _lost_change(lost)
+        if changed and record is not None:
+            record.extra[REVERIFY] = {
+                "since": now_stamp(),
+                "reason": "its bytes differed from the record but decoded whole",
+                "provider": provider,
+            }
+        writer.rewrite(key, record, df, provider, record_source=False, change=change)
+        result = _scored(writer, backend.read_record(key), writer.validator.validate(df), df)
+        check.missing_ranges = list(change.missing) if change else []
     elif record is not None:
         _store_quality(writer, key, record, result)
     check.score, check.rows = result.score, len(df)
     committed = record.rows if record is not None else 0
+    if changed:
+        check.repairs.append(
+            f"kept the {len(df):,} rows that validate and marked the year for re-verification"
+            f" against {provider}: {_reverify_command(key)}"
+        )
     if check.repairs and committed > len(df):
         check.lost = committed - len(df)
+        check.hint = _populate_command(key, lost)
+        recorded = f", recorded as missing ({_ranges(lost)})" if lost else ""
         check.problems.append(
-            f"{check.lost:,} of {committed:,} committed rows could not be recovered:"
-            f" run `marketcache populate {key.symbol} -t {key.timeframe}` to fetch them again"
+            f"{check.lost:,} of {committed:,} committed rows could not be recovered{recorded}:"
+            f" run `{check.hint}` to fetch them again"
         )
     if check.repairs:
         check.status = "fixed"
     elif check.problems:
         check.status = "corrupt"
     if result.score < min_score and (not df.empty or result.counts.unfilled_bars):
-        check.problems.append(f"quality {result.score:.4f} below {min_score:g}")
+        check.problems.insert(
+            len(check.problems) - bool(check.lost),
+            f"quality {result.score:.4f} below {min_score:g}",
+        )  # the restore command stays the last word
         if check.status == "ok":
             check.status = "low-score"
+    if not fix and record is not None and REVERIFY in record.extra and check.status == "ok":
+        check.status = "unverified"
+        check.problems.append(
+            f"kept by a repair on {record.extra[REVERIFY].get('since', '?')} and not yet"
+            f" checked against its source: {_reverify_command(key)}"
+        )
     return check
+
+
+def _diagnosis(exc: CorruptFile, note: str, changed: bool) -> str:
+    """What the salvage found, in place of a guess from the size alone."""
+    if changed:
+        return (
+            f"{exc.path}: its bytes are not the committed ones (size or sha256 differ from the"
+            " record) but they decode whole: changed after the commit, not truncated"
+        )
+    return str(exc)
+
+
+def clear_reverify(writer: SeriesWriter, key: Key) -> bool:
+    """Drop a repair's re-verification mark once the year was compared with its source (the
+    caller holds the series lock); True when there was one."""
+    record = writer.backend.read_record(key)
+    if record.extra.pop(REVERIFY, None) is None:
+        return False
+    writer.backend.write_record(key, record)
+    return True
+
+
+def _lost_spans(writer: SeriesWriter, record: YearRecord, kept: pd.DataFrame) -> list[Span]:
+    """The runs of bars the calendar expects in the committed span [start_date, end_date]
+    that the repaired rows lack and the ledger does not already explain (verified empty or
+    already missing): what the repair lost."""
+    import numpy as np
+    import pandas as pd
+
+    from marketcache.calendars import expected_bars
+    from marketcache.gaps import Span
+    from marketcache.timeframes import Timeframe
+
+    if not record.start_date or not record.end_date or not record.rows:
+        return []
+    tf = Timeframe(writer.timeframe)
+    first, last = pd.Timestamp(record.start_date), pd.Timestamp(record.end_date)
+    stamps = expected_bars(writer.calendar, tf, first, last + pd.Timedelta(1, "ns")).asi8
+    lost = ~np.isin(stamps, kept["timestamp"].to_numpy("datetime64[ns]").astype("int64"))
+    ledger = record.coverage.verified_empty + record.coverage.missing_ranges
+    for entry in ledger:
+        lo, hi = pd.Timestamp(entry["start"]).value, pd.Timestamp(entry["end"]).value
+        lost &= ~((stamps >= lo) & (stamps < hi))
+    spans: list[Span] = []
+    idx = np.flatnonzero(lost)
+    if not len(idx):
+        return spans
+    breaks = np.flatnonzero(np.diff(idx) > 1)  # runs of consecutive expected bars
+    for a, b in zip(np.r_[0, breaks + 1], np.r_[breaks, len(idx) - 1], strict=True):
+        start = pd.Timestamp(stamps[idx[a]])
+        spans.append(Span(start, tf.next_open(pd.Timestamp(stamps[idx[b]]))))
+    return spans
+
+
+def _lost_change(spans: list[Span]) -> Any:
+    """The coverage change recording `spans` as missing, lost in repair (None: nothing)."""
+    from marketcache.coverage import CoverageChange
+
+    if not spans:
+        return None
+    stamp = now_stamp()
+    return CoverageChange(
+        missing=[{**s.as_json(), "reason": LOST_IN_REPAIR, "recorded_at": stamp} for s in spans]
+    )
+
+
+def _populate_command(key: Key, spans: list[Span]) -> str:
+    """`marketcache populate SYM -t TF --start A --end B`, [A, B) covering exactly `spans`."""
+    words = ["marketcache", "populate", key.symbol, "-t", key.timeframe]
+    if spans:
+        words += ["--start", _when(spans[0].start), "--end", _when(spans[-1].end)]
+    return shlex.join(words)
+
+
+def _reverify_command(key: Key) -> str:
+    return (
+        f"run `marketcache validate {shlex.quote(key.symbol)} {key.timeframe} --against-source"
+        f" --since {key.year}-01-01 --fix`"
+    )
+
+
+def _ranges(spans: list[Span]) -> str:
+    return "one range" if len(spans) == 1 else f"{len(spans)} ranges"
+
+
+def _when(ts: pd.Timestamp) -> str:
+    """A date as --start/--end read it: the day alone at midnight, else day and time."""
+    return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.strftime("%Y-%m-%d %H:%M")
 
 
 def _scored(

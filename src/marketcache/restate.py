@@ -23,6 +23,7 @@ from marketcache.errors import MarketCacheError, UsageError
 from marketcache.providers.base import Provider
 from marketcache.providers.registry import build_providers
 from marketcache.selector import select
+from marketcache.storage.backend import Key
 from marketcache.timeframes import Timeframe
 
 RESTATED = 1e-6  # relative difference above which a value counts as restated
@@ -183,6 +184,11 @@ def _check_year(
         cache.put(source, sym, tf, choice.provider)
         cache.readjust(sym, tf)
         entry.fixed = True
+    if (entry.fixed or not entry.differs) and lo <= pd.Timestamp(meta["start_date"]):
+        from marketcache.repair import clear_reverify  # the whole year now matches its source
+
+        with cache.lock(sym, tf):
+            clear_reverify(cache.writer(sym, tf), Key.of(sym, tf, year))
 
 
 def _compare(stored: pd.DataFrame, source: pd.DataFrame, entry: YearRestatement) -> None:
