@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import busiest_second, make_bars
-from fakes import FakeAlphaVantage, FakeYahoo
+from fakes import FakeAlphaVantage, FakeYahoo, config_for
 from marketcache.calendars import expected_bars
 from marketcache.config import default_config_text, load_settings, parse_settings
 from marketcache.errors import ConfigError
@@ -366,3 +366,30 @@ def test_every_numeric_key_is_finite_and_in_range(
     assert r.code == 2, (r.code, r.err)
     assert r.err.count("\n") == 1 and f"{conf}: key '{key}': must be" in r.err, r.err
     assert "Traceback" not in r.err and time.monotonic() - started < 10
+
+
+def test_alpha_vantage_left_out_for_its_key_is_said_once_naming_the_variable(
+    cli: Any, fake_yahoo: FakeYahoo, fake_binance: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.delenv("ALPHAVANTAGE_API_KEY", raising=False)
+    days = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2024-02-01")
+    )
+    for sym in ("ABC", "ABD"):
+        fake_yahoo.add(sym, "1d", make_bars("", 0, index=days))
+    fake_binance.add("ABCUSDT", "1d", make_bars("2024-01-01", 31, "1D"))
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance, yahoo=fake_yahoo, extra=(
+        "selection:\n  - {symbol_type: crypto, providers: [binance]}\n"
+        "  - {symbol_type: stock, providers: [alpha_vantage, yahoo]}\n")))  # fmt: skip
+    args = ("-t", "1d", "--start", "2024-01-01", "--end", "2024-02-01", "--config", str(conf),
+            "--cache-dir", "c")  # fmt: skip
+    r = cli("populate", "ABC", "ABD", *args, "--json")
+    assert r.code == 0, r.err
+    said = [line for line in r.err.splitlines() if "ALPHAVANTAGE_API_KEY" in line]
+    assert len(said) == 1 and said[0].startswith("warning: alpha_vantage is left out"), r.err
+    assert r.json()["warnings"] == [said[0].removeprefix("warning: ")]
+    assert cli("populate", "ABC", *args, "-q").err == ""
+    crypto = cli("populate", "ABCUSDT", *args)
+    assert crypto.code == 0 and "ALPHAVANTAGE" not in crypto.err, "not asked for: not said"

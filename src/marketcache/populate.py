@@ -90,6 +90,7 @@ def run_populate(
     finally:
         report.finished_at = utcnow().isoformat()
         report.unreachable = dict(runner.down)
+        report.warnings = list(runner.warnings.values())
     return report
 
 
@@ -129,6 +130,7 @@ class Runner:
         self.down: dict[str, str] = {}
         self._down_lock = threading.Lock()
         self.cancel = threading.Event()
+        self.warnings: dict[str, str] = {}  # provider -> why it was left out, once a run
 
     def run(self, job: Job) -> JobResult:
         result = JobResult(job.symbol, job.timeframe)
@@ -168,6 +170,8 @@ class Runner:
                 forced=self.request.provider,
             )
         )
+        if not job.derive_from and self.request.provider is None:
+            self._say_what_is_left_out(job)
         if not chain:
             raise UsageError(
                 f"no provider can serve {job.symbol} {job.timeframe}: check the selection "
@@ -188,6 +192,17 @@ class Runner:
                     raise
                 result.notes.append(f"re-planned from the newer state ({exc})")
         self._summarise(job, result)
+
+    def _say_what_is_left_out(self, job: Job) -> None:
+        """A provider the rules name but that lacks its key is worth one warning a run."""
+        from marketcache.providers.registry import missing_key
+        from marketcache.selector import left_out
+
+        settings = self.cache.settings
+        for name in left_out(job.symbol, job.timeframe, settings, self.capabilities, self.usable):
+            why = missing_key(settings.providers[name]) if name in settings.providers else None
+            if why:
+                self.warnings.setdefault(name, why)
 
     def _locked(self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult) -> bool:
         """Plan and fetch under the series lock; False when there was nothing to do."""

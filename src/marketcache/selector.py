@@ -84,3 +84,24 @@ def select(
         if timeframe in found.timeframes and asset in found.asset_classes:
             chain.append(Choice(name, native_symbol(symbol, name, asset, settings)))
     return chain
+
+
+def left_out(
+    symbol: str,
+    timeframe: str,
+    settings: Settings,
+    capabilities: Mapping[str, Capabilities],
+    usable: Mapping[str, bool],
+) -> list[str]:
+    """Providers the matching rule names, able to serve this series, that `select` dropped
+    because they are not usable (no key, disabled): what a run should say it went without."""
+    asset = classify(symbol, (t.value if (t := settings.symbol(symbol).type) else None))
+    rule = next((r for r in settings.selection if _matches(r, symbol, asset, timeframe)), None)
+    return [
+        name
+        for name in (rule.providers if rule else ())
+        if (found := capabilities.get(name)) is not None
+        and not usable.get(name, False)
+        and timeframe in found.timeframes
+        and asset in found.asset_classes
+    ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from pathlib import Path
 
-from marketcache.config import Settings
+from marketcache.config import ProviderSettings, Settings
 from marketcache.errors import UsageError
 from marketcache.providers.base import Provider
 
@@ -15,6 +16,7 @@ PROVIDERS: dict[str, str] = {
     "alpha_vantage": "marketcache.providers.alpha_vantage:AlphaVantageProvider",
 }
 ALIASES = {"yfinance": "yahoo", "alphavantage": "alpha_vantage", "av": "alpha_vantage"}
+KEY_VARIABLES = {"alpha_vantage": "ALPHAVANTAGE_API_KEY"}  # where a provider's key is looked up
 
 
 def canonical_name(name: str) -> str:
@@ -35,3 +37,17 @@ def provider_class(name: str) -> type[Provider]:
 def build_providers(settings: Settings, state_dir: Path | None) -> dict[str, Provider]:
     """One adapter per configured provider, sharing rate limits through `state_dir`."""
     return {name: provider_class(name)(settings.providers[name], state_dir) for name in PROVIDERS}
+
+
+def missing_key(settings: ProviderSettings) -> str | None:
+    """Why an enabled provider that needs a key cannot be used (its key resolves empty and
+    its variable is unset), in one line naming the variable; None when it has its key."""
+    variable = KEY_VARIABLES.get(settings.name)
+    if variable is None or not settings.enabled:
+        return None
+    if settings.api_key or os.environ.get(variable):
+        return None
+    return (
+        f"{settings.name} is left out: {variable} is not set (export it, or set"
+        f" providers.{settings.name}.api_key; `enabled: false` there silences this)"
+    )
