@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -26,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection, connect
 
+from fake_bars import INTERVAL_MS, Tape
 from fake_market import FakeMarket, market_config
 
 START = "2024-03-01 12:00:30"  # mid-bar: the 12:00 bar is forming
@@ -153,6 +155,22 @@ def test_bars_are_valid_ohlcv_on_a_cent_tick_and_the_same_for_the_same_seed(mark
         assert all(x.endswith("000000") for x in r[1:5])  # 0.01 tick, Binance's 8 decimals
         assert r[6] == r[0] + 59_999 and 0 <= float(r[9]) <= v
     assert all(a[4] == b[1] for a, b in itertools.pairwise(rows))  # close = next open
+
+
+@pytest.mark.parametrize("interval", ["1m", "5m", "1h", "1d"])
+def test_a_stream_bar_and_a_rest_page_compute_the_same_values(interval):
+    """REST pages use the vectorised path, streams the minute-by-minute one (cached)."""
+    tape = Tape(seed=3)
+    step = INTERVAL_MS[interval]
+    opens = np.arange(ms(T1200), ms(T1200) + 30 * step, step)
+    assert tape.closed("ETHUSDT", interval, opens) == [
+        tape.kline("ETHUSDT", interval, int(t), int(t) + step) for t in opens
+    ]
+    t, half = int(opens[0]), step // 2 + 1234
+    forming = tape.kline("ETHUSDT", interval, t, t + half)
+    final = tape.closed("ETHUSDT", interval, opens[:1])[0]
+    assert not forming.closed and forming.o == final.o and forming.f == final.f
+    assert final.l <= forming.l <= forming.h <= final.h and forming.v < final.v
 
 
 def test_rest_serves_the_forming_bar_with_its_partial_values_as_the_stream_does(market):
