@@ -148,6 +148,9 @@ class FakeMarket(FakeBinance):
         self._rules: list[Rule] = []
         self._background: list[Any] = []
         super().__init__()
+        # headers and body leave in two writes: with Nagle against the client's delayed ACK,
+        # a keep-alive request (python-binance's session) waited ~45 ms; this server only
+        self.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
         self.streams = StreamServer(self)
 
     # ---- the REST face -----------------------------------------------------------------
