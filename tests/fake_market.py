@@ -147,10 +147,7 @@ class FakeMarket(FakeBinance):
         self._told = threading.local()  # per request thread: the market ms its body is from
         self._rules: list[Rule] = []
         self._background: list[Any] = []
-        super().__init__()
-        # headers and body leave in two writes: with Nagle against the client's delayed ACK,
-        # a keep-alive request (python-binance's session) waited ~45 ms; this server only
-        self.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
+        super().__init__()  # FakeServer answers without Nagle's delay (see tests/fakes.py)
         self.streams = StreamServer(self)
 
     # ---- the REST face -----------------------------------------------------------------

@@ -58,6 +58,7 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # keep-alive answers without a 40 ms delayed-ACK stall
 
             def log_message(self, *args: Any) -> None:
                 pass
