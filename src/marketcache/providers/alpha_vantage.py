@@ -57,6 +57,11 @@ class AlphaVantageProvider(Provider):
     def available(self) -> bool:
         return self.settings.enabled and bool(self.api_key())
 
+    def answers_to_now(self, timeframe: Timeframe) -> bool:
+        """TIME_SERIES_DAILY answers the whole history (`full`) or its last 100 sessions
+        (`compact`, asked only for a start within them): either runs to now."""
+        return timeframe.name == "1d"
+
     @property
     def client(self) -> Any:
         with _build_lock:  # workers share the provider: one client, so requests count on it

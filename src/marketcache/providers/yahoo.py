@@ -96,6 +96,10 @@ class YahooProvider(Provider):
         self._session: YahooSession | None = None
         self._splits: list[Split] = []
 
+    def answers_to_now(self, timeframe: Timeframe) -> bool:
+        """Daily and longer answers run to now (see `_fetch_page`); intraday ones are chunked."""
+        return not timeframe.is_intraday
+
     @property
     def session(self) -> YahooSession:
         with _session_lock:  # workers share the provider: one session, so requests count on it
