@@ -22,6 +22,7 @@ test: setup                ## the whole check: format, lint, types, tests
 bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_network.py
+	$(PY) benchmarks/bench_requests.py
 	$(PY) benchmarks/bench_postgres.py
 	$(PY) benchmarks/bench_objects.py
 

@@ -184,3 +184,80 @@ def test_a_daily_stock_series_is_not_stale_over_a_weekend() -> None:
     late = freshness("ABC", "1d", "XNYS", friday, now=tuesday)
     assert late.stale and late.behind == 2
     assert len(expected_bars("XNYS", Timeframe("1d"), pd.Timestamp(friday), tuesday)) == 3
+
+
+def _today() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+
+
+def test_strict_false_returns_what_is_cached_with_a_warning_when_no_provider_can_serve(
+    fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
+    from marketcache import MarketCacheWarning, ProviderUnavailable
+
+    year = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2025-01-01")
+    )
+    fake_yahoo.add("ABC", "1d", make_bars("", 0, index=year, seed=4))
+    settings = parse_settings(config_for(yahoo=fake_yahoo, retry_budget=0.3))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        assert len(dm.get_ohlcv("ABC", "1d", start="2024-01-01", end="2025-01-01")) == 252
+        fake_yahoo.fail_next(1000, status=503)  # from now on every provider fails
+        with pytest.raises(ProviderUnavailable, match="ABC 1d"):
+            dm.get_ohlcv("ABC", "1d", start="2024-01-01")  # strict by default: all or nothing
+        with pytest.warns(MarketCacheWarning, match="ABC 1d.*HTTP 503") as caught:
+            got = dm.get_ohlcv("ABC", "1d", start="2024-01-01", strict=False)
+        assert len(caught) == 1
+        assert len(got) == 252 and got["timestamp"].iloc[-1] == year[-1]
+    assert issubclass(MarketCacheWarning, UserWarning)
+
+
+def test_an_open_end_asks_again_only_once_a_new_bar_can_have_closed(
+    fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
+    # the newest session is late at the provider: the open end keeps a tail to re-ask, but
+    # until another session closes there is nothing new it could bring
+    sessions = expected_bars("XNYS", Timeframe("1d"), pd.Timestamp("2015-01-01"), _today())
+    fake_yahoo.add("MSFT", "1d", make_bars("", 0, index=sessions[:-1], seed=2))
+    settings = parse_settings(config_for(yahoo=fake_yahoo))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        began = _today()
+        first = dm.get_ohlcv("MSFT", "1d", start="2015-01-01")
+        assert len(first) == len(sessions) - 1
+        assert _chart(fake_yahoo) == 1, "twelve years, one answer"
+        for _ in range(9):
+            assert len(dm.get_ohlcv("MSFT", "1d", start="2015-01-01")) == len(first)
+        closed = len(expected_bars("XNYS", Timeframe("1d"), began, _today()))  # midnight passed
+        assert _chart(fake_yahoo) == 1 + min(closed, 1)
+        dm.get_ohlcv("MSFT", "1d", start="2014-01-01")  # an earlier start is a new range
+        assert _chart(fake_yahoo) == 2 + min(closed, 1)
+
+
+def _chart(server: FakeYahoo) -> int:
+    return sum(p.startswith("/v8/finance/chart/") for p, _ in server.requests)
+
+
+@pytest.mark.slow
+def test_an_open_end_asks_again_after_the_next_bar_closes(
+    fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    import time
+
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    index = pd.date_range(end=now.floor("min") + pd.Timedelta(minutes=5), periods=200, freq="1min")
+    fake_binance.add("NOWUSDT", "1m", make_bars("", 0, index=index, seed=6))
+    settings = parse_settings(config_for(binance=fake_binance))
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        start = f"{index[0]:%Y-%m-%d %H:%M}"
+        dm.get_ohlcv("NOWUSDT", "1m", start=start)
+        asked = len(fake_binance.data_requests())
+        minute = pd.Timestamp.now(tz="UTC").floor("min")
+        dm.get_ohlcv("NOWUSDT", "1m", start=start)
+        if pd.Timestamp.now(tz="UTC").floor("min") == minute:  # no bar closed in between
+            assert len(fake_binance.data_requests()) == asked
+        while pd.Timestamp.now(tz="UTC").floor("min") <= minute:
+            time.sleep(0.5)
+        before = len(fake_binance.data_requests())
+        got = dm.get_ohlcv("NOWUSDT", "1m", start=start)
+        assert len(fake_binance.data_requests()) == before + 1, "the new bar is asked for"
+        assert got["timestamp"].iloc[-1] >= minute.tz_localize(None) - pd.Timedelta(minutes=1)

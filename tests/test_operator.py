@@ -273,3 +273,49 @@ def test_metadata_only_commands_import_no_heavy_library(command: list[str], tmp_
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "workers"),
+    [(signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 2)],
+)
+def test_the_report_of_an_interrupted_run_lists_every_job_that_committed(
+    fake_binance: FakeBinance, tmp_path: Path, sig: int, code: int, workers: int
+) -> None:
+    # jobs of three years each (9 pages a year): stopped once the first year of each running
+    # job is committed and its second year is under way
+    symbols = ("AAAUSDT", "BBBUSDT")[:workers]
+    for i, sym in enumerate(symbols):
+        fake_binance.add(sym, "1h", make_bars("2020-01-01", 24 * 1096, "1h", seed=i))
+    conf = write(tmp_path, config_for(binance=fake_binance, timeout=10))
+    env = {
+        **os.environ,
+        "MARKETCACHE_CONFIG": str(conf),
+        "MARKETCACHE_CACHE_DIR": str(tmp_path / "c"),
+    }
+    fake_binance.latency = 0.25
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marketcache", "populate", *symbols, "-t", "1h", "--start",
+         "2020-01-01", "--end", "2023-01-01", "--workers", str(workers), "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    first_years = [tmp_path / "c" / sym / "1h" / "2020.metadata.json" for sym in symbols]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        all(p.exists() for p in first_years) and len(fake_binance.data_requests()) >= 12 * workers
+    ):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, (out, err)
+    report = json.loads(out)
+    cache = UnifiedCache(tmp_path / "c", settings=parse_settings(""))
+    jobs = {r["symbol"]: r for r in report["results"]}
+    assert sorted(jobs) == sorted(symbols), report["results"]
+    for sym, job in jobs.items():
+        assert job["status"] == "interrupted", job
+        assert job["rows_added"] == len(cache.get(sym, "1h")) >= 24 * 366, sym
+        assert job["requests"] >= 10
+    assert report["summary"]["rows_added"] == sum(len(cache.get(s, "1h")) for s in symbols)
+    assert report["summary"]["requests"]["total"] == len(fake_binance.requests)

@@ -407,3 +407,124 @@ def test_the_installed_command_runs_as_a_cron_job_would(
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["summary"]["rows_added"] == 48
     assert out.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+# ---- one request per answer; holes at the end ------------------------------------------------
+
+
+def _sessions_to_now(start: str) -> pd.DatetimeIndex:
+    """Every XNYS session from `start` whose daily bar has closed by now (UTC)."""
+    today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    return expected_bars("XNYS", Timeframe("1d"), pd.Timestamp(start), today)
+
+
+def _chart_requests(server: FakeYahoo, symbol: str) -> int:
+    return sum(p == f"/v8/finance/chart/{symbol}" for p, _ in server.requests)
+
+
+def test_a_provider_whose_answer_runs_to_now_is_asked_once_per_series_per_run(
+    cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
+    # Yahoo's daily answer runs from its start to now: one answer covers all twelve years. The
+    # newest session is not published yet (late, not absent): re-asked, never recorded missing.
+    sessions = _sessions_to_now("2015-01-01")
+    for seed, symbol in enumerate(("MSFT", "NVDA")):
+        fake_yahoo.add(symbol, "1d", make_bars("", 0, index=sessions[:-1], seed=seed))
+    conf = write_config(tmp_path, config_for(yahoo=fake_yahoo))
+    first = populate(cli, conf, "MSFT", "NVDA", "-t", "1d", "--start", "2015-01-01")
+    assert first.code == 0, first.err
+    jobs = first.json()["results"]
+    assert [j["status"] for j in jobs] == ["ok", "ok"]
+    assert [j["rows_added"] for j in jobs] == [len(sessions) - 1] * 2
+    assert len(jobs[0]["ranges_fetched"]) == sessions[-1].year - 2015 + 1  # committed per year
+    assert (_chart_requests(fake_yahoo, "MSFT"), _chart_requests(fake_yahoo, "NVDA")) == (1, 1)
+    meta = cache_of(tmp_path, conf).metadata("MSFT", "1d", sessions[-1].year)
+    assert meta["coverage"]["missing_ranges"] == [], "a late session is not a hole"
+
+    fake_yahoo.requests.clear()
+    again = populate(cli, conf, "MSFT", "NVDA", "-t", "1d", "--start", "2015-01-01")
+    assert again.code == 0, again.err
+    rerun = again.json()
+    assert [j["status"] for j in rerun["results"]] == ["up-to-date", "up-to-date"]
+    assert rerun["summary"]["rows_added"] == 0
+    assert (_chart_requests(fake_yahoo, "MSFT"), _chart_requests(fake_yahoo, "NVDA")) == (1, 1)
+
+
+def test_alpha_vantage_full_history_is_asked_once_per_run_also_after_a_failover(
+    cli: Cli, fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
+    # Yahoo is down (nothing listens): the chain fails over to Alpha Vantage, whose
+    # TIME_SERIES_DAILY outputsize=full answer is the whole history. The provider lacks one
+    # session a year: those holes are re-asked on the re-run, in the same single request.
+    sessions = _sessions_to_now("2015-01-01")
+    frame = make_bars("", 0, index=sessions[:-1], seed=3)
+    lacking = frame.groupby(frame["timestamp"].dt.year).nth(100)["timestamp"]
+    fake_av.add_daily("NVDA", frame[~frame["timestamp"].isin(lacking)])
+    conf = write_config(tmp_path, config_for(alpha_vantage=fake_av))
+    first = populate(cli, conf, "NVDA", "-t", "1d", "--start", "2015-01-01")
+    job = first.json()["results"][0]
+    assert job["providers"] == ["alpha_vantage"], job
+    assert len(fake_av.data_requests()) == 1, [q.get("outputsize") for q in fake_av.data_requests()]
+    assert job["rows_added"] == len(frame) - len(lacking)
+    assert job["status"] == "partial", "the sessions the provider lacks are holes"
+    assert sorted(g["start"][:10] for g in job["gaps_left"]) == [f"{t:%Y-%m-%d}" for t in lacking]
+    assert first.code == 0 == _validate_code(cli, conf, "NVDA"), "one session a year: ok scores"
+    fake_av.requests.clear()  # re-run with Alpha Vantage alone (Yahoo down would leave doubt)
+    again = populate(cli, conf, "NVDA", "-t", "1d", "--start", "2015-01-01", "--provider",
+                     "alpha_vantage")  # fmt: skip
+    rerun = again.json()["results"][0]
+    assert len(fake_av.data_requests()) == 1 and rerun["rows_added"] == 0
+    assert rerun["status"] == "partial" and len(rerun["gaps_left"]) == len(lacking)
+
+
+def _validate_code(cli: Cli, conf: str, symbol: str) -> int:
+    return cli("validate", symbol, "--config", conf, "--cache-dir", "data-cache").code
+
+
+def test_the_sessions_after_a_delisted_stocks_last_bar_are_missing_ranges(
+    cli: Cli, fake_yahoo: FakeYahoo, tmp_path: Path
+) -> None:
+    traded = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2022-01-01"), pd.Timestamp("2024-06-15")
+    )  # the last session is Friday 2024-06-14
+    fake_yahoo.add("GONE", "1d", make_bars("", 0, index=traded, seed=1))
+    conf = write_config(tmp_path, config_for(yahoo=fake_yahoo))
+    r = populate(cli, conf, "GONE", "-t", "1d", "--start", "2022-01-01")
+    job = r.json()["results"][0]
+    assert job["rows_added"] == len(traded)
+    assert job["status"] == "partial", job
+    assert job["gaps_left"][0]["start"] == "2024-06-17T00:00:00", job["gaps_left"]
+    cache = cache_of(tmp_path, conf)
+    tail = cache.metadata("GONE", "1d", 2024)
+    assert [(m["start"], m["end"]) for m in tail["coverage"]["missing_ranges"]] == [
+        ("2024-06-17T00:00:00", "2025-01-01T00:00:00")
+    ]
+    assert tail["data_quality"]["score"] < 0.8, "the empty half of the year counts"
+    for year in range(2025, pd.Timestamp.now().year + 1):  # years after it: missing, whole
+        assert cache.metadata("GONE", "1d", year)["coverage"]["missing_ranges"], year
+    validate = _validate_code(cli, conf, "GONE")
+    assert validate == 3 and r.code == validate, (r.code, validate)
+    fake_yahoo.requests.clear()
+    again = populate(cli, conf, "GONE", "-t", "1d", "--start", "2022-01-01")
+    assert again.json()["results"][0]["status"] == "partial" and again.code == 3
+    assert _chart_requests(fake_yahoo, "GONE") == 1
+
+
+def test_a_crypto_series_whose_trades_stop_records_the_rest_as_answered_empty(
+    cli: Cli, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    fake_binance.add("GONEUSDT", "1h", make_bars("2024-01-01", 24 * 100, "1h"))  # to 2024-04-10
+    conf = write_config(tmp_path, config_for(binance=fake_binance))
+    args = ("GONEUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-06-01")
+    r = populate(cli, conf, *args)
+    assert r.code == 0, r.err
+    meta = cache_of(tmp_path, conf).metadata("GONEUSDT", "1h", 2024)
+    # a 24/7 market's REST answer without bars is "no trades", like any hole inside it
+    assert [(e["start"], e["end"]) for e in meta["coverage"]["verified_empty"]] == [
+        ("2024-04-10T00:00:00", "2024-06-01T00:00:00")
+    ]
+    fake_binance.requests.clear()
+    again = populate(cli, conf, *args)
+    assert again.json()["results"][0]["status"] == "up-to-date"
+    assert fake_binance.data_requests() == [], "the answered-empty tail is not asked again"
+    assert _validate_code(cli, conf, "GONEUSDT") == again.code == 0

@@ -25,6 +25,7 @@ _EXPORTS = {
             "ConfigError", "CorruptFile", "LockTimeout", "MarketCacheError", "ProviderError",
             "ProviderUnavailable", "RateLimited", "StorageError", "SymbolNotFound", "UsageError",
             "ValidationFailed",
+            "MarketCacheWarning",
         )
     },
 }  # fmt: skip
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         CorruptFile,
         LockTimeout,
         MarketCacheError,
+        MarketCacheWarning,
         ProviderError,
         ProviderUnavailable,
         RateLimited,
@@ -58,6 +60,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ConfigError", "CorruptFile", "DataManager", "LockTimeout", "MarketCacheError",
+    "MarketCacheWarning",
     "OHLCVValidator", "ProviderError", "ProviderUnavailable", "PutResult", "RateLimited",
     "Settings", "StorageError", "SymbolNotFound", "UnifiedCache", "UsageError", "ValidationFailed",
     "ValidationResult", "__version__", "load_settings",

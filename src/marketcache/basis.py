@@ -24,6 +24,7 @@ from marketcache.selector import Choice
 from marketcache.timeframes import Timeframe
 
 if TYPE_CHECKING:
+    from marketcache.answers import Answers
     from marketcache.populate import Runner
 
 # Re-asked bars that differ from the stored ones by more than this (relative, any price) mean
@@ -75,9 +76,11 @@ def check_seam(
     outcome: Outcome,
     present: np.ndarray,
     result: JobResult,
+    answers: Answers,
 ) -> Outcome:
     """Compare re-asked bars with the stored ones; on a disagreement fetch the whole
-    stored series again from that provider rather than splice two bases."""
+    stored series again from that provider rather than splice two bases (through the job's
+    answers: a provider whose one answer already covers it is not asked twice)."""
     assert outcome.frame is not None and outcome.choice is not None
     frame = outcome.frame
     stamps = frame["timestamp"].to_numpy("datetime64[ns]")
@@ -99,7 +102,9 @@ def check_seam(
     provider = runner.providers[outcome.choice.provider]
     sent = provider.sent()
     try:
-        fetched = provider.fetch(outcome.choice.symbol, tf, first, span.end)
+        fetched = answers.fetch(
+            outcome.choice.provider, provider, outcome.choice.symbol, tf, first, span.end
+        )
     except ProviderError as exc:
         result.errors.append(f"{what}; fetching the series again failed: {exc}")
         return Outcome(None, "", reason=f"{what}; not spliced")

@@ -19,6 +19,9 @@ Library code raises only these; the CLI maps them to messages and exit codes in 
     │   └── Conflict                 object storage: a conditional write was refused (another
     │                                writer committed first, or this run's lease expired)
     └── ValidationFailed             data scored below --min-score                (exit 3)
+
+    MarketCacheWarning (a UserWarning, not an error): the library went on with less than was
+    asked (`DataManager.get_ohlcv(strict=False)` returning what is cached).
 """
 
 from __future__ import annotations
@@ -141,6 +144,10 @@ class ValidationFailed(MarketCacheError):
     """Cached data scored below the required quality."""
 
     exit_code = 3
+
+
+class MarketCacheWarning(UserWarning):
+    """The library went on with less than was asked, and says what is missing and why."""
 
 
 class Terminated(BaseException):

@@ -19,6 +19,10 @@ from marketcache.validate import in_sorted
 
 MERGE_BARS = 100  # two holes closer than this many expected bars are fetched as one range
 CHUNK_BARS = 50_000  # a fetched range is committed at least this often (memory, crash loss)
+# A closed bar may reach a provider's answers late: the newest LATE_BARS expected bars, and
+# any bar closed less than LATE_TIME ago, are not yet proof of a hole when an answer lacks them.
+LATE_BARS = 2
+LATE_TIME = pd.Timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -144,3 +148,63 @@ def split_by_year(span: Span) -> list[Span]:
         pieces.append(Span(start, end))
         start = end
     return pieces
+
+
+def settled_before(calendar: str, timeframe: Timeframe, now: pd.Timestamp) -> pd.Timestamp:
+    """Bars opening before this have had time to be published: an answer through them that
+    lacks one means the bar is absent (a halt, a delisting, data that stops), not late."""
+    from marketcache.calendars import expected_bars
+
+    by_time = timeframe.floor(now - LATE_TIME)  # every bar before it closed LATE_TIME ago
+    # enough calendar to find the newest LATE_BARS bars across weekends and holidays
+    window = max(pd.Timedelta(minutes=timeframe.minutes) * LATE_BARS * 4, pd.Timedelta(days=15))
+    recent = expected_bars(calendar, timeframe, by_time - window, timeframe.floor(now))
+    by_count = recent[-LATE_BARS] if len(recent) >= LATE_BARS else by_time - window
+    return min(by_time, by_count)
+
+
+def unanswered(
+    span: Span,
+    expected: pd.DatetimeIndex,
+    present: np.ndarray,
+    answered: np.ndarray,
+    settled: pd.Timestamp,
+    newest: pd.Timestamp | None = None,
+) -> tuple[list[Span], Span | None]:
+    """The expected bars of `span` that are neither stored nor in the provider's answer:
+    the runs of them before the newest bar known (stored, answered, or `newest`: committed
+    earlier in the run), and the end hole after it.
+
+    The end hole holds only bars opened before `settled`: the newest bars may be late rather
+    than absent, and are asked for again on the next run; older ones mean the provider's data
+    stops (a delisting, a halt) and are a hole like any other.
+    """
+    have = np.union1d(
+        np.asarray(present, dtype="datetime64[ns]").astype(np.int64),
+        np.asarray(answered, dtype="datetime64[ns]").astype(np.int64),
+    )
+    known = max(
+        int(have[-1]) if len(have) else np.iinfo(np.int64).min,
+        newest.value if newest is not None else np.iinfo(np.int64).min,
+    )
+    exp = expected[(expected >= span.start) & (expected < span.end)].asi8
+    tail = exp[(exp > known) & (exp < settled.value)]
+    end = Span(pd.Timestamp(tail[0]), _after(expected, tail[-1], span.end)) if len(tail) else None
+    exp = exp[exp < known]
+    missing = ~np.isin(exp, have)
+    if not missing.any():
+        return [], end
+    idx = np.flatnonzero(missing)
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts, ends = np.r_[idx[0], idx[breaks + 1]], np.r_[idx[breaks], idx[-1]]
+    holes = []
+    for s, e in zip(starts, ends, strict=True):
+        stop = pd.Timestamp(exp[e + 1]) if e + 1 < len(exp) else _after(expected, exp[e], span.end)
+        holes.append(Span(pd.Timestamp(exp[s]), stop))
+    return holes, end
+
+
+def _after(expected: pd.DatetimeIndex, stamp: int, limit: pd.Timestamp) -> pd.Timestamp:
+    """Where a hole ending at expected bar `stamp` stops: the next expected bar, else `limit`."""
+    later = expected.asi8[expected.asi8 > stamp]
+    return pd.Timestamp(later[0]) if len(later) and later[0] < limit.value else limit

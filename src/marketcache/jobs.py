@@ -67,7 +67,9 @@ class Job:
 class JobResult:
     symbol: str
     timeframe: str
-    status: str = "ok"  # ok | up-to-date | partial | failed | locked | planned
+    # ok | up-to-date (nothing changed) | partial (holes left, or some ranges failed) |
+    # failed | locked | planned (dry run) | interrupted (stopped mid-way by Ctrl-C / SIGTERM)
+    status: str = "ok"
     providers: list[str] = field(default_factory=list)
     rows_added: int = 0
     rows_updated: int = 0
@@ -79,6 +81,11 @@ class JobResult:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     actions_changed: bool = False
+
+    @property
+    def did_something(self) -> bool:
+        """Whether the job sent a request or committed a row."""
+        return bool(self.requests or self.rows_added or self.rows_updated)
 
     def count(self, provider: str, sent: int) -> None:
         self.requests += sent
@@ -102,15 +109,22 @@ class PopulateReport:
     warnings: list[str] = field(default_factory=list)  # e.g. a provider left out for its key
 
     interrupted: int | None = None  # 130 (SIGINT) or 143 (SIGTERM) when the run was stopped
+    min_score: float = 0.0  # settings.min_score: below it `validate` exits 3, and so does this
 
     @property
     def exit_code(self) -> int:
+        """4 locked; 1 a range failed (a provider erred: a later run may fill it); 3 a year
+        of the asked range scores below `min_score` (what `validate` says of it); else 0 —
+        also for a `partial` series whose holes the providers answered (data that stops,
+        sessions a provider lacks) while its years still score at least `min_score`."""
         if self.interrupted is not None:
             return self.interrupted
         if any(r.status == "locked" for r in self.results):
             return 4
-        if any(r.status in ("failed", "partial") for r in self.results):
+        if any(r.status == "failed" or (r.status == "partial" and r.errors) for r in self.results):
             return 1
+        if any(r.quality is not None and r.quality < self.min_score for r in self.results):
+            return 3
         return 0
 
     def as_json(self) -> dict[str, Any]:

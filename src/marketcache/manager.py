@@ -2,14 +2,20 @@
 
 `get_ohlcv` runs the populate pipeline for exactly the missing part of the range (select,
 plan gaps, fetch with failover, validate, commit under the series lock) and then reads; when
-the range is complete it makes no request. Errors are the library's (`MarketCacheError`
-tree), nothing is printed, and the provider sessions are built once and reused, so calling it
-in a loop leaks neither sessions nor threads (`close()` or `with` releases them).
+the range is complete it makes no request. A range asked again is not fetched again until a
+new bar can have closed in it (by the series' calendar), so a notebook calling with an open
+end in a loop asks a provider once per bar, not once per call. Errors are the library's
+(`MarketCacheError` tree; `MarketCacheWarning` under `strict=False`), nothing is printed, and
+the provider sessions are built once and reused, so calling it in a loop leaks neither
+sessions nor threads (`close()` or `with` releases them).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import warnings
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -17,12 +23,26 @@ import pandas as pd
 
 from marketcache.cache import UnifiedCache
 from marketcache.config import Settings, default_settings, load_settings
-from marketcache.errors import LockTimeout, ProviderUnavailable, SymbolNotFound
+from marketcache.errors import (
+    LockTimeout,
+    MarketCacheWarning,
+    ProviderUnavailable,
+    SymbolNotFound,
+)
 from marketcache.freshness import freshness
 from marketcache.jobs import DEFAULT_LOOKBACK, PopulateRequest, build_jobs
 from marketcache.providers.base import Provider
 from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import parse_timeframe
+from marketcache.timeframes import Timeframe, parse_timeframe
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A range this DataManager had filled: [start, end) asked, every bar closed before
+    `through` asked for (a later call needs asking only for bars closing after it)."""
+
+    start: pd.Timestamp
+    through: pd.Timestamp
 
 
 class DataManager:
@@ -43,6 +63,8 @@ class DataManager:
         )
         self.settings = self.cache.settings
         self._providers: dict[str, Provider] | None = None
+        self._asked: dict[tuple[str, str, str | None], _Asked] = {}  # per series and provider
+        self._asked_lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -81,15 +103,27 @@ class DataManager:
         adjust: str = "none",
         fetch_missing: bool = True,
         provider: str | None = None,
+        strict: bool = True,
     ) -> pd.DataFrame:
         """Bars of [start, end), fetching what the cache lacks first (unless `fetch_missing`
-        is False: then a pure read, and an unstored range gives an empty frame)."""
+        is False: then a pure read, and an unstored range gives an empty frame).
+
+        A range that no provider could serve raises `ProviderUnavailable` (`strict`, the
+        default), or with `strict=False` gives what is cached with a `MarketCacheWarning`
+        naming the failed ranges. An unknown symbol and a held lock raise either way."""
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         if fetch_missing:
-            self._fill(sym, tf, start, end, provider)
+            failure = self._fill(sym, tf, start, end, provider)
+            if failure is not None and strict:
+                raise ProviderUnavailable(failure, symbol=sym)
+            if failure is not None:
+                warnings.warn(f"{failure}; returning what is cached", MarketCacheWarning, 2)
         return self.cache.get(sym, tf, start, end, adjust=adjust)
 
-    def _fill(self, sym: str, tf: str, start: Any, end: Any, provider: str | None) -> None:
+    def _fill(self, sym: str, tf: str, start: Any, end: Any, provider: str | None) -> str | None:
+        """Fetch what [start, end) lacks; the failure of the ranges no provider could serve
+        (None: every range was served or answered)."""
+        from marketcache.models import utcnow
         from marketcache.populate import run_populate
 
         if start is None:
@@ -104,14 +138,41 @@ class DataManager:
             provider=provider,
         )
         jobs = build_jobs(request, self.settings)
+        job, now, key = jobs[0], utcnow(), (sym, tf, provider)
+        with self._asked_lock:
+            asked = self._asked.get(key)
+        if asked is not None and not self._may_have_closed(sym, tf, job.start, job.end, asked):
+            return None
         result = run_populate(self.cache, jobs, request, providers=self.providers).results[0]
         if result.status == "locked":
             raise LockTimeout(result.errors[0])
-        if result.status == "failed":
+        failed = result.status == "failed" or (result.status == "partial" and result.errors)
+        if failed:
             message = result.errors[0] if result.errors else "no provider answered"
             if message.startswith("no provider knows"):
                 raise SymbolNotFound(message, symbol=sym)
-            raise ProviderUnavailable(f"{sym} {tf}: {message}", symbol=sym)
+            return f"{sym} {tf}: {message}"
+        through = min(job.end, Timeframe(tf).floor(now))
+        begin = job.start
+        if asked is not None and asked.start <= begin <= asked.through:  # joins the earlier
+            begin, through = asked.start, max(through, asked.through)
+        with self._asked_lock:
+            self._asked[key] = _Asked(begin, through)
+        return None
+
+    def _may_have_closed(
+        self, sym: str, tf: str, start: pd.Timestamp, end: pd.Timestamp, asked: _Asked
+    ) -> bool:
+        """Whether [start, end) may hold a bar not asked for yet: it starts before what was
+        asked, or a bar the calendar expects has closed since."""
+        from marketcache.calendars import expected_bars
+        from marketcache.models import utcnow
+
+        if start < asked.start:
+            return True
+        closed = min(end, Timeframe(tf).floor(utcnow()))
+        calendar = self.cache.profile(sym).calendar
+        return len(expected_bars(calendar, Timeframe(tf), asked.through, closed)) > 0
 
     def get_many(
         self,
@@ -122,11 +183,18 @@ class DataManager:
         *,
         adjust: str = "none",
         fetch_missing: bool = True,
+        strict: bool = True,
     ) -> pd.DataFrame:
         """One frame for several symbols, with a `symbol` column first."""
         frames = [
             self.get_ohlcv(
-                s, timeframe, start, end, adjust=adjust, fetch_missing=fetch_missing
+                s,
+                timeframe,
+                start,
+                end,
+                adjust=adjust,
+                fetch_missing=fetch_missing,
+                strict=strict,
             ).assign(symbol=normalize_symbol(s))
             for s in symbols
         ]

@@ -8,13 +8,15 @@ fetched. Progress reaches the caller through a callback; nothing here prints.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from marketcache.basis import Outcome, actions_window, check_seam, with_adj_close
+from marketcache.answers import Answers
+from marketcache.basis import actions_window, check_seam, with_adj_close
 from marketcache.cache import UnifiedCache
 from marketcache.calendars import expected_bars
 from marketcache.derive import INCOMPLETE
@@ -22,13 +24,10 @@ from marketcache.errors import (
     Conflict,
     LockTimeout,
     MarketCacheError,
-    ProviderError,
-    ProviderUnreachable,
-    RangeUnavailable,
-    SymbolNotFound,
     UsageError,
 )
-from marketcache.gaps import FetchPlan, Span, plan_fetch
+from marketcache.failover import Failover
+from marketcache.gaps import FetchPlan, Span, plan_fetch, settled_before, unanswered
 from marketcache.jobs import (
     Job,
     JobResult,
@@ -46,6 +45,8 @@ from marketcache.timeframes import Timeframe
 
 OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
 NO_SESSION = "the provider returned no bar for a session the calendar expects"
+NO_BARS = np.zeros(0, dtype="datetime64[ns]")
+ENDED = "the provider has no bar after its last one here (delisted, halted, or data lost)"
 
 
 def _bars_in(spans: list[Span], expected: pd.DatetimeIndex) -> int:
@@ -77,16 +78,27 @@ def run_populate(
 
     Results land in `report` as jobs finish, so a caller interrupted (KeyboardInterrupt or a
     signal raised in the main thread) still holds the partial report; workers stop after the
-    range they are committing, and everything committed is kept.
+    range they are committing, and everything committed is kept. On an interruption the
+    report also lists the jobs it stopped that had sent or committed anything (status
+    `interrupted`, with their rows and requests so far).
     """
     sink = progress or NoProgress()
     pool = providers or build_providers(cache.settings, cache.state_dir)
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
+    report.min_score = cache.settings.options.min_score
     runner = Runner(cache, pool, request, sink)
     try:  # derived timeframes after every base job: they read what those committed
         for phase in ([j for j in jobs if not j.derive_from], [j for j in jobs if j.derive_from]):
             _run_phase(runner, phase, request.workers, report)
+    except BaseException:
+        listed = {id(r) for r in report.results}
+        report.results += [
+            r
+            for r in runner.started
+            if id(r) not in listed and (r.status != "interrupted" or r.did_something)
+        ]
+        raise
     finally:
         report.finished_at = utcnow().isoformat()
         report.unreachable = dict(runner.down)
@@ -125,15 +137,21 @@ class Runner:
         self.sink = sink
         self.capabilities = {n: p.capabilities for n, p in providers.items()}
         self.usable = {n: p.available() for n, p in providers.items()}
-        # circuit breaker: a provider whose host cannot be resolved or refuses connections is
-        # down for the rest of the run (the first failure says why); the chain fails over
-        self.down: dict[str, str] = {}
-        self._down_lock = threading.Lock()
+        self.failover = Failover(self.providers)  # shares the dict: derived ones join it
+        self._down_lock = self.failover.lock
         self.cancel = threading.Event()
         self.warnings: dict[str, str] = {}  # provider -> why it was left out, once a run
+        self.started: list[JobResult] = []  # every job begun, finished or not (for interrupts)
+
+    @property
+    def down(self) -> dict[str, str]:
+        """Providers found unreachable in this run, with the first failure's words."""
+        return self.failover.down
 
     def run(self, job: Job) -> JobResult:
         result = JobResult(job.symbol, job.timeframe)
+        with self._down_lock:
+            self.started.append(result)
         self.sink.note(f"{job.symbol} {job.timeframe}")
         try:
             self._run(job, result)
@@ -153,6 +171,9 @@ class Runner:
         except Exception as exc:  # a bug must not stop the other symbols; it is reported
             result.status = "failed"
             result.errors.append(f"internal error {type(exc).__name__}: {exc}")
+        except BaseException:  # Ctrl-C, SIGTERM, Cancelled: what it did so far is reported
+            result.status = "interrupted"
+            raise
         self.sink.advance(f"{job.symbol} {job.timeframe}")
         return result
 
@@ -289,22 +310,27 @@ class Runner:
         expected: pd.DatetimeIndex,
         present: np.ndarray,
     ) -> None:
-        if plan.empty and not plan.unreachable:
-            result.status = "up-to-date"
         failed = False
         failures: dict[str, list[Span]] = {}  # reason -> spans, reported once per reason
-        sessions = not tf.is_intraday and self.cache.profile(job.symbol).calendar != "24/7"
+        calendar = self.cache.profile(job.symbol).calendar
+        always_open = calendar == "24/7"  # a stretch without bars is one without trades
+        sessions = not tf.is_intraday and not always_open
+        settled = settled_before(calendar, tf, now)  # older bars an answer lacks are holes
+        answers = Answers(until=plan.fetch[-1].end) if plan.fetch else None
+        newest = pd.Timestamp(np.max(present)) if len(present) else None  # stored or committed
         for span in plan.fetch:
             if self.cancel.is_set():
                 raise Cancelled
+            assert answers is not None
             asked = result.requests
-            outcome = self._fetch_with_failover(job, tf, span, chain, result, present)
+            start = self._window(job, tf, span, present, answers)
+            outcome = self.failover.fetch(chain, tf, span, answers, result, start)
             if outcome.refused:  # an unknown symbol leaves nothing in the cache, only a report
                 result.status = "failed"
                 result.errors.append(f"no provider knows {job.symbol}: {outcome.reason}")
                 return
             if outcome.frame is not None and len(outcome.frame):
-                outcome = check_seam(self, job, tf, span, outcome, present, result)
+                outcome = check_seam(self, job, tf, span, outcome, present, result, answers)
             self.sink.note(
                 f"{job.symbol} {job.timeframe}",
                 bars=0 if outcome.frame is None else len(outcome.frame),
@@ -314,12 +340,20 @@ class Runner:
             result.gaps_left += [{**s.as_json(), "reason": INCOMPLETE} for s in pending]
             if outcome.frame is not None and len(outcome.frame):
                 frame = with_adj_close(self, job, tf, outcome, result)
-                holes = [
-                    h for h in _unanswered(span, expected, present, outcome.frame)
-                    if not any(p.start < h.end and h.start < p.end for p in pending)
-                ]  # fmt: skip
+                stamps = outcome.frame["timestamp"].to_numpy("datetime64[ns]")
+                holes, end = unanswered(span, expected, present, stamps, settled, newest)
+                holes = [h for h in holes if not _overlaps(h, pending)]
                 # a session the calendar expects is missing, not "empty"
                 missing = [(h, NO_SESSION) for h in holes] if sessions else []
+                empty = [] if sessions else [(h, now, "no bars") for h in holes]
+                if end is not None and not _overlaps(end, pending):  # the data stops early
+                    if always_open:
+                        empty.append((end, now, "no bars"))
+                    else:  # a session after a stock's last bar: delisted, halted, lost
+                        missing.append((end, ENDED))
+                        result.gaps_left.append({**end.as_json(), "reason": ENDED})
+                last = pd.Timestamp(stamps.max())
+                newest = last if newest is None else max(newest, last)
                 put = self.cache.commit_range(
                     frame,
                     job.symbol,
@@ -328,7 +362,7 @@ class Runner:
                     resolved=[span],
                     missing=missing + [(p, INCOMPLETE) for p in pending],
                     sources=outcome.sources,
-                    verified_empty=[] if sessions else [(h, now, "no bars") for h in holes],
+                    verified_empty=empty,
                 )
                 if sessions:
                     result.gaps_left += [{**h.as_json(), "reason": NO_SESSION} for h in holes]
@@ -342,6 +376,14 @@ class Runner:
             elif pending:
                 self.cache.update_coverage(
                     job.symbol, job.timeframe, missing=[(p, INCOMPLETE) for p in pending]
+                )
+            elif outcome.verified_empty and not always_open and _after(newest, span):
+                _, end = unanswered(span, expected, present, NO_BARS, settled, newest)
+                if end is not None:  # nothing after the last bar (the newest may be late)
+                    self.cache.update_coverage(job.symbol, job.timeframe, missing=[(end, ENDED)])
+                    result.gaps_left.append({**end.as_json(), "reason": ENDED})
+                result.ranges_fetched.append(
+                    {**span.as_json(), "provider": outcome.provider, "rows": 0}
                 )
             elif outcome.verified_empty and not sessions:
                 self.cache.update_coverage(
@@ -365,76 +407,19 @@ class Runner:
             reason = "beyond every provider's history window"
             self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
             result.gaps_left.append({**span.as_json(), "reason": reason})
-        if failed:
-            result.status = "partial" if result.rows_added else "failed"
+        result.status = _status(result, failed)
 
-    def _fetch_with_failover(
-        self,
-        job: Job,
-        tf: Timeframe,
-        span: Span,
-        chain: list[Choice],
-        result: JobResult,
-        present: np.ndarray,
-    ) -> Outcome:
-        reasons: list[str] = []
-        empty_from: list[str] = []
-        definitive = True  # every failure says "no data here" rather than "try later"
-        refused = 0  # providers that do not know the symbol at all
-        out_of_reach = 0  # providers that cannot serve this range (history window, timeframe)
-        for choice in chain:
-            provider = self.providers[choice.provider]
-            if choice.provider in self.down:  # the same words as when it went down
-                definitive = False
-                reasons.append(f"{choice.provider}: {self.down[choice.provider]}")
-                continue
-            start = actions_window(self, job, tf, choice.provider, span, present)
-            sent = provider.sent()
-            try:
-                fetched = provider.fetch(choice.symbol, tf, start, span.end)
-            except SymbolNotFound as exc:
-                refused += 1
-                reasons.append(f"{choice.provider}: {exc}")
-                continue
-            except RangeUnavailable as exc:
-                out_of_reach += 1
-                reasons.append(f"{choice.provider}: {exc}")
-                continue
-            except ProviderUnreachable as exc:
-                definitive = False
-                with self._down_lock:
-                    self.down.setdefault(choice.provider, str(exc))
-                reasons.append(f"{choice.provider}: {exc}")
-                continue
-            except ProviderError as exc:
-                definitive = False
-                reasons.append(f"{choice.provider}: {exc}")
-                continue
-            finally:
-                result.count(choice.provider, provider.sent() - sent)
-            result.notes.extend(f"{choice.provider}: {n}" for n in fetched.notes)
-            if fetched.frame.empty and not fetched.incomplete:
-                empty_from.append(choice.provider)
-                continue
-            if fetched.dropped_rows > len(fetched.frame):
-                definitive = False
-                reasons.append(
-                    f"{choice.provider}: most rows failed validation "
-                    f"({fetched.dropped_rows} dropped)"
-                )
-                continue
-            return Outcome(
-                fetched.frame, choice.provider, choice=choice, events=fetched.events,
-                incomplete=[Span(a, b) for a, b in fetched.incomplete],
-                sources=fetched.sources,
-            )  # fmt: skip
-        if refused and refused + out_of_reach == len(chain):  # nobody that could answer knew it
-            return Outcome(None, "", refused=True, reason="; ".join(reasons))
-        if empty_from and definitive:
-            return Outcome(None, ",".join(empty_from), verified_empty=True, reason="no bars")
-        if empty_from:
-            reasons.append(f"{','.join(empty_from)}: no bars")
-        return Outcome(None, "", reason="; ".join(reasons) or "no provider answered")
+    def _window(
+        self, job: Job, tf: Timeframe, span: Span, present: np.ndarray, answers: Answers
+    ) -> Callable[[str], pd.Timestamp]:
+        """Where to start asking each provider of the chain for `span`."""
+
+        def start(name: str) -> pd.Timestamp:
+            if answers.holds(name, span.start):  # that answer told the actions up to now
+                return span.start
+            return actions_window(self, job, tf, name, span, present)
+
+        return start
 
     def _summarise(self, job: Job, result: JobResult) -> None:
         scores = []
@@ -448,35 +433,6 @@ class Runner:
         result.quality = min(scores) if scores else None
 
 
-def _unanswered(
-    span: Span, expected: pd.DatetimeIndex, present: np.ndarray, frame: pd.DataFrame
-) -> list[Span]:
-    """Runs of expected bars in `span` that are neither stored nor in the provider's answer.
-
-    Only bars before the latest bar known count: missing bars at the tail may be late, not
-    absent, and are asked for again on the next run.
-    """
-    have = np.union1d(
-        np.asarray(present, dtype="datetime64[ns]").astype(np.int64),
-        frame["timestamp"].to_numpy("datetime64[ns]").astype(np.int64),
-    )
-    if not len(have):
-        return []
-    exp = expected[(expected >= span.start) & (expected < span.end)].asi8
-    exp = exp[exp < have[-1]]
-    missing = ~np.isin(exp, have)
-    if not missing.any():
-        return []
-    idx = np.flatnonzero(missing)
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    starts, ends = np.r_[idx[0], idx[breaks + 1]], np.r_[idx[breaks], idx[-1]]
-    out = []
-    for s, e in zip(starts, ends, strict=True):
-        stop = exp[e + 1] if e + 1 < len(exp) else span.end.value
-        out.append(Span(pd.Timestamp(exp[s]), pd.Timestamp(stop)))
-    return out
-
-
 def _reach(
     chain: list[Choice], capabilities: dict[str, Any], timeframe: str, now: pd.Timestamp
 ) -> pd.Timestamp | None:
@@ -488,3 +444,24 @@ def _reach(
             return None
         earliest.append(e)
     return min(earliest) if earliest else None
+
+
+def _after(newest: pd.Timestamp | None, span: Span) -> bool:
+    return newest is not None and span.start > newest
+
+
+def _overlaps(span: Span, others: list[Span]) -> bool:
+    return any(o.start < span.end and span.start < o.end for o in others)
+
+
+def _status(result: JobResult, failed: bool) -> str:
+    """A job's status once its plan ran: `failed`/`partial` when ranges failed (with or
+    without rows committed), `partial` when the asked range still has holes (validate
+    counts them), `up-to-date` when nothing changed, else `ok`."""
+    if failed:
+        return "partial" if result.rows_added else "failed"
+    if result.gaps_left:
+        return "partial"
+    if not (result.rows_added or result.rows_updated):
+        return "up-to-date"
+    return "ok"

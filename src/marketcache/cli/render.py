@@ -421,7 +421,7 @@ class Renderer:
     def interrupted(self, report: Any, jobs: int) -> None:
         """One line on stderr (even under -q) and, with --json, the partial report."""
         signal_name = "SIGTERM" if report.interrupted == 143 else "SIGINT"
-        done = len(report.results)
+        done = sum(r.status != "interrupted" for r in report.results)
         sys.stderr.write(
             f"interrupted ({signal_name}): {done} of {jobs} jobs finished; everything committed"
             " is kept — run the same command again to continue\n"

@@ -9,6 +9,7 @@ timeout) and maps its answers to our errors. Intraday history is fetched a month
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import pandas as pd
@@ -34,6 +35,7 @@ INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "
 DEFAULT_HOST = "https://www.alphavantage.co/query?"
 COMPACT_DAYS = 100
 EXCHANGE_TZ = "America/New_York"
+_build_lock = threading.Lock()
 
 
 class AlphaVantageProvider(Provider):
@@ -55,16 +57,22 @@ class AlphaVantageProvider(Provider):
     def available(self) -> bool:
         return self.settings.enabled and bool(self.api_key())
 
+    def answers_to_now(self, timeframe: Timeframe) -> bool:
+        """TIME_SERIES_DAILY answers the whole history (`full`) or its last 100 sessions
+        (`compact`, asked only for a start within them): either runs to now."""
+        return timeframe.name == "1d"
+
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = _client_class()(
-                key=self.api_key(),
-                output_format="json",
-                session=make_session(self.settings, self.state_dir),
-                base_url=f"{self.settings.base_url}/query?",
-            )
-        return self._client
+        with _build_lock:  # workers share the provider: one client, so requests count on it
+            if self._client is None:
+                self._client = _client_class()(
+                    key=self.api_key(),
+                    output_format="json",
+                    session=make_session(self.settings, self.state_dir),
+                    base_url=f"{self.settings.base_url}/query?",
+                )
+            return self._client
 
     def _fetch_page(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp

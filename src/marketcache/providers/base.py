@@ -109,6 +109,11 @@ class Provider:
     def supports(self, timeframe: str) -> bool:
         return timeframe in self.capabilities.timeframes
 
+    def answers_to_now(self, timeframe: Timeframe) -> bool:
+        """Whether one answer holds every bar from its start up to now, whatever end was
+        asked: the pipeline then asks once per series and run, not once per year."""
+        return False
+
     def fetch(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
     ) -> FetchResult:

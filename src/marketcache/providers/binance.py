@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,7 @@ from marketcache.timeframes import TIMEFRAMES, Timeframe
 PAGE = 1000
 _SYMBOL_UNKNOWN = (-1121, -1100)
 _RATE_CODES = (-1003, -1015)
+_build_lock = threading.Lock()  # workers share a provider: one client, so requests count on it
 
 
 class BinanceProvider(Provider):
@@ -45,16 +47,17 @@ class BinanceProvider(Provider):
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            from binance.client import Client
+        with _build_lock:
+            if self._client is None:
+                from binance.client import Client
 
-            client = Client(ping=False, requests_params={"timeout": self.settings.timeout})
-            client.API_URL = f"{self.settings.base_url}/api"
-            session = make_session(self.settings, self.state_dir)
-            session.headers.update(client.session.headers)
-            client.session = session
-            self._client = client
-        return self._client
+                client = Client(ping=False, requests_params={"timeout": self.settings.timeout})
+                client.API_URL = f"{self.settings.base_url}/api"
+                session = make_session(self.settings, self.state_dir)
+                session.headers.update(client.session.headers)
+                client.session = session
+                self._client = client
+            return self._client
 
     @property
     def archive(self) -> Archive:

@@ -51,6 +51,7 @@ WINDOWS = {"1m": timedelta(days=30), "5m": timedelta(days=60), "15m": timedelta(
 CHUNKS = {"1m": timedelta(days=7), "5m": timedelta(days=59), "15m": timedelta(days=59),
           "30m": timedelta(days=59), "1h": timedelta(days=365)}  # fmt: skip
 _yf_lock = threading.Lock()
+_session_lock = threading.Lock()
 
 
 class YahooSession(TimeoutSession):
@@ -95,17 +96,22 @@ class YahooProvider(Provider):
         self._session: YahooSession | None = None
         self._splits: list[Split] = []
 
+    def answers_to_now(self, timeframe: Timeframe) -> bool:
+        """Daily and longer answers run to now (see `_fetch_page`); intraday ones are chunked."""
+        return not timeframe.is_intraday
+
     @property
     def session(self) -> YahooSession:
-        if self._session is None:
-            host = urlsplit(self.settings.base_url).hostname or ""
-            redirect = None if host.endswith("yahoo.com") else self.settings.base_url
-            session = make_session(
-                self.settings, self.state_dir, YahooSession, redirect_to=redirect
-            )
-            assert isinstance(session, YahooSession)
-            self._session = session
-        return self._session
+        with _session_lock:  # workers share the provider: one session, so requests count on it
+            if self._session is None:
+                host = urlsplit(self.settings.base_url).hostname or ""
+                redirect = None if host.endswith("yahoo.com") else self.settings.base_url
+                session = make_session(
+                    self.settings, self.state_dir, YahooSession, redirect_to=redirect
+                )
+                assert isinstance(session, YahooSession)
+                self._session = session
+            return self._session
 
     def _data(self) -> Any:
         import yfinance as yf
