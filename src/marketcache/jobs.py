@@ -99,6 +99,7 @@ class PopulateReport:
     started_at: str = ""
     finished_at: str = ""
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> why, once a run
+    warnings: list[str] = field(default_factory=list)  # said once a run (a wrong archive_url)
 
     interrupted: int | None = None  # 130 (SIGINT) or 143 (SIGTERM) when the run was stopped
 
@@ -130,6 +131,7 @@ class PopulateReport:
                 },
             },
             "unreachable": [{"provider": p, "error": e} for p, e in self.unreachable.items()],
+            "warnings": list(self.warnings),
             "results": [r.as_json() for r in self.results],
         }
 

@@ -90,6 +90,7 @@ def run_populate(
     finally:
         report.finished_at = utcnow().isoformat()
         report.unreachable = dict(runner.down)
+        report.warnings += [w for provider in pool.values() for w in provider.take_warnings()]
     return report
 
 

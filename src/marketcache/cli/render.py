@@ -435,6 +435,8 @@ class Renderer:
                 self.error(f"{r.symbol} {r.timeframe}: {e}")
         for message in report.unreachable.values():
             self.error(f"{message}")
+        for message in report.warnings:
+            self.warn(message)
         if self.as_json:
             self.emit(report.as_json())
             return
