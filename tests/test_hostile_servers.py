@@ -326,3 +326,26 @@ def test_a_zip_bomb_in_the_archive_is_refused_unread(
         assert word in lines[0], lines[0]
     assert not fake_binance.data_requests(), "a hostile archive is not papered over by REST"
     assert_missing(tmp_path, "1m")
+
+
+@pytest.mark.parametrize("provider", ["yahoo", "alpha_vantage"])
+def test_every_adapter_goes_through_the_deadline(
+    hostile: Callable[[Handler], HostileServer], tmp_path: Path, provider: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """yfinance (its cookie, crumb and chart requests, with its own 30 s timeouts) and the
+    alpha_vantage package send through our session: a trickle is cut there too."""
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "demo-key")
+    server = hostile(trickle_body)
+    text = config_for(timeout=TIMEOUT, retry_budget=BUDGET)
+    dead = f"  {provider}: {{base_url: 'http://127.0.0.1:9'"
+    assert dead in text
+    text = text.replace(dead, f"  {provider}: {{base_url: '{server.url}'", 1)
+    text += f"selection:\n  - {{symbol_type: stock, providers: [{provider}]}}\n"
+    run = populate(tmp_path, text, "HOST", "-t", "1d", "--start", "2024-01-01", "--end",
+                   "2025-01-01")  # fmt: skip
+    assert run.wall < WALL, f"{run.wall:.1f} s"
+    lines = run.err.strip().splitlines()
+    assert run.code == 1 and len(lines) == 1, run.err
+    assert lines[0].startswith("error: HOST 1d: ") and f"{provider}: " in lines[0], lines[0]
+    assert "timed out" in lines[0] and f"within {TIMEOUT:g} s" in lines[0], lines[0]

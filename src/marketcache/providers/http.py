@@ -72,8 +72,9 @@ class TimeoutSession(LimiterSession):
             self.mount(scheme, BoundedAdapter(max_bytes))
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.default_timeout
+        asked = kwargs.get("timeout")
+        if asked is None or (isinstance(asked, int | float) and asked > self.default_timeout):
+            kwargs["timeout"] = self.default_timeout  # e.g. yfinance's own 30 s: ours rules
         self._clock.sent = self.sent + 1  # counted before sending: failed requests count too
         watch = Watch(total_seconds(kwargs["timeout"]) or self.default_timeout)
         previous = set_watch(watch)
