@@ -5,7 +5,7 @@ Each server is a real socket server on 127.0.0.1 (a trickle of one byte every ha
 answers, a zip bomb with a valid CHECKSUM in the klines archive). Each test runs `marketcache
 populate` as a subprocess and asserts what a person sees and what the machine pays: one
 error line naming the provider and what happened, exit 1, the range recorded as missing, a
-wall-time bound and, for the memory cases, a bound on the child's peak RSS (`os.wait4`).
+wall-time bound and, for the memory cases, a bound on the child's peak RSS (`getrusage`).
 Every server stops by itself (bounded bytes and seconds), also against an unfixed client.
 """
 
@@ -167,28 +167,37 @@ class Run:
     peak_mb: float
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. A child forked from the test
+# process would count the test process's own pages until its exec (fork and vfork share
+# them), so the populate is started from this small process instead.
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def populate(tmp_path: Path, conf_text: str, *args: str) -> Run:
-    """`marketcache populate ARGS` in a subprocess; its own peak RSS from os.wait4."""
+    """`marketcache populate ARGS` in a subprocess, with its wall time and its peak RSS."""
     conf = tmp_path / "providers.yaml"
     conf.write_text(conf_text)
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    out, err, rss = tmp_path / "stdout", tmp_path / "stderr", tmp_path / "peak-rss"
     env = {**os.environ, "COLUMNS": "200", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     began = time.monotonic()
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "marketcache", "populate", *args, "--cache-dir",
-             str(tmp_path / "cache"), "--config", str(conf)],
-            stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env,
+            [sys.executable, "-c", MEASURE, str(rss), sys.executable, "-m", "marketcache",
+             "populate", *args, "--cache-dir", str(tmp_path / "cache"), "--config", str(conf)],
+            stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
-        killer = threading.Timer(SERVE_FOR + 30, os.kill, (proc.pid, signal.SIGKILL))
-        killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    run = Run(proc.returncode, out.read_text(), err.read_text(), time.monotonic() - began,
-              usage.ru_maxrss / 1024)  # fmt: skip
+            code = proc.wait(timeout=SERVE_FOR + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+    peak = int(rss.read_text()) / 1024 if rss.exists() else float("inf")
+    run = Run(code, out.read_text(), err.read_text(), time.monotonic() - began, peak)
     print(
         f"populate {' '.join(args)}: exit {run.code}, {run.wall:.1f} s, peak {run.peak_mb:.0f} MB"
     )
