@@ -5,7 +5,9 @@
 Everything runs against the fake servers of the tests on 127.0.0.1 (no internet), and prints
 side-by-side figures and ratios; it never fails on a target, it reports.
 
-1. One year of 1m bars for one symbol: requests and wall time via the archive vs REST only.
+1. One year of 1m bars for one symbol: requests and wall time via the archive vs REST only;
+   and a year of 1h and of 1d bars: every file from the archive (the rule before issue 19.11)
+   vs what populate now does (REST, where the archive costs more requests).
 2. 40 one-request jobs against a fake with 100 ms latency and a 10 requests/s limit: the
    achieved request rate with --workers 1, 4 and 8, as a share of the limit.
 3. CLI start-up of `--version`, `list` and `info` vs `python -c "import pandas"`.
@@ -61,6 +63,47 @@ def bench_archive(work: Path) -> list[tuple[str, str, str, str]]:
         ("a year of 1m bars: wall time (archive vs REST, fake servers)",
          f"{arch_t:.1f} s", f"{rest_t:.1f} s", f"{rest_t / arch_t:.1f}x faster"),
     ]  # fmt: skip
+
+
+def bench_archive_choice(work: Path) -> list[tuple[str, str, str, str]]:
+    """1h and 1d years: the old rule (every month from its zip and CHECKSUM) vs populate now."""
+    import pandas as pd
+
+    from marketcache.config import load_settings
+    from marketcache.providers.binance_archive import Archive, plan_files
+
+    server = FakeBinance()
+    server.add("ABCUSDT", "1h", make_bars("2024-01-01", 24 * 366, "1h", seed=2))
+    server.add("ABCUSDT", "1d", make_bars("2024-01-01", 366, "1D", seed=3))
+    rows = []
+    try:
+        conf = work / "choice.yaml"
+        conf.write_text(config_for(binance=server, archive=True, timeout=60))
+        settings = load_settings(conf).providers["binance"]
+        for tf in ("1h", "1d"):
+            archive = Archive(settings, work / "choice-state", time.sleep)
+            files = plan_files(settings.archive_url, "ABCUSDT", tf, pd.Timestamp("2024-01-01"),
+                               pd.Timestamp("2025-01-01"), pd.Timestamp.now())  # fmt: skip
+            t0 = time.perf_counter()
+            for file in files:
+                archive.read(file, "ABCUSDT")
+            old_t, old_n = time.perf_counter() - t0, archive.session.sent
+            archive.close()
+            server.requests.clear()
+            took = run(["populate", "ABCUSDT", "-t", tf, "--start", "2024-01-01", "--end",
+                        "2025-01-01", "--cache-dir", str(work / f"choice-{tf}"), "--config",
+                        str(conf)])  # fmt: skip
+            now_n = len(server.requests)
+            rows += [
+                (f"a year of {tf} bars: HTTP requests, now (REST: it costs fewer) vs every"
+                 " month from the archive (before)", f"{now_n}", f"{old_n}",
+                 f"{old_n / now_n:.0f}x fewer"),
+                (f"a year of {tf} bars: wall time, now vs the archive's downloads alone",
+                 f"{took:.2f} s", f"{old_t:.2f} s", f"{old_t / took:.1f}x"),
+            ]  # fmt: skip
+    finally:
+        server.close()
+    return rows
 
 
 def bench_throughput(work: Path) -> list[tuple[str, str, str, str]]:
@@ -120,7 +163,12 @@ def bench_startup(work: Path) -> list[tuple[str, str, str, str]]:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = bench_archive(work) + bench_throughput(work) + bench_startup(work)
+        rows = (
+            bench_archive(work)
+            + bench_archive_choice(work)
+            + bench_throughput(work)
+            + bench_startup(work)
+        )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )

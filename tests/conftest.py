@@ -203,6 +203,29 @@ RATE_PROBE = (
 )
 
 
+# RATE_PROBE with a start line: argv[3] is a folder where the probe says `ready-PID` once
+# built, then waits for `go` before its argv[4] fetches, so that the probes race from one
+# instant however long a loaded machine takes to start each of them.
+SYNCED_RATE_PROBE = (
+    "import sys, os, time; from pathlib import Path; import pandas as pd\n"
+    "from marketcache.config import load_settings\n"
+    "from marketcache.providers.registry import provider_class\n"
+    "from marketcache.timeframes import Timeframe\n"
+    "s = load_settings(sys.argv[1])\n"
+    "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
+    "line = Path(sys.argv[3]); (line / f'ready-{os.getpid()}').touch()\n"
+    "while not (line / 'go').exists(): time.sleep(0.01)\n"
+    "for _ in range(int(sys.argv[4])):\n"
+    "    p.fetch('RATEUSDT', Timeframe('1h'), pd.Timestamp('2024-01-01'), pd.Timestamp('2024-01-02'))\n"
+)
+
+
+def most_within(arrivals: list[float], window: float) -> int:
+    """The most requests that arrived within any `window` seconds."""
+    times = sorted(arrivals)
+    return max(sum(1 for t in times if start <= t < start + window) for start in times)
+
+
 def busiest_second(arrivals: list[float]) -> int:
     """The most requests that arrived within any 0.95 s."""
     times = sorted(arrivals)

@@ -160,6 +160,8 @@ class FakeBinance(FakeServer):
         self.archive_bad: set[str] = set()  # zip names whose CHECKSUM does not match
         self.archive_header: set[str] = set()  # zip names whose CSV starts with a header line
         self.archive_served: list[str] = []  # zip names downloaded
+        # zip names whose file lacks the rows in [start, end) that REST still serves
+        self.archive_lacking: dict[str, tuple[str, str]] = {}
         self._zips: dict[str, bytes] = {}
         super().__init__()
 
@@ -216,6 +218,9 @@ class FakeBinance(FakeServer):
         hi = lo + (pd.DateOffset(months=1) if len(period) == 7 else pd.Timedelta(days=1))
         frame = self.series[(symbol, tf)]
         part = frame[(frame["timestamp"] >= lo) & (frame["timestamp"] < hi)]
+        if name in self.archive_lacking:
+            a, b = (pd.Timestamp(x) for x in self.archive_lacking[name])
+            part = part[(part["timestamp"] < a) | (part["timestamp"] >= b)]
         step = INTERVAL_MS[tf]
         lines = ["open_time,open,high,low,close,volume,close_time,quote_volume,count,"
                  "taker_buy_volume,taker_buy_quote_volume,ignore"] if name in self.archive_header else []  # fmt: skip

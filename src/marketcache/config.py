@@ -85,6 +85,8 @@ class ProviderSettings:
     archive_url: str = ""  # binance: the public klines archive ("" = none)
     rate_limit_store: str = ""  # a postgresql:// URL: the limit is shared by every machine
     archive_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10))
+    max_answer_bytes: int = 64 * 2**20  # settings.max_answer_mb: a larger answer is refused
+    max_member_bytes: int = 64 * 2**20  # settings.max_archive_member_mb: per zip member
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class Options:
     lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
     # object storage: the fsspec options as JSON, kept secret (keys may be in it)
     storage_options: Secret = field(default_factory=lambda: Secret(""))
+    max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
+    max_archive_member_mb: float = 64.0  # a Binance archive zip member larger than this too
 
 
 @dataclass(frozen=True)
@@ -296,13 +300,17 @@ class _Parser:
             for i, d in enumerate(self.seq(top.get("datasets") or [], "datasets"))
         )
         options = self.options(top.get("settings") or {})
-        if options.rate_limit_store:
-            from dataclasses import replace
+        from dataclasses import replace
 
-            providers = {
-                n: replace(p, rate_limit_store=options.rate_limit_store)
-                for n, p in providers.items()
-            }
+        providers = {
+            n: replace(
+                p,
+                rate_limit_store=options.rate_limit_store,
+                max_answer_bytes=int(options.max_answer_mb * 2**20),
+                max_member_bytes=int(options.max_archive_member_mb * 2**20),
+            )
+            for n, p in providers.items()
+        }
         fundamentals = self.fundamentals(top.get("fundamentals") or {}, providers)
         for name, prov in providers.items():
             if prov.enabled and prov.rate_limit.describe() == "unlimited":
@@ -461,7 +469,7 @@ class _Parser:
             body,
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
-             "lease_seconds", "storage_options"),
+             "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -482,6 +490,16 @@ class _Parser:
             )
         storage = body.get("storage_options", {})
         return Options(
+            max_answer_mb=self.number(
+                body.get("max_answer_mb", defaults.max_answer_mb),
+                "settings.max_answer_mb",
+                low=0.001,
+            ),
+            max_archive_member_mb=self.number(
+                body.get("max_archive_member_mb", defaults.max_archive_member_mb),
+                "settings.max_archive_member_mb",
+                low=0.001,
+            ),
             rate_limit_store=store,
             lease_seconds=self.number(
                 body.get("lease_seconds", defaults.lease_seconds),

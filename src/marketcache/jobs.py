@@ -106,7 +106,8 @@ class PopulateReport:
     started_at: str = ""
     finished_at: str = ""
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> why, once a run
-    warnings: list[str] = field(default_factory=list)  # e.g. a provider left out for its key
+    warnings: list[str] = field(default_factory=list)  # said once a run (a provider left out
+    # for its key, a wrong archive_url)
 
     interrupted: int | None = None  # 130 (SIGINT) or 143 (SIGTERM) when the run was stopped
     min_score: float = 0.0  # settings.min_score: below it `validate` exits 3, and so does this

@@ -102,7 +102,9 @@ def run_populate(
     finally:
         report.finished_at = utcnow().isoformat()
         report.unreachable = dict(runner.down)
-        report.warnings = list(runner.warnings.values())
+        report.warnings = list(runner.warnings.values()) + [
+            w for provider in pool.values() for w in provider.take_warnings()
+        ]
     return report
 
 

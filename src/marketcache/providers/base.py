@@ -99,6 +99,13 @@ class Provider:
         self.settings = settings
         self.state_dir = state_dir
         self.sleep = sleep
+        # said once a run, not once per range (e.g. a wrong archive_url): see take_warnings
+        self.warnings: list[str] = []
+
+    def take_warnings(self) -> list[str]:
+        """The run-level warnings gathered so far (each handed out once)."""
+        taken, self.warnings[:] = list(self.warnings), []
+        return taken
 
     def available(self) -> bool:
         """False when the provider cannot be used at all (disabled, key missing)."""

@@ -17,7 +17,16 @@ from marketcache.errors import (
 )
 from marketcache.models import utcnow
 from marketcache.providers.base import Capabilities, FetchResult, Page, Provider, canonical_frame
-from marketcache.providers.binance_archive import ARCHIVE_TIMEFRAMES, SOURCE, Archive, plan_files
+from marketcache.providers.binance_archive import (
+    ARCHIVE_TIMEFRAMES,
+    REST_PAGE,
+    SOURCE,
+    Archive,
+    archive_pays,
+    bare_stretches,
+    page_clusters,
+    plan_files,
+)
 from marketcache.providers.http import (
     TimeoutSession,
     make_session,
@@ -27,7 +36,7 @@ from marketcache.providers.http import (
 from marketcache.symbols import AssetClass
 from marketcache.timeframes import TIMEFRAMES, Timeframe
 
-PAGE = 1000
+PAGE = REST_PAGE
 _SYMBOL_UNKNOWN = (-1121, -1100)
 _RATE_CODES = (-1003, -1015)
 _build_lock = threading.Lock()  # workers share a provider: one client, so requests count on it
@@ -44,6 +53,9 @@ class BinanceProvider(Provider):
         super().__init__(*args, **kwargs)
         self._client: Any = None
         self._archive: Archive | None = None
+        self._lock = threading.Lock()
+        self._archive_off = False  # archive_url proved wrong this run: REST only
+        self._archive_worked = False  # some archive file was read this run
 
     @property
     def client(self) -> Any:
@@ -73,43 +85,75 @@ class BinanceProvider(Provider):
     def fetch(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp
     ) -> FetchResult:
-        """Ranges older than two days (by the local UTC clock) from the archive, the rest and
-        whatever the archive lacks from REST; `sources` says which filled what."""
+        """Ranges older than two days (by the local UTC clock) from the archive where it saves
+        requests (`archive_pays`); the rest, every file the archive lacks and every bar-less
+        stretch inside a file from REST; `sources` says which filled what.
+
+        Binance writes a kline for every interval it was open, trades or not, so a stretch
+        with no bars inside a zip is an outage or a hole in the file, not proof of no trades:
+        REST is asked about it before anything can be recorded as verified empty.
+        """
         cutoff = utcnow().normalize() - pd.Timedelta(days=2)
-        if not self.settings.archive_url or timeframe.name not in ARCHIVE_TIMEFRAMES:
-            return self._rest(symbol, timeframe, start, end)
-        if start >= cutoff:
+        archive_on = bool(self.settings.archive_url) and not self._archive_off
+        if not archive_on or timeframe.name not in ARCHIVE_TIMEFRAMES or start >= cutoff:
             return self._rest(symbol, timeframe, start, end)
         sym = symbol.replace("/", "").upper()
         archive_end = min(end, cutoff)
+        planned = plan_files(
+            self.settings.archive_url, sym, timeframe.name, start, archive_end, utcnow()
+        )
+        files = archive_pays(planned, start, archive_end, timeframe, self.archive.cached)
+        if not files:
+            return self._rest(symbol, timeframe, start, end)
         frames: list[pd.DataFrame] = []
         result = FetchResult(pd.DataFrame())
         rest: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+        absent: list[tuple[pd.Timestamp, pd.Timestamp]] = []  # files answered 404
+        bare: list[tuple[pd.Timestamp, pd.Timestamp]] = []  # stretches without bars in a file
         sent = self.archive_sent()
-        for file in plan_files(
-            self.settings.archive_url, sym, timeframe.name, start, archive_end, utcnow()
-        ):
+        covered = start
+        for file in files:
             lo, hi = max(file.start, start), min(file.end, archive_end)
+            if covered < lo:  # files that would cost more than REST
+                _extend(rest, covered, lo)
+            covered = hi
             try:
                 rows = self.archive.read(file, sym)
             except RangeUnavailable as exc:  # missing or not matching its checksum: ask REST
                 result.notes.append(f"{exc}; asked REST instead")
                 _extend(rest, lo, hi)
+                if "archive has no" in str(exc):
+                    absent.append((lo, hi))
                 continue
-            frames.append(rows[(rows["timestamp"] >= lo) & (rows["timestamp"] < hi)])
+            part = rows[(rows["timestamp"] >= lo) & (rows["timestamp"] < hi)]
+            frames.append(part)
             result.sources.append((SOURCE, lo, hi))
+            bare += bare_stretches(part["timestamp"], lo, hi, timeframe)
+            with self._lock:
+                self._archive_worked = True
         result.requests += self.archive_sent() - sent
-        if archive_end < end:
-            _extend(rest, archive_end, end)
+        if covered < end:
+            _extend(rest, covered, end)
+        rest_rows: list[pd.DataFrame] = []
         for lo, hi in rest:
-            part = self._rest(symbol, timeframe, lo, hi)
-            frames.append(part.frame)
-            result.requests += part.requests
-            result.notes += part.notes
+            answer = self._rest(symbol, timeframe, lo, hi)
+            rest_rows.append(answer.frame)
+            result.requests += answer.requests
+            result.notes += answer.notes
             result.sources.append((self.name, lo, hi))
-        merged = pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else None
+        for lo, hi in page_clusters(bare, timeframe):
+            answer = self._rest(symbol, timeframe, lo, hi)
+            result.requests += answer.requests
+            result.notes += answer.notes
+            if len(answer.frame):  # REST had bars the file lacks: they win there
+                rest_rows.append(answer.frame)
+                result.sources.append((self.name, lo, hi))
+        if absent and len(absent) == len(files):
+            self._check_archive_url(absent, rest_rows, result)
+        frames += rest_rows
+        filled = [f for f in frames if len(f)]  # every piece may be empty: a normal answer
         result.frame, result.dropped_rows, notes = canonical_frame(
-            merged if merged is not None else pd.DataFrame(),
+            pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(),
             start,
             end,
             timeframe,
@@ -118,6 +162,36 @@ class BinanceProvider(Provider):
         result.notes += notes
         result.sources.sort(key=lambda s: s[1])
         return result
+
+    def _check_archive_url(
+        self,
+        absent: list[tuple[pd.Timestamp, pd.Timestamp]],
+        rest_rows: list[pd.DataFrame],
+        result: FetchResult,
+    ) -> None:
+        """Every file asked was missing although REST has bars there: `archive_url` points
+        at the wrong place. Said once a run (not once per file), and the archive is left
+        alone for the rest of the run."""
+        stamps = [f["timestamp"] for f in rest_rows if len(f)]
+        if not stamps:
+            return  # e.g. a range before the symbol listed: nothing to find anywhere
+        ts = pd.concat(stamps)
+        if not any(((ts >= lo) & (ts < hi)).any() for lo, hi in absent):
+            return
+        with self._lock:
+            if self._archive_worked or self._archive_off:
+                return
+            self._archive_off = True
+            self.warnings.append(
+                f"binance: archive_url {self.settings.archive_url} has none of the"
+                f" {len(absent)} archive file(s) asked (HTTP 404) although REST has those bars"
+                ' — check providers.binance.archive_url ("" turns the archive off);'
+                " REST serves this run"
+            )
+        result.notes[:] = [n for n in result.notes if "archive has no" not in n]
+        result.notes.append(
+            f"archive_url answered 404 for all {len(absent)} file(s): REST served them"
+        )
 
     def _rest(
         self, symbol: str, timeframe: Timeframe, start: pd.Timestamp, end: pd.Timestamp

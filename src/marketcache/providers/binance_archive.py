@@ -9,13 +9,15 @@ is checked against its `.CHECKSUM` (sha256) before use; a missing file or a bad 
 that file's range fall back to REST. Rows are the REST klines' columns; spot files switched to
 microsecond timestamps in 2025 and some files carry a header line — both are handled.
 Downloads go through their own rate-limited session (`archive_rate_limit`), with the
-provider's timeout and retry budget.
+provider's timeout (a deadline for the whole file), retry budget and answer size cap; the CSV
+inside is read only up to `settings.max_archive_member_mb` (a zip bomb is refused, unread).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import threading
 import zipfile
 from collections.abc import Callable
@@ -28,6 +30,7 @@ import pandas as pd
 
 from marketcache.config import ProviderSettings
 from marketcache.errors import ProviderError, ProviderUnavailable, RangeUnavailable
+from marketcache.providers.bounded import MiB, describe_size
 from marketcache.providers.http import (
     TimeoutSession,
     make_session,
@@ -35,11 +38,13 @@ from marketcache.providers.http import (
     raise_for_status,
     with_retries,
 )
+from marketcache.timeframes import Timeframe
 
 ARCHIVE_TIMEFRAMES = frozenset(
     {"1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"}
 )
 SOURCE = "binance-archive"
+REST_PAGE = 1000  # klines per REST request
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,64 @@ def plan_files(
     return files
 
 
+def archive_pays(
+    files: list[ArchiveFile],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    timeframe: Timeframe,
+    cached: Callable[[ArchiveFile], bool] = lambda f: False,
+) -> list[ArchiveFile]:
+    """The files worth downloading: those of a kind (monthly, daily) whose downloads — two
+    requests a file, its CHECKSUM included; none for a file already read — are fewer than the
+    REST pages the same bars would take. So 1m and 3m months come from the archive, while
+    1h or 1d years (9 and 1 pages against 24 downloads) and daily files (1,440 1m bars, about
+    1.4 pages, against 2 downloads) go to REST."""
+    chosen: list[ArchiveFile] = []
+    for daily in (False, True):
+        group = [f for f in files if ("/daily/" in f.url) is daily]
+        if not group:
+            continue
+        lo, hi = max(group[0].start, start), min(group[-1].end, end)
+        bars = max(0, math.ceil((hi - lo) / pd.Timedelta(minutes=timeframe.minutes)))
+        downloads = 2 * sum(1 for f in group if not cached(f))
+        if downloads < math.ceil(bars / REST_PAGE):
+            chosen += group
+    return sorted(chosen, key=lambda f: f.start)
+
+
+def bare_stretches(
+    stamps: pd.Series, lo: pd.Timestamp, hi: pd.Timestamp, timeframe: Timeframe
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """The runs [a, b) of bar opens in [lo, hi) that a file has no row for."""
+    step = pd.Timedelta(minutes=timeframe.minutes).value
+    first = lo.value + (-(lo.value % step)) % step  # the first bar open at or after lo
+    grid = np.arange(first, hi.value, step, dtype=np.int64)
+    have = np.sort(stamps.to_numpy("datetime64[ns]").astype(np.int64))
+    missing = np.flatnonzero(~np.isin(grid, have))
+    if not len(missing):
+        return []
+    breaks = np.flatnonzero(np.diff(missing) > 1)
+    starts, ends = np.r_[missing[0], missing[breaks + 1]], np.r_[missing[breaks], missing[-1]]
+    return [
+        (pd.Timestamp(grid[a]), min(pd.Timestamp(grid[b] + step), hi))
+        for a, b in zip(starts, ends, strict=True)
+    ]
+
+
+def page_clusters(
+    stretches: list[tuple[pd.Timestamp, pd.Timestamp]], timeframe: Timeframe
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """Stretches joined while one REST page still covers them all: one request per cluster."""
+    width = pd.Timedelta(minutes=timeframe.minutes) * (REST_PAGE - 1)
+    out: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    for a, b in sorted(stretches):
+        if out and b - out[-1][0] <= width:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
 class Archive:
     """Downloads and reads archive files (one session of its own, rate-limited apart)."""
 
@@ -108,6 +171,11 @@ class Archive:
             self._session.close()
             self._session = None
 
+    def cached(self, file: ArchiveFile) -> bool:
+        """Whether `file` is the one this thread read last (reading it again is free)."""
+        last = getattr(self._last, "file", None)
+        return last is not None and last[0] == file.url
+
     def read(self, file: ArchiveFile, symbol: str) -> pd.DataFrame:
         """The file's klines, checksum-verified; RangeUnavailable when it is not there or does
         not match its checksum (the caller asks REST instead)."""
@@ -123,7 +191,7 @@ class Archive:
                 provider="binance",
                 symbol=symbol,
             )
-        frame = parse_zip(body, symbol)
+        frame = parse_zip(body, symbol, self.settings.max_member_bytes)
         self._last.file = (file.url, frame)
         return frame
 
@@ -150,13 +218,36 @@ class Archive:
         return with_retries(once, budget=self.settings.retry_budget, sleep=self.sleep)
 
 
-def parse_zip(body: bytes, symbol: str) -> pd.DataFrame:
-    """Klines CSV inside a zip → a frame (timestamp from open time, ms or µs)."""
+def parse_zip(body: bytes, symbol: str, max_member: int = 64 * MiB) -> pd.DataFrame:
+    """Klines CSV inside a zip → a frame (timestamp from open time, ms or µs).
+
+    The CSV is inflated only up to `max_member` bytes, whatever its header claims: a member
+    that inflates further (a zip bomb) is refused with a ProviderError that is not retried.
+    """
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as zf:
-            names = [n for n in zf.namelist() if n.endswith(".csv")]
-            raw = zf.read(names[0]) if names else b""
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            infos = [i for i in zf.infolist() if i.filename.endswith(".csv")]
+            raw = b""
+            if infos:
+                info = infos[0]
+                if info.file_size <= max_member:  # its header may lie: read no more anyway
+                    with zf.open(info) as member:
+                        raw = member.read(max_member + 1)
+                if info.file_size > max_member or len(raw) > max_member:
+                    cap = describe_size(max_member)
+                    size = (
+                        describe_size(info.file_size)
+                        if info.file_size > max_member
+                        else f"more than {cap}"  # its header said less
+                    )
+                    raise ProviderError(
+                        f"binance archive member {info.filename} inflates to {size}, over the"
+                        f" {cap} cap (settings.max_archive_member_mb):"
+                        " refused — check providers.binance.archive_url",
+                        provider="binance",
+                        symbol=symbol,
+                    )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, OSError, EOFError) as exc:
         raise ProviderUnavailable(
             f"binance archive zip is unreadable: {exc}", provider="binance", symbol=symbol
         ) from None

@@ -2,7 +2,8 @@
 
 - A requests session whose rate limit lives in a SQLite bucket inside the cache folder, so
   every marketcache process on one cache shares one provider limit.
-- A timeout on every request.
+- A timeout on every request that bounds the whole answer (redirects and body included), a
+  size cap on every answer and at most MAX_REDIRECTS redirects (see `bounded`).
 - `with_retries`: 429/418/5xx/timeouts/garbled bodies retried with capped, jittered
   exponential backoff that honours Retry-After, within a retry budget (seconds) after which
   the error is raised so the selector can fail over.
@@ -26,40 +27,64 @@ from requests_ratelimiter import LimiterSession
 
 from marketcache.config import ProviderSettings
 from marketcache.errors import (
+    MarketCacheError,
     ProviderError,
     ProviderUnavailable,
     ProviderUnreachable,
     RateLimited,
     StorageError,
 )
+from marketcache.providers.bounded import (
+    AnswerTimedOut,
+    AnswerTooLarge,
+    BoundedAdapter,
+    MiB,
+    Watch,
+    set_watch,
+    total_seconds,
+)
 
 T = TypeVar("T")
+DEFAULT_MAX_ANSWER = 64 * MiB
 MAX_BACKOFF = 30.0
 BASE_BACKOFF = 0.5
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) marketcache/0.1"
+MAX_REDIRECTS = 10  # requests allows 30, each a full request: a loop is cut short
 
 
 class TimeoutSession(LimiterSession):
     """A rate-limited session that never sends a request without a timeout.
 
-    It also remembers, per thread, the server's clock from the last answer's `Date` header,
+    The timeout covers the whole answer (a total deadline, not one per socket read), answers
+    larger than `max_bytes` are refused, and redirects stop after MAX_REDIRECTS. It also
+    remembers, per thread, the server's clock from the last answer's `Date` header,
     so that adapters can judge a bar closed by the provider's clock rather than ours.
     """
 
-    def __init__(self, timeout: float, **kwargs: Any) -> None:
+    def __init__(self, timeout: float, max_bytes: int = DEFAULT_MAX_ANSWER, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.default_timeout = timeout
+        self.max_bytes = max_bytes
+        self.max_redirects = MAX_REDIRECTS
         self.headers["User-Agent"] = USER_AGENT
         self._clock = threading.local()
+        for scheme in ("http://", "https://"):
+            self.mount(scheme, BoundedAdapter(max_bytes))
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.default_timeout
+        asked = kwargs.get("timeout")
+        if asked is None or (isinstance(asked, int | float) and asked > self.default_timeout):
+            kwargs["timeout"] = self.default_timeout  # e.g. yfinance's own 30 s: ours rules
         self._clock.sent = self.sent + 1  # counted before sending: failed requests count too
+        watch = Watch(total_seconds(kwargs["timeout"]) or self.default_timeout)
+        previous = set_watch(watch)
         try:
             response = super().request(method, url, *args, **kwargs)
         except sqlite3.Error as exc:  # the shared rate-limit bucket, e.g. on a full disk
             raise StorageError(f"cannot use the shared rate limit bucket: {exc}") from None
+        finally:
+            watch.cancel()
+            set_watch(previous)
         self._clock.told = _http_date(getattr(response, "headers", {}).get("Date"))
         return response
 
@@ -121,7 +146,7 @@ def make_session(
             "path": str(state_dir / "ratelimit.sqlite"),
             "use_file_lock": True,
         }
-    return session_class(settings.timeout, **kwargs, **extra)
+    return session_class(settings.timeout, max_bytes=settings.max_answer_bytes, **kwargs, **extra)
 
 
 _POOLS: dict[str, Any] = {}
@@ -178,6 +203,31 @@ def raise_for_status(resp: requests.Response, provider: str, symbol: str) -> Non
 
 
 def map_requests_error(exc: Exception, provider: str, symbol: str) -> ProviderError:
+    """A requests exception (or one of `bounded`'s) → ours, naming the provider and the cause."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, MarketCacheError):  # e.g. StorageError from the rate-limit bucket
+        raise exc
+    if isinstance(exc, AnswerTooLarge):  # the same answer will be as large: not retried
+        return ProviderUnavailable(
+            f"{provider} answer refused: {exc}", provider=provider, symbol=symbol, retryable=False
+        )
+    if isinstance(exc, AnswerTimedOut):
+        return ProviderUnavailable(
+            f"{provider} timed out: {exc} (providers.{provider}.timeout bounds the whole answer)",
+            provider=provider,
+            symbol=symbol,
+        )
+    if isinstance(exc, requests.TooManyRedirects):
+        url = getattr(getattr(exc, "request", None), "url", "") or ""
+        where = urlsplit(str(url)).netloc or "its host"
+        return ProviderUnavailable(
+            f"{provider} redirected more than {MAX_REDIRECTS} times (a redirect loop at {where})"
+            f" — check providers.{provider}.base_url",
+            provider=provider,
+            symbol=symbol,
+            retryable=False,
+        )
     if isinstance(exc, requests.Timeout):
         return ProviderUnavailable(f"{provider} timed out", provider=provider, symbol=symbol)
     unreachable = _unreachable(exc)
