@@ -222,7 +222,8 @@ def populate(
     jobs = build_jobs(request, ctx.settings)
     report = PopulateReport([])
     try:
-        with ctx.out.progress(len(jobs)) as progress:
+        shape = ("planning", "jobs") if dry_run else ("populating", "bars")
+        with ctx.out.progress(len(jobs), *shape) as progress:
             run_populate(ctx.cache, jobs, request, progress=progress, report=report)
     except (KeyboardInterrupt, Terminated) as exc:
         report.interrupted = 143 if isinstance(exc, Terminated) else 130
@@ -404,7 +405,7 @@ def validate(
         ctx.out.stale(late, len(found), max_age=max_age)
         return 3 if late else 0
     checks: list[YearCheck] = []
-    with ctx.out.progress(len(targets), label="validating") as progress:
+    with ctx.out.progress(len(targets), label="validating", unit="years") as progress:
         for s, t, year in targets:
             checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
             progress.advance(f"{s} {t} {year}")

@@ -1,6 +1,9 @@
 """Everything the CLI shows: Rich tables and progress, or one JSON document.
 
-The only module that imports Rich.
+The only module that imports Rich — and only when something is drawn, so that `--json`, CSV
+and shell completion never pay for it. Off a terminal nothing is cut or wrapped whatever
+`COLUMNS` says (cron mail and grep get whole lines); at a terminal a table too wide for the
+window folds its cells instead of cutting them.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import csv
 import io
 import json
 import logging
-import os
+import re
 import sys
 import threading
 import time
@@ -18,18 +21,36 @@ from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+UNBOUNDED = 1_000_000  # off a terminal: wide enough that no table or line is ever cut
 
 
 def _console(stderr: bool = False) -> Console:
-    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else None
+    """A console on stdout (or stderr): the window's width at a terminal, unbounded off one."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    at_terminal = stream.isatty()
     return Console(
-        file=sys.stderr if stderr else sys.stdout,
-        width=width,
+        file=stream,
+        width=None if at_terminal else UNBOUNDED,
         highlight=False,
         soft_wrap=False,
     )
+
+
+def _table(title: str | None, columns: list[str], right: tuple[str, ...] = ()) -> Table:
+    """A table whose cells fold rather than end in `…` when the terminal is too narrow."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    return table
 
 
 def _size(n: int | None) -> str:
@@ -76,20 +97,52 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
+def _flat(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (`backend.format`), for CSV cells that hold one value."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Provider fields that hold a Unix time (Yahoo's exDividendDate, lastFiscalYearEnd,
+# regularMarketTime, firstTradeDateEpochUtc…): shown as ISO dates, not as 1731628800.
+_EPOCH_FIELD = re.compile(r"(date|time|timestamp|quarter|yearend)$|epoch", re.IGNORECASE)
+
+
+def _field_value(name: str, value: Any) -> str:
+    """A fundamentals value as a person reads it: 789019 (not 789019.0), dates as dates."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if _EPOCH_FIELD.search(name) and 1e8 <= value < 1e10 and float(value).is_integer():
+        when = datetime.fromtimestamp(value, UTC)
+        if (when.hour, when.minute, when.second) == (0, 0, 0):
+            return when.date().isoformat()
+        return when.isoformat().replace("+00:00", "Z")
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 class ProgressSink:
     """What the library's progress callback talks to: a Rich bar over bars, log lines, or
     nothing. The total is the bars the fetch plans expect: jobs not yet planned are
-    estimated from the ones that are, so the ETA settles as the run goes on."""
+    estimated from the ones that are, so the ETA settles as the run goes on. With another
+    `unit` (validate's years) the bar counts jobs instead.
 
-    def __init__(self, progress: Progress | None, task: Any, jobs: int = 0) -> None:
+    Drawing is cosmetic: should the bar ever fail, it is dropped and the run goes on."""
+
+    def __init__(self, progress: Progress | None, task: Any, jobs: int = 0, unit: str = "bars"):
         self._progress = progress
         self._task = task
         self._log = logging.getLogger("marketcache.progress")
         self._lock = threading.Lock()
+        self.unit = unit
         self.started = time.monotonic()
         self.jobs, self.jobs_done = jobs, 0
         self.planned, self.planned_jobs = 0, 0
@@ -100,14 +153,20 @@ class ProgressSink:
     def _refresh(self, current: str) -> None:
         if self._progress is None:
             return
-        unplanned = max(self.jobs - self.planned_jobs, 0)
-        per_job = self.planned / self.planned_jobs if self.planned_jobs else 0
-        total = max(self.planned + per_job * unplanned, self.bars, 1)
-        rate = self.requests / max(time.monotonic() - self.started, 1e-6)
-        self._progress.update(
-            self._task, total=total, completed=self.bars,
-            description=f"{self.jobs_done}/{self.jobs} jobs · {current} · {rate:,.1f} req/s",
-        )  # fmt: skip
+        if self.unit == "bars":
+            unplanned = max(self.jobs - self.planned_jobs, 0)
+            per_job = self.planned / self.planned_jobs if self.planned_jobs else 0
+            total = max(self.planned + per_job * unplanned, self.bars, 1)
+            done = float(self.bars)
+            rate = self.requests / max(time.monotonic() - self.started, 1e-6)
+            what = f"{self.jobs_done}/{self.jobs} jobs · {rate:,.1f} req/s · {current}"
+        else:
+            total, done, what = max(self.jobs, 1), float(self.jobs_done), current
+        try:
+            self._progress.update(self._task, total=total, completed=done, description=what)
+        except Exception as exc:  # a Rich we did not foresee: lose the bar, not the run
+            self._log.warning("progress display stopped: %s: %s", type(exc).__name__, exc)
+            self._progress = None
 
     def plan(self, current: str, bars: int) -> None:
         """A job's fetch plan is known: `bars` expected bars to fetch."""
@@ -138,6 +197,39 @@ class ProgressSink:
         self._log.info("%s: done (%d/%d jobs)", current, self.jobs_done, self.jobs)
 
 
+def _progress_columns(label: str, unit: str, width: int) -> list[Any]:
+    """label, bar, `done/expected UNIT · jobs · current · rate`, ETA, elapsed — sized so the
+    line fits `width` (the middle part is shortened, never the counts before it). An expected
+    total not known yet (Rich keeps None) shows as `?`."""
+    from rich.progress import (
+        BarColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    bar = 40 if width >= 140 else max(10, width // 8)
+    room = max(width - len(label) - bar - 2 * len("0:00:00") - 5, 12)
+
+    class StatusColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            total = "?" if task.total is None else f"{task.total:,.0f}"
+            text = f"{task.completed or 0:,.0f}/{total} {unit}"
+            if task.description:
+                text += f" · {task.description}"
+            return Text(text if len(text) <= room else text[: room - 1] + "…")
+
+    return [
+        TextColumn(label),
+        BarColumn(bar_width=bar),
+        StatusColumn(),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+    ]
+
+
 class Renderer:
     def __init__(
         self, *, as_json: bool = False, quiet: bool = False, csv_out: bool = False
@@ -145,8 +237,14 @@ class Renderer:
         self.as_json = as_json
         self.csv_out = csv_out
         self.quiet = quiet
-        self.out = _console()
-        self.err = _console(stderr=True)
+        self._out: Console | None = None
+
+    @property
+    def out(self) -> Console:
+        """The stdout console, made on first use (JSON and CSV never import Rich)."""
+        if self._out is None:
+            self._out = _console()
+        return self._out
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -155,8 +253,14 @@ class Renderer:
         sys.stdout.flush()
 
     def show(self, renderable: Any) -> None:
-        if not self.quiet:
-            self.out.print(renderable)
+        if self.quiet:
+            return
+        if isinstance(renderable, str):  # a message: one line, the terminal wraps it if need be
+            sys.stdout.write(renderable + "\n")
+            sys.stdout.flush()
+            return
+        _fit(renderable, self.out)
+        self.out.print(renderable)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
@@ -180,32 +284,21 @@ class Renderer:
         sys.stderr.flush()
 
     @contextmanager
-    def progress(self, total: int, label: str = "populating") -> Iterator[ProgressSink]:
-        """Bars done / expected, rate and ETA on stderr, only when it is a terminal (and not
+    def progress(
+        self, total: int, label: str = "populating", unit: str = "bars"
+    ) -> Iterator[ProgressSink]:
+        """Done / expected, rate and ETA on stderr, only when it is a terminal (and not
         quiet/json); `total` is the number of jobs."""
         if self.quiet or self.as_json or not sys.stderr.isatty() or total <= 0:
-            yield ProgressSink(None, None, total)
+            yield ProgressSink(None, None, total, unit)
             return
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import Progress
 
-        with Progress(
-            TextColumn(f"{label} "),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} bars"),
-            TextColumn("{task.description}"),
-            TimeRemainingColumn(),
-            TimeElapsedColumn(),
-            console=self.err,
-            transient=True,
-        ) as bar:
+        console = _console(stderr=True)
+        columns = _progress_columns(label, unit, console.width)
+        with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("", total=None)
-            yield ProgressSink(bar, task, total)
+            yield ProgressSink(bar, task, total, unit)
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -214,12 +307,16 @@ class Renderer:
             self.emit(stats)
             return
         if self.csv_out:
-            self.csv_rows([{"what": k, "value": v} for k, v in stats.items()])
+            self.csv_rows([{"what": k, "value": v} for k, v in _flat(stats).items()])
             return
-        table = Table(title=f"marketcache — {stats['cache_dir']}", show_header=False)
-        table.add_column("what")
-        table.add_column("value")
+        table = _table("marketcache", ["what", "value"])
+        table.show_header = False
+        backend = stats.get("backend") or {}
+        kind = backend.get("backend", "-") if isinstance(backend, dict) else str(backend)
+        fmt = backend.get("format") if isinstance(backend, dict) else None
         rows = [
+            ("cache", str(stats["cache_dir"])),
+            ("backend", f"{kind} ({fmt})" if fmt and fmt != kind else kind),
             ("symbols", str(stats["symbols"])),
             ("timeframes", ", ".join(stats["timeframes"]) or "-"),
             ("files", str(stats["files"])),
@@ -249,9 +346,11 @@ class Renderer:
                 ]
             )  # fmt: skip
             return
-        table = Table(title=detail["symbol"])
-        for col in ("tf", "year", "rows", "start", "end", "provider", "quality", "gaps", "size"):
-            table.add_column(col, justify="right" if col in ("rows", "gaps", "size") else "left")
+        table = _table(
+            detail["symbol"],
+            ["tf", "year", "rows", "start", "end", "provider", "quality", "gaps", "size"],
+            right=("rows", "gaps", "size"),
+        )
         for tf, entry in detail["timeframes"].items():
             for y in entry["years"]:
                 if "error" in y:
@@ -276,9 +375,10 @@ class Renderer:
         self.show(table)
         actions = detail.get("corporate_actions") or {}
         if actions.get("splits") or actions.get("dividends"):
-            acts = Table(title=f"{detail['symbol']} corporate actions")
-            for col in ("kind", "date", "value", "source", "first seen"):
-                acts.add_column(col)
+            acts = _table(
+                f"{detail['symbol']} corporate actions",
+                ["kind", "date", "value", "source", "first seen"],
+            )
             for sp in actions.get("splits", []):
                 acts.add_row(
                     "split", sp["date"], f"{sp['ratio']:g}:1", sp["source"], sp["first_seen"]
@@ -299,10 +399,8 @@ class Renderer:
         if not rows:
             self.show("(empty)")
             return
-        table = Table(title=title)
         columns = [k for k in rows[0] if any(r.get(k) is not None for r in rows)]
-        for col in columns:
-            table.add_column(col)
+        table = _table(title, columns)
         for r in rows:
             cells = []
             for col in columns:
@@ -327,9 +425,7 @@ class Renderer:
         if not actions:
             self.show("nothing to clean up")
             return
-        table = Table(title="would remove" if dry_run else "removed")
-        for col in ("action", "path", "rows", "why"):
-            table.add_column(col)
+        table = _table("would remove" if dry_run else "removed", ["action", "path", "rows", "why"])
         for a in actions:
             rows = str(a.rows_removed) if a.rows_removed else ""
             table.add_row(a.action, a.path, rows, a.reason)
@@ -345,14 +441,16 @@ class Renderer:
         if self.as_json:
             self.emit({"min_score": threshold, "files": checks})
             return
-        table = Table(title=f"validate (min score {threshold:g})")
-        for col in ("symbol", "tf", "year", "rows", "score", "status", "details"):
-            table.add_column(col)
+        table = _table(
+            f"validate (min score {threshold:g})",
+            ["symbol", "tf", "year", "rows", "score", "status", "details"],
+            right=("rows",),
+        )
         for c in checks:
             details = "; ".join(c.problems + c.repairs)
             table.add_row(
                 c.symbol, c.timeframe, str(c.year), f"{c.rows:,}", _score(c.score), c.status,
-                details[:200],
+                details or "-",
             )  # fmt: skip
         self.show(table)
 
@@ -363,10 +461,11 @@ class Renderer:
         if self.as_json:
             self.emit(report.as_json())
             return
-        table = Table(title="validate --against-source")
-        for col in ("symbol", "tf", "year", "provider", "compared", "restated", "volume",
-                    "missing", "extra", "max diff", "status"):  # fmt: skip
-            table.add_column(col)
+        table = _table(
+            "validate --against-source",
+            ["symbol", "tf", "year", "provider", "compared", "restated", "volume", "missing",
+             "extra", "max diff", "status"],
+        )  # fmt: skip
         for y in report.years:
             table.add_row(
                 y.symbol, y.timeframe, str(y.year), y.provider or "-", f"{y.compared:,}",
@@ -387,22 +486,22 @@ class Renderer:
                        f"{f.behind} bars behind, {since}")  # fmt: skip
         self.show(f"{len(stale)} of {checked} series stale")
 
-    def fundamentals(self, reports: list[dict[str, Any]]) -> None:
+    def fundamentals(self, reports: list[dict[str, Any]], exit_code: int = 0) -> None:
+        """Per symbol a table of fields (numbers and dates as people read them), then which
+        snapshots were used; `--json`: the envelope of every command around the reports."""
         if self.as_json:
             self.emit(reports)
             return
         for report in reports:
-            table = Table(title=f"{report['symbol']} fundamentals")
-            for col in ("field", "value", "provider"):
-                table.add_column(col)
+            table = _table(f"{report['symbol']} fundamentals", ["field", "value", "provider"])
             for name, cell in report["fields"].items():
-                table.add_row(name, str(cell["value"]), cell["provider"])
+                table.add_row(name, _field_value(name, cell["value"]), cell["provider"])
+            self.show(table)
             used = ", ".join(
                 f"{s['provider']} ({'reused' if s['reused'] else 'fetched'} {s['fetched_at']})"
                 for s in report["snapshots"]
             )
-            table.caption = used or "-"
-            self.show(table)
+            self.show(f"{report['symbol']} snapshots: {used or '-'}")
 
     def copy_report(self, report: Any) -> None:
         for y in report.years:
@@ -438,13 +537,15 @@ class Renderer:
         if self.as_json:
             self.emit(report.as_json())
             return
-        ranges = "planned" if report.dry_run else "ranges"
-        table = Table(title="dry run: fetch plan" if report.dry_run else "populate")
-        for col in ("symbol", "tf", "status", "providers", "added", ranges, "gaps", "requests",
-                    "quality"):  # fmt: skip
-            table.add_column(
-                col, justify="right" if col in ("added", ranges, "gaps", "requests") else "left"
-            )
+        if report.dry_run:
+            self.show(_fetch_plan(report))
+            return
+        table = _table(
+            "populate",
+            ["symbol", "tf", "status", "providers", "added", "ranges", "gaps", "requests",
+             "quality"],
+            right=("added", "ranges", "gaps", "requests"),
+        )  # fmt: skip
         for r in report.results:
             table.add_row(
                 r.symbol, r.timeframe, r.status, ",".join(r.providers) or "-",
@@ -463,3 +564,44 @@ class Renderer:
         )  # fmt: skip
         table.caption = f"elapsed {_elapsed(report.started_at, report.finished_at)}"
         self.show(table)
+
+
+def _fit(table: Any, console: Console) -> None:
+    """A table wider than the terminal drops its cell padding before Rich folds any cell."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    if isinstance(table, Table):
+        natural = Measurement.get(console, console.options.update(width=UNBOUNDED), table)
+        if natural.maximum > console.width:
+            table.padding = (0, 0)
+
+
+def _fetch_plan(report: Any) -> Table:
+    """The dry run's plan: each range it would fetch, with the provider asked first and the
+    failover behind it; ranges beyond every provider's history window; jobs with nothing to do."""
+    table = _table(
+        "dry run: fetch plan", ["symbol", "tf", "from", "to", "provider", "failover", "status"]
+    )
+    ranges = 0
+    for r in report.results:
+        failover = ", ".join(r.providers[1:]) or "-"
+        for span in r.ranges_fetched:
+            ranges += 1
+            first = span.get("provider") or (r.providers[0] if r.providers else "-")
+            table.add_row(
+                r.symbol, r.timeframe, _short(span.get("start")), _short(span.get("end")),
+                first, failover, r.status,
+            )  # fmt: skip
+        for gap in r.gaps_left:
+            table.add_row(
+                r.symbol, r.timeframe, _short(gap.get("start")), _short(gap.get("end")), "-",
+                "-", gap.get("reason") or "not reachable",
+            )  # fmt: skip
+        if not r.ranges_fetched and not r.gaps_left:
+            status = "failed" if r.errors else "nothing to fetch"
+            table.add_row(r.symbol, r.timeframe, "-", "-", "-", "-", status)
+    table.add_section()
+    table.add_row(f"{len(report.results)} jobs", "", "", "", f"{ranges} ranges", "", "")
+    table.caption = "nothing was fetched or written"
+    return table
