@@ -268,3 +268,30 @@ def test_a_held_lock_exits_4(cli: Cli, filled: Path, held_lock: Path, tmp_path: 
     with pytest.raises(BlockingIOError):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
+
+
+def test_global_options_before_the_command(
+    cli: Cli, filled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`marketcache --cache-dir X info`, `marketcache -v populate …`: the options every command
+    takes work before the command too, and an option after the command wins."""
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(tmp_path / "the-env-names-another-cache"))
+    stats = cli("--cache-dir", str(filled), "--json", "info")
+    assert stats.code == 0, stats.err
+    assert stats.json()["symbols"] == 2, "--cache-dir before the command beats the environment"
+    quiet = cli("-q", "--cache-dir", str(filled), "list")
+    assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    loud = cli("-v", "--cache-dir", str(filled), "info", "BTCUSDT", "7m")
+    assert loud.code == 2 and "Traceback" in loud.err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: {binance: {rate_limit: {per_minute: lots}}}")
+    conf = cli("--config", str(bad), "--cache-dir", str(filled), "list")
+    assert conf.code == 2 and str(bad) in one_error_line(conf)
+    after = cli(
+        "--cache-dir", str(tmp_path / "nowhere"), "list", "--json", "--cache-dir", str(filled)
+    )
+    assert after.code == 0 and len(after.json()) == 2, "the option after the command wins"
+    plan = cli("-v", "--json", "--cache-dir", str(tmp_path / "c"), "populate", "AAPL", "--dry-run")
+    assert plan.code == 0, plan.err
+    assert plan.json()["dry_run"] and plan.json()["results"][0]["status"] == "planned"
+    assert "INFO" in plan.err, "-v before populate: progress as log lines"

@@ -31,12 +31,15 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+# Every command takes these, after the command or before it (`marketcache --cache-dir X info`);
+# given in both places, the one after the command wins. MARKETCACHE_CACHE_DIR is read in
+# `_context`, below both, so that an option before the command beats the environment.
 CacheDir = Annotated[
     str | None,
     typer.Option(
         "--cache-dir",
-        envvar="MARKETCACHE_CACHE_DIR",
-        help="Cache root folder [default: ./data-cache].",
+        help="Cache: a folder, s3://… or postgresql://… [env MARKETCACHE_CACHE_DIR; "
+        "default ./data-cache].",
         show_default=False,
     ),
 ]
@@ -58,6 +61,46 @@ class Context:
     settings: Settings
     cache: UnifiedCache
     out: Renderer
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """The common options as given before the command (kept on the root Typer context)."""
+
+    cache_dir: str | None = None
+    config: Path | None = None
+    as_json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    def under(
+        self,
+        cache_dir: str | None,
+        config: Path | None,
+        as_json: bool,
+        quiet: bool,
+        verbose: bool,
+    ) -> GlobalOptions:
+        """The command's own options, falling back to these."""
+        return GlobalOptions(
+            cache_dir if cache_dir is not None else self.cache_dir,
+            config if config is not None else self.config,
+            as_json or self.as_json,
+            quiet or self.quiet,
+            verbose or self.verbose,
+        )
+
+
+def common(
+    invocation: typer.Context,
+    cache_dir: str | None,
+    config: Path | None,
+    as_json: bool,
+    quiet: bool,
+    verbose: bool,
+) -> GlobalOptions:
+    before = invocation.obj if isinstance(invocation.obj, GlobalOptions) else GlobalOptions()
+    return before.under(cache_dir, config, as_json, quiet, verbose)
 
 
 LogFile = Annotated[
@@ -99,16 +142,12 @@ def _logging(*, quiet: bool, verbose: bool, log_file: Path | None) -> None:
 
 
 def _context(
-    cache_dir: str | None,
-    config: Path | None,
-    as_json: bool,
-    quiet: bool,
-    *,
-    verbose: bool = False,
-    log_file: Path | None = None,
-    output_format: str = "table",
+    options: GlobalOptions, *, log_file: Path | None = None, output_format: str = "table"
 ) -> Context:
-    _logging(quiet=quiet, verbose=verbose, log_file=log_file)
+    cache_dir, config, as_json, quiet = (
+        options.cache_dir, options.config, options.as_json, options.quiet
+    )  # fmt: skip
+    _logging(quiet=quiet, verbose=options.verbose, log_file=log_file)
     if output_format not in ("table", "json", "csv"):
         raise UsageError(f"--format {output_format}: use table, json or csv")
     as_json = as_json or output_format == "json"
@@ -130,12 +169,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    invocation: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Keep a cache of OHLCV market data complete, fresh and trustworthy."""
+    invocation.obj = GlobalOptions(cache_dir, config, as_json, quiet, verbose)
 
 
 def _not_cached(ctx: Context, sym: str, tf: str | None) -> UsageError:
@@ -173,6 +219,7 @@ def _scope(symbol: str | None, timeframe: str | None) -> tuple[str | None, str |
 
 @app.command()
 def populate(
+    invocation: typer.Context,
     symbols: Annotated[
         list[str] | None, typer.Argument(help="Symbols (default: datasets).")
     ] = None,
@@ -206,7 +253,8 @@ def populate(
     from marketcache.jobs import PopulateReport, PopulateRequest, build_jobs
     from marketcache.populate import run_populate
 
-    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose, log_file=log_file)
+    options = common(invocation, cache_dir, config, as_json, quiet, verbose)
+    ctx = _context(options, log_file=log_file)
     request = PopulateRequest(
         symbols=list(symbols or []),
         symbols_file=symbols_file,
@@ -235,6 +283,7 @@ def populate(
 
 @app.command()
 def info(
+    invocation: typer.Context,
     symbol: Annotated[str | None, typer.Argument(help="Symbol to describe.")] = None,
     timeframe: Annotated[str | None, typer.Argument(help="Timeframe to describe.")] = None,
     cache_dir: CacheDir = None,
@@ -248,7 +297,9 @@ def info(
     ] = False,
 ) -> int:
     """Cache-wide stats, or per symbol / timeframe / year detail (metadata only)."""
-    ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
+    ctx = _context(
+        common(invocation, cache_dir, config, as_json, quiet, verbose), output_format=output_format
+    )
     sym, tf = _scope(symbol, timeframe)
     if stale:
         found = _freshness(ctx, sym, tf, None)
@@ -264,6 +315,7 @@ def info(
 
 @app.command("list")
 def list_(
+    invocation: typer.Context,
     symbol: Annotated[str | None, typer.Argument(help="List this symbol's timeframes.")] = None,
     timeframe: Annotated[str | None, typer.Argument(help="List this timeframe's years.")] = None,
     cache_dir: CacheDir = None,
@@ -274,7 +326,9 @@ def list_(
     output_format: Format = "table",
 ) -> int:
     """Symbols; a symbol's timeframes; a timeframe's years (metadata only)."""
-    ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
+    ctx = _context(
+        common(invocation, cache_dir, config, as_json, quiet, verbose), output_format=output_format
+    )
     sym, tf = _scope(symbol, timeframe)
     rows: list[dict[str, Any]] = []
     if sym is None:
@@ -305,6 +359,7 @@ def list_(
 
 @app.command()
 def cleanup(
+    invocation: typer.Context,
     before: Annotated[str | None, typer.Option(help="Drop rows before this date.")] = None,
     older_than: Annotated[
         str | None, typer.Option("--older-than", help="Drop rows older than e.g. 400d, 2y.")
@@ -322,7 +377,7 @@ def cleanup(
     verbose: Verbose = False,
 ) -> int:
     """Remove leftovers, or (with criteria) old rows and whole years."""
-    ctx = _context(cache_dir, config, as_json, quiet)
+    ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     sym, tf = _scope(symbol, timeframe)
     cutoffs = []
     if before:
@@ -349,6 +404,7 @@ def cleanup(
 
 @app.command()
 def validate(
+    invocation: typer.Context,
     symbol: Annotated[str | None, typer.Argument(help="Only this symbol.")] = None,
     timeframe: Annotated[str | None, typer.Argument(help="Only this timeframe.")] = None,
     min_score: Annotated[
@@ -381,7 +437,7 @@ def validate(
     verbose: Verbose = False,
 ) -> int:
     """Re-read every file, verify checksums, re-score; exit 3 on corruption or low scores."""
-    ctx = _context(cache_dir, config, as_json, quiet)
+    ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     sym, tf = _scope(symbol, timeframe)
     threshold = ctx.settings.options.min_score if min_score is None else min_score
     if not ctx.cache.backend.exists():  # a typo in CI must not pass

@@ -17,6 +17,7 @@ from marketcache.cli.commands import (
     _logging,
     _scope,
     app,
+    common,
 )
 from marketcache.cli.render import Renderer
 from marketcache.config import load_settings
@@ -26,6 +27,7 @@ from marketcache.symbols import normalize_symbol
 
 @app.command()
 def copy(
+    invocation: typer.Context,
     source: Annotated[str, typer.Argument(help="The cache to copy from (path or URL).")],
     destination: Annotated[str, typer.Argument(help="The cache to copy to (path or URL).")],
     output_format: Annotated[
@@ -45,9 +47,10 @@ def copy(
 
     from marketcache.copy import copy_cache
 
-    _logging(quiet=quiet, verbose=verbose, log_file=None)
-    out = Renderer(as_json=as_json, quiet=quiet)
-    settings = load_settings(config)
+    options = common(invocation, None, config, as_json, quiet, verbose)
+    _logging(quiet=options.quiet, verbose=options.verbose, log_file=None)
+    out = Renderer(as_json=options.as_json, quiet=options.quiet)
+    settings = load_settings(options.config)
     sym, tf = _scope(symbol, timeframe)
     src = UnifiedCache(source, settings=settings)
     if not src.backend.exists():
@@ -70,6 +73,7 @@ def copy(
 
 @app.command()
 def fundamentals(
+    invocation: typer.Context,
     symbols: Annotated[list[str], typer.Argument(help="Symbols.")],
     max_age: Annotated[
         str | None,
@@ -88,7 +92,7 @@ def fundamentals(
     from marketcache.errors import MarketCacheError
     from marketcache.manager import DataManager
 
-    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose)
+    ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     reports: list[dict[str, Any]] = []
     failed = 0
     with DataManager(ctx.cache) as dm:
