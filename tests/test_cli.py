@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 import subprocess
@@ -47,9 +49,36 @@ def test_version_and_module_entry_point() -> None:
 
 
 def test_info_on_an_empty_cache(cli: Cli, tmp_path: Path) -> None:
-    r = cli("info", "--json", "--cache-dir", str(tmp_path / "none"))
+    (tmp_path / "empty").mkdir()
+    r = cli("info", "--json", "--cache-dir", str(tmp_path / "empty"))
     assert r.code == 0
     assert r.json()["symbols"] == 0 and r.json()["files"] == 0
+    assert cli("list", "--json", "--cache-dir", str(tmp_path / "empty")).json() == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("info",), ("list",), ("info", "--stale"), ("info", "BTCUSDT", "1h"), ("list", "BTCUSDT")],
+)
+def test_info_and_list_on_a_cache_that_does_not_exist_exit_2(
+    cli: Cli, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A typo in --cache-dir is a usage error naming the path, as validate says, not an empty
+    cache (exit 0) that a cron job would take for 'nothing cached yet'."""
+    missing = tmp_path / "no-such-cache"
+    r = cli(*args, "--cache-dir", str(missing))
+    assert r.code == 2, r.out
+    line = one_error_line(r)
+    assert f"--cache-dir {missing} does not exist" in line
+    assert not missing.exists()
+
+
+def test_info_csv_has_one_value_per_cell(cli: Cli, filled: Path) -> None:
+    out = cli("info", "--format", "csv", "--cache-dir", str(filled)).out
+    rows = {row["what"]: row["value"] for row in csv.DictReader(io.StringIO(out))}
+    assert rows["backend.backend"] == "files" and rows["backend.format"] == "csv.gz"
+    assert rows["backend.location"] == str(filled)
+    assert not [v for v in rows.values() if v.startswith(("{", "["))], rows
 
 
 def test_info_and_list(cli: Cli, filled: Path) -> None:

@@ -189,9 +189,18 @@ def _not_cached(ctx: Context, sym: str, tf: str | None) -> UsageError:
     return UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
 
 
+def _require_cache(ctx: Context) -> None:
+    """A cache that does not exist is a usage error (a typo in CI must not pass as an empty
+    cache). `info` and `list` ask only once they found nothing, so a cache with data costs
+    no extra request on object storage."""
+    if not ctx.cache.backend.exists():
+        raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
+
+
 def _cached_detail(ctx: Context, sym: str, tf: str | None) -> dict[str, Any]:
     detail = ctx.cache.get_data_info(sym, tf)
     if not detail["timeframes"]:
+        _require_cache(ctx)
         raise _not_cached(ctx, sym, tf)
     return detail
 
@@ -303,10 +312,15 @@ def info(
     sym, tf = _scope(symbol, timeframe)
     if stale:
         found = _freshness(ctx, sym, tf, None)
+        if not found:
+            _require_cache(ctx)
         ctx.out.stale([f for f in found if f.stale], len(found))
         return 0
     if sym is None:
-        ctx.out.stats(ctx.cache.get_stats())
+        stats = ctx.cache.get_stats()
+        if not stats["files"]:
+            _require_cache(ctx)
+        ctx.out.stats(stats)
         return 0
     detail = _cached_detail(ctx, sym, tf)
     ctx.out.symbol_info(detail)
@@ -335,6 +349,8 @@ def list_(
         for s in ctx.cache.list_symbols():
             tfs = ctx.cache.list_timeframes(s)
             rows.append({"symbol": s, "timeframes": tfs})
+        if not rows:
+            _require_cache(ctx)
         ctx.out.listing("symbols", rows)
         return 0
     detail = _cached_detail(ctx, sym, tf)
@@ -440,8 +456,7 @@ def validate(
     ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     sym, tf = _scope(symbol, timeframe)
     threshold = ctx.settings.options.min_score if min_score is None else min_score
-    if not ctx.cache.backend.exists():  # a typo in CI must not pass
-        raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
+    _require_cache(ctx)
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:
         raise _not_cached(ctx, sym, tf)
