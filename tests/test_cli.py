@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CliResult, make_bars
+from fakes import FakeAlphaVantage, FakeYahoo, config_for
 from marketcache import UnifiedCache
 from marketcache.config import parse_settings
 
@@ -324,3 +325,36 @@ def test_global_options_before_the_command(
     assert plan.code == 0, plan.err
     assert plan.json()["dry_run"] and plan.json()["results"][0]["status"] == "planned"
     assert "INFO" in plan.err, "-v before populate: progress as log lines"
+
+
+def test_fundamentals_show_numbers_and_dates_as_people_read_them_and_json_has_the_envelope(
+    cli: Cli, fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
+    fake_yahoo.summaries["MSFT"] = {  # the shape of quoteSummary: {"raw", "fmt"} cells
+        "summaryDetail": {"exDividendDate": {"raw": 1731628800, "fmt": "2024-11-15"},
+                          "beta": {"raw": 0.9, "fmt": "0.90"}},
+        "defaultKeyStatistics": {"lastFiscalYearEnd": {"raw": 1719705600, "fmt": "2024-06-30"},
+                                 "sharesOutstanding": {"raw": 7433000000, "fmt": "7.43B"}},
+        "price": {"symbol": "MSFT", "regularMarketTime": 1733000000},
+    }  # fmt: skip
+    fake_av.overviews["MSFT"] = {"Symbol": "MSFT", "CIK": "789019", "PERatio": "35.5"}
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(yahoo=fake_yahoo, alpha_vantage=fake_av))
+    args = ("--config", str(conf), "--cache-dir", str(tmp_path / "c"))
+    table = cli("fundamentals", "MSFT", *args)
+    assert table.code == 0, table.err
+    cells = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
+             for ln in table.out.splitlines() if ln.count("│") == 4}  # fmt: skip
+    assert cells["CIK"] == "789019", cells  # an identifier, not 789019.0
+    assert cells["exDividendDate"] == "2024-11-15" and cells["lastFiscalYearEnd"] == "2024-06-30"
+    assert cells["regularMarketTime"] == "2024-11-30T20:53:20Z"
+    assert cells["sharesOutstanding"] == "7433000000" and cells["PERatio"] == "35.5"
+
+    doc = cli("fundamentals", "MSFT", "--json", *args).json()
+    assert (doc["ok"], doc["exit_code"]) == (True, 0)
+    fields = doc["results"][0]["fields"]
+    assert fields["exDividendDate"] == {"value": 1731628800, "provider": "yahoo"}  # as given
+    failed = cli("fundamentals", "NOPE", "--max-age", "0", "--json", *args)
+    assert failed.code == 1
+    assert (failed.json()["ok"], failed.json()["exit_code"]) == (False, 1)
+    assert failed.json()["results"][0]["symbol"] == "NOPE"

@@ -106,5 +106,6 @@ def fundamentals(
                 failed += 1
                 ctx.out.error(f"{sym}: {exc}")
                 reports.append({"symbol": sym, "fields": {}, "snapshots": [], "errors": [str(exc)]})
-    ctx.out.fundamentals(reports)
-    return 1 if failed else 0
+    code = 1 if failed else 0
+    ctx.out.fundamentals(reports, code)
+    return code

@@ -490,7 +490,7 @@ class Renderer:
         """Per symbol a table of fields (numbers and dates as people read them), then which
         snapshots were used; `--json`: the envelope of every command around the reports."""
         if self.as_json:
-            self.emit(reports)
+            self.emit({"ok": exit_code == 0, "exit_code": exit_code, "results": reports})
             return
         for report in reports:
             table = _table(f"{report['symbol']} fundamentals", ["field", "value", "provider"])
