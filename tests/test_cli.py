@@ -358,3 +358,37 @@ def test_fundamentals_show_numbers_and_dates_as_people_read_them_and_json_has_th
     assert failed.code == 1
     assert (failed.json()["ok"], failed.json()["exit_code"]) == (False, 1)
     assert failed.json()["results"][0]["symbol"] == "NOPE"
+
+
+def test_the_package_lists_its_names_without_importing_them() -> None:
+    code = (
+        "import sys, json, marketcache; names = dir(marketcache); "
+        "print(json.dumps([names, [m for m in ('pandas', 'marketcache.cache') if m in sys.modules]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    names, imported = json.loads(out.stdout)
+    assert {"DataManager", "UnifiedCache", "MarketCacheError", "load_settings"} <= set(names)
+    assert "__version__" in names
+    assert not {"Any", "importlib", "TYPE_CHECKING", "annotations"} & set(names), names
+    assert imported == [], "dir() keeps the imports lazy"
+    import marketcache
+
+    assert all(getattr(marketcache, name) is not None for name in marketcache.__all__)
+
+
+def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> None:
+    from marketcache import DataManager
+
+    cache = UnifiedCache(tmp_path / "c", settings=parse_settings(""))
+    assert repr(cache) == f"UnifiedCache({str(tmp_path / 'c')!r})"
+    with DataManager(cache) as dm:
+        assert repr(dm) == f"DataManager({str(tmp_path / 'c')!r})"
+    url = "postgresql://me:s3cret@127.0.0.1:9/db?password=0ther&sslmode=require"
+    remote = UnifiedCache(url, settings=parse_settings(""))  # connects on first use only
+    shown = repr(remote) + repr(DataManager(remote))
+    assert "s3cret" not in shown and "0ther" not in shown, shown
+    assert "postgresql://me@127.0.0.1:9/db?password=***&sslmode=require" in shown, shown
+    from marketcache.cache import redact_location
+
+    assert redact_location("ftp://ann:pw@host/x") == "ftp://ann:***@host/x"
+    assert redact_location("/srv/cache") == "/srv/cache"

@@ -44,6 +44,11 @@ class DataManager:
         self.settings = self.cache.settings
         self._providers: dict[str, Provider] | None = None
 
+    def __repr__(self) -> str:
+        from marketcache.cache import redact_location
+
+        return f"DataManager({redact_location(str(self.cache.root))!r})"
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     @property
