@@ -126,7 +126,7 @@ def test_off_a_terminal_nothing_is_cut_whatever_columns_says(
     fake_binance.add("BTCUSDT", "1h", make_bars("2023-12-01", 24 * 60))
     conf = tmp_path / "p.yaml"
     conf.write_text(config_for(binance=fake_binance, yahoo=fake_yahoo, retry_budget=0.5))
-    root = tmp_path / "a-cache-folder-with-a-rather-long-name-printed-whole" / "data-cache"
+    root = tmp_path / "a-cache-folder-with-a-rather-long-name-printed-whole" / "[team]:data:"
     common = ("--config", str(conf), "--cache-dir", str(root))
     span = ("-t", "1h", "--start", "2023-12-01", "--end", "2024-01-30")
 

@@ -39,6 +39,8 @@ def _console(stderr: bool = False) -> Console:
         file=stream,
         width=None if at_terminal else UNBOUNDED,
         highlight=False,
+        markup=False,  # cells are data: a path or symbol with `[x]` or `:x:` is shown as is
+        emoji=False,
         soft_wrap=False,
     )
 
