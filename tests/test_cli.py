@@ -129,6 +129,9 @@ def test_info_and_list_read_metadata_only(cli: Cli, filled: Path) -> None:
         (("cleanup", "--older-than", "400"), "needs a unit"),
         (("cleanup", "--symbol", "AAPL"), "need --before"),
         (("validate", "--min-score", "2"), "--min-score"),
+        (("validate", "--min-score", "x"), "'--min-score': Input should be a valid number"),
+        (("populate", "AAPL", "--workers", "0"), "greater than or equal to 1"),
+        (("populate", "AAPL", "--workers", "two"), "'--workers': Input should be a valid integer"),
         (("info", "--bogus"), "No such option: --bogus"),
         (("populate", "AAPL", "--start", "2024-02-01", "--end", "2024-01-01"), "not before"),
         (("populate", "AAPL", "-t", "1h,9x"), "unknown timeframe '9x'"),
@@ -392,3 +395,59 @@ def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> No
 
     assert redact_location("ftp://ann:pw@host/x") == "ftp://ann:***@host/x"
     assert redact_location("/srv/cache") == "/srv/cache"
+
+
+# What start-up may import (its cost is what shell completion pays on every Tab): the CLI's own
+# modules, Typer, and — once a command reads a cache — the config's YAML and Rich for tables.
+# Never pandas, numpy, pyarrow, pydantic (Typer's coercion, replaced in cli/params.py) or a
+# provider library. Names starting with `_` (C helpers, setuptools' hook) and the module every
+# Cython extension creates (yaml's C loader) are left aside.
+START_UP_ALLOWED = {"marketcache", "typer", "shellingham", "annotated_doc", "yaml", "rich",
+                    "cython_runtime"}  # fmt: skip
+SHELL_ONLY = {"yaml", "rich", "marketcache.cache", "marketcache.config", "marketcache.catalog"}
+IMPORTED = (
+    "import json, os, sys\n"
+    "from marketcache.cli.app import main\n"
+    "try:\n"
+    "    code = main(sys.argv[1:])\n"
+    "except SystemExit as exc:  # shell completion exits from inside Typer\n"
+    "    code = exc.code\n"
+    "print(json.dumps({'code': code, 'modules': sorted(sys.modules),"
+    " 'stdlib': sorted(sys.stdlib_module_names)}), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "completing"),
+    [
+        (["--help"], ""),
+        (["list"], ""),
+        (["info"], ""),
+        (["info", "BTCUSDT"], ""),
+        (["list", "--json"], ""),
+        ([], "marketcache li"),
+        ([], "marketcache info --f"),
+    ],
+    ids=["help", "list", "info", "info-symbol", "list-json", "complete-command", "complete-option"],
+)
+def test_start_up_imports_only_what_the_command_needs(
+    filled: Path, tmp_path: Path, args: list[str], completing: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCACHE_")}
+    env["MARKETCACHE_CACHE_DIR"] = str(filled)
+    if completing:
+        env.update(_MARKETCACHE_COMPLETE="complete_bash", COMP_WORDS=completing,
+                   COMP_CWORD=str(len(completing.split()) - 1))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", IMPORTED, *args], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path)  # fmt: skip
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report["code"] == 0, proc.stderr
+    modules, stdlib = set(report["modules"]), set(report["stdlib"])
+    roots = {m.split(".")[0] for m in modules} - stdlib - {"__main__"}
+    extra = {r for r in roots if not r.startswith("_")} - START_UP_ALLOWED
+    assert not extra, f"{args or completing!r} imported {sorted(extra)}"
+    if completing or args == ["--help"]:
+        assert not SHELL_ONLY & modules, sorted(SHELL_ONLY & modules)
+        assert proc.stdout.strip(), "completion answered"
+    if args == ["list", "--json"]:
+        assert "rich" not in roots, "JSON needs no Rich"

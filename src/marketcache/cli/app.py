@@ -27,12 +27,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import marketcache.cli.data_commands  # noqa: F401 — registers copy and fundamentals
     from marketcache.cli.commands import app
+    from marketcache.cli.params import plain_coercion
 
     verbose = "-v" in args or "--verbose" in args
     as_json = "--json" in args
     if not verbose:  # a library's background thread must not print a traceback either
         threading.excepthook = _thread_error
     command = typer.main.get_command(app)
+    plain_coercion(command)  # no pydantic at start-up (see cli/params.py)
     if not args:  # a bare `marketcache` shows the help, not a usage error
         args = ["--help"]
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None

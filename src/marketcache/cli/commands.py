@@ -1,4 +1,8 @@
-"""The five commands. Each builds its context, calls one library function and renders."""
+"""The commands. Each builds its context, calls one library function and renders.
+
+Only Typer and light modules are imported here: the cache, the config (YAML) and Rich are
+imported when a command runs, so `--help` and shell completion start in a blink.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from marketcache import __version__
-from marketcache.cache import UnifiedCache
 from marketcache.cli.render import Renderer
-from marketcache.config import Settings, load_settings
 from marketcache.errors import Terminated, UsageError
 from marketcache.models import parse_date
 from marketcache.symbols import normalize_symbol
 from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
+    from marketcache.cache import UnifiedCache
+    from marketcache.config import Settings
     from marketcache.repair import YearCheck
 
 app = typer.Typer(
@@ -151,6 +155,9 @@ def _context(
     if output_format not in ("table", "json", "csv"):
         raise UsageError(f"--format {output_format}: use table, json or csv")
     as_json = as_json or output_format == "json"
+    from marketcache.cache import UnifiedCache
+    from marketcache.config import load_settings
+
     out = Renderer(as_json=as_json, quiet=quiet, csv_out=output_format == "csv" and not as_json)
     settings = load_settings(config)
     for warning in settings.warnings:

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from marketcache.cache import UnifiedCache
 from marketcache.cli.commands import (
     CacheDir,
     ConfigPath,
@@ -20,7 +19,6 @@ from marketcache.cli.commands import (
     common,
 )
 from marketcache.cli.render import Renderer
-from marketcache.config import load_settings
 from marketcache.errors import UsageError
 from marketcache.symbols import normalize_symbol
 
@@ -45,6 +43,8 @@ def copy(
     a re-run copies only what changed."""
     from dataclasses import replace
 
+    from marketcache.cache import UnifiedCache
+    from marketcache.config import load_settings
     from marketcache.copy import copy_cache
 
     options = common(invocation, None, config, as_json, quiet, verbose)
