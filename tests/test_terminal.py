@@ -167,3 +167,22 @@ def test_off_a_terminal_nothing_is_cut_whatever_columns_says(
         len(ln) > 40 for ln in refused.err.splitlines()
     )
     whole(refused)
+
+
+def test_python_warnings_are_one_line_each(fake_binance: FakeBinance, tmp_path: Path) -> None:
+    """PYTHONWARNINGS=default (common in CI) shows the libraries' DeprecationWarnings: each is
+    one `warning:` line, not Python's two (file:line, then the source line); -q hides them."""
+    fake_binance.add("BTCUSDT", "1h", make_bars("2024-01-01", 48))
+    (tmp_path / "p.yaml").write_text(config_for(binance=fake_binance))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCACHE_")}
+    env.update(PYTHONWARNINGS="default", COLUMNS="40")
+    args = [sys.executable, "-m", "marketcache", "populate", "BTCUSDT", "-t", "1h", "--start",
+            "2024-01-01", "--end", "2024-01-03", "--config", "p.yaml", "--cache-dir", "c"]  # fmt: skip
+    loud = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert loud.returncode == 0, loud.stderr
+    lines = loud.stderr.splitlines()
+    assert any("DeprecationWarning" in ln for ln in lines), "the libraries do warn"
+    assert all(ln.startswith("warning: ") for ln in lines), loud.stderr
+    quiet = subprocess.run([*args, "-q"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                           timeout=120)  # fmt: skip
+    assert (quiet.returncode, quiet.stderr) == (0, "")
