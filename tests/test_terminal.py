@@ -114,6 +114,23 @@ def test_the_main_commands_at_a_terminal(
     assert "AAPL fundamentals" in facts and "beta" in facts and "yahoo" in facts
 
 
+def test_verbose_at_a_terminal_shows_progress_as_log_lines_not_a_bar(
+    fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    fake_binance.add("BTCUSDT", "1h", make_bars("2024-01-01", 24 * 60))
+    (tmp_path / "p.yaml").write_text(config_for(binance=fake_binance))
+    code, raw = at_a_terminal(
+        ["populate", "BTCUSDT", "-t", "1h", "--start", "2024-01-01", "--end", "2024-03-01",
+         "-v", "--config", "p.yaml", "--cache-dir", "c"], cols=100, rows=24, cwd=tmp_path,
+    )  # fmt: skip
+    text = shown(raw)
+    assert code == 0, text
+    logged = [ln for ln in text.splitlines() if "INFO marketcache.progress" in ln]
+    assert any(ln.endswith("BTCUSDT 1h: 1,440 bars to fetch") for ln in logged), text
+    assert "populating" not in text, "no bar drawn through the log lines"
+    assert "BTCUSDT" in text and "elapsed" in text
+
+
 def test_off_a_terminal_nothing_is_cut_whatever_columns_says(
     cli: Cli,
     fake_binance: FakeBinance,

@@ -158,7 +158,12 @@ def _context(
     from marketcache.cache import UnifiedCache
     from marketcache.config import load_settings
 
-    out = Renderer(as_json=as_json, quiet=quiet, csv_out=output_format == "csv" and not as_json)
+    out = Renderer(
+        as_json=as_json,
+        quiet=quiet,
+        csv_out=output_format == "csv" and not as_json,
+        verbose=options.verbose,
+    )
     settings = load_settings(config)
     for warning in settings.warnings:
         out.warn(warning)

@@ -234,11 +234,17 @@ def _progress_columns(label: str, unit: str, width: int) -> list[Any]:
 
 class Renderer:
     def __init__(
-        self, *, as_json: bool = False, quiet: bool = False, csv_out: bool = False
+        self,
+        *,
+        as_json: bool = False,
+        quiet: bool = False,
+        csv_out: bool = False,
+        verbose: bool = False,
     ) -> None:
         self.as_json = as_json
         self.csv_out = csv_out
         self.quiet = quiet
+        self.verbose = verbose  # progress as log lines, so no bar to tear them apart
         self._out: Console | None = None
 
     @property
@@ -290,8 +296,8 @@ class Renderer:
         self, total: int, label: str = "populating", unit: str = "bars"
     ) -> Iterator[ProgressSink]:
         """Done / expected, rate and ETA on stderr, only when it is a terminal (and not
-        quiet/json); `total` is the number of jobs."""
-        if self.quiet or self.as_json or not sys.stderr.isatty() or total <= 0:
+        quiet, json or verbose); `total` is the number of jobs."""
+        if self.quiet or self.as_json or self.verbose or not sys.stderr.isatty() or total <= 0:
             yield ProgressSink(None, None, total, unit)
             return
         from rich.progress import Progress
