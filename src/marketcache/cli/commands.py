@@ -6,24 +6,33 @@ imported when a command runs, so `--help` and shell completion start in a blink.
 
 from __future__ import annotations
 
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from marketcache import __version__
-from marketcache.cli.render import Renderer
+from marketcache.cli.options import (
+    CacheDir,
+    ConfigPath,
+    Context,
+    Format,
+    GlobalOptions,
+    JsonOut,
+    LogFile,
+    Quiet,
+    Verbose,
+    cached_detail,
+    common,
+    context,
+    not_cached,
+    require_cache,
+    scope,
+)
 from marketcache.errors import Terminated, UsageError
 from marketcache.models import parse_date
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
-    from marketcache.cache import UnifiedCache
-    from marketcache.config import Settings
     from marketcache.repair import YearCheck
 
 app = typer.Typer(
@@ -34,143 +43,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-# Every command takes these, after the command or before it (`marketcache --cache-dir X info`);
-# given in both places, the one after the command wins. MARKETCACHE_CACHE_DIR is read in
-# `_context`, below both, so that an option before the command beats the environment.
-CacheDir = Annotated[
-    str | None,
-    typer.Option(
-        "--cache-dir",
-        help="Cache: a folder, s3://… or postgresql://… [env MARKETCACHE_CACHE_DIR; "
-        "default ./data-cache].",
-        show_default=False,
-    ),
-]
-ConfigPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="providers.yaml [env MARKETCACHE_CONFIG; default ./providers.yaml, else packaged].",
-        show_default=False,
-    ),
-]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and details.")]
-
-
-@dataclass
-class Context:
-    settings: Settings
-    cache: UnifiedCache
-    out: Renderer
-
-
-@dataclass(frozen=True)
-class GlobalOptions:
-    """The common options as given before the command (kept on the root Typer context)."""
-
-    cache_dir: str | None = None
-    config: Path | None = None
-    as_json: bool = False
-    quiet: bool = False
-    verbose: bool = False
-
-    def under(
-        self,
-        cache_dir: str | None,
-        config: Path | None,
-        as_json: bool,
-        quiet: bool,
-        verbose: bool,
-    ) -> GlobalOptions:
-        """The command's own options, falling back to these."""
-        return GlobalOptions(
-            cache_dir if cache_dir is not None else self.cache_dir,
-            config if config is not None else self.config,
-            as_json or self.as_json,
-            quiet or self.quiet,
-            verbose or self.verbose,
-        )
-
-
-def common(
-    invocation: typer.Context,
-    cache_dir: str | None,
-    config: Path | None,
-    as_json: bool,
-    quiet: bool,
-    verbose: bool,
-) -> GlobalOptions:
-    before = invocation.obj if isinstance(invocation.obj, GlobalOptions) else GlobalOptions()
-    return before.under(cache_dir, config, as_json, quiet, verbose)
-
-
-LogFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--log-file", help="Also write progress and warnings to this file.", show_default=False
-    ),
-]
-Format = Annotated[
-    str, typer.Option("--format", help="table, json or csv [default: table; json with --json].")
-]
-THIRD_PARTY_LOGGERS = ("yfinance", "urllib3", "binance", "peewee", "alpha_vantage", "requests")
-
-
-def _logging(*, quiet: bool, verbose: bool, log_file: Path | None) -> None:
-    """-v: progress as log lines on stderr; --log-file: the same in a file; -q: third-party
-    loggers (yfinance prints its own errors) are silenced."""
-    import logging
-
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.INFO if (verbose or log_file) else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    if log_file is not None:
-        try:
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
-        file_handler.setFormatter(fmt)
-        root.addHandler(file_handler)
-    if not verbose and not log_file:
-        root.addHandler(logging.NullHandler())
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL if quiet else logging.WARNING)
-
-
-def _context(
-    options: GlobalOptions, *, log_file: Path | None = None, output_format: str = "table"
-) -> Context:
-    cache_dir, config, as_json, quiet = (
-        options.cache_dir, options.config, options.as_json, options.quiet
-    )  # fmt: skip
-    _logging(quiet=quiet, verbose=options.verbose, log_file=log_file)
-    if output_format not in ("table", "json", "csv"):
-        raise UsageError(f"--format {output_format}: use table, json or csv")
-    as_json = as_json or output_format == "json"
-    from marketcache.cache import UnifiedCache
-    from marketcache.config import load_settings
-
-    out = Renderer(
-        as_json=as_json,
-        quiet=quiet,
-        csv_out=output_format == "csv" and not as_json,
-        verbose=options.verbose,
-    )
-    settings = load_settings(config)
-    for warning in settings.warnings:
-        out.warn(warning)
-    root = cache_dir or os.environ.get("MARKETCACHE_CACHE_DIR") or "data-cache"
-    if "://" not in root and Path(root).exists() and not Path(root).is_dir():
-        raise UsageError(f"--cache-dir {root} is not a folder")
-    return Context(settings, UnifiedCache(root, settings=settings), out)
 
 
 def _version(value: bool) -> None:
@@ -196,27 +68,6 @@ def root(
     invocation.obj = GlobalOptions(cache_dir, config, as_json, quiet, verbose)
 
 
-def _not_cached(ctx: Context, sym: str, tf: str | None) -> UsageError:
-    what = f"{sym} {tf}" if tf else sym
-    return UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
-
-
-def _require_cache(ctx: Context) -> None:
-    """A cache that does not exist is a usage error (a typo in CI must not pass as an empty
-    cache). `info` and `list` ask only once they found nothing, so a cache with data costs
-    no extra request on object storage."""
-    if not ctx.cache.backend.exists():
-        raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
-
-
-def _cached_detail(ctx: Context, sym: str, tf: str | None) -> dict[str, Any]:
-    detail = ctx.cache.get_data_info(sym, tf)
-    if not detail["timeframes"]:
-        _require_cache(ctx)
-        raise _not_cached(ctx, sym, tf)
-    return detail
-
-
 def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | None) -> list[Any]:
     """How fresh every series in scope is (reads the newest record of each)."""
     from marketcache.freshness import freshness, parse_age
@@ -230,12 +81,6 @@ def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | Non
             last = next((r.end_date for r in reversed(records) if r.rows), None)
             out.append(freshness(s, t, calendar, last, max_age=age))
     return out
-
-
-def _scope(symbol: str | None, timeframe: str | None) -> tuple[str | None, str | None]:
-    sym = normalize_symbol(symbol) if symbol else None
-    tf = parse_timeframe(timeframe).name if timeframe else None
-    return sym, tf
 
 
 @app.command()
@@ -275,7 +120,7 @@ def populate(
     from marketcache.populate import run_populate
 
     options = common(invocation, cache_dir, config, as_json, quiet, verbose)
-    ctx = _context(options, log_file=log_file)
+    ctx = context(options, log_file=log_file)
     request = PopulateRequest(
         symbols=list(symbols or []),
         symbols_file=symbols_file,
@@ -318,23 +163,23 @@ def info(
     ] = False,
 ) -> int:
     """Cache-wide stats, or per symbol / timeframe / year detail (metadata only)."""
-    ctx = _context(
+    ctx = context(
         common(invocation, cache_dir, config, as_json, quiet, verbose), output_format=output_format
     )
-    sym, tf = _scope(symbol, timeframe)
+    sym, tf = scope(symbol, timeframe)
     if stale:
         found = _freshness(ctx, sym, tf, None)
         if not found:
-            _require_cache(ctx)
+            require_cache(ctx)
         ctx.out.stale([f for f in found if f.stale], len(found))
         return 0
     if sym is None:
         stats = ctx.cache.get_stats()
         if not stats["files"]:
-            _require_cache(ctx)
+            require_cache(ctx)
         ctx.out.stats(stats)
         return 0
-    detail = _cached_detail(ctx, sym, tf)
+    detail = cached_detail(ctx, sym, tf)
     ctx.out.symbol_info(detail)
     return 0
 
@@ -352,20 +197,20 @@ def list_(
     output_format: Format = "table",
 ) -> int:
     """Symbols; a symbol's timeframes; a timeframe's years (metadata only)."""
-    ctx = _context(
+    ctx = context(
         common(invocation, cache_dir, config, as_json, quiet, verbose), output_format=output_format
     )
-    sym, tf = _scope(symbol, timeframe)
+    sym, tf = scope(symbol, timeframe)
     rows: list[dict[str, Any]] = []
     if sym is None:
         for s in ctx.cache.list_symbols():
             tfs = ctx.cache.list_timeframes(s)
             rows.append({"symbol": s, "timeframes": tfs})
         if not rows:
-            _require_cache(ctx)
+            require_cache(ctx)
         ctx.out.listing("symbols", rows)
         return 0
-    detail = _cached_detail(ctx, sym, tf)
+    detail = cached_detail(ctx, sym, tf)
     if tf is None:
         for name, entry in detail["timeframes"].items():
             rows.append(
@@ -405,8 +250,8 @@ def cleanup(
     verbose: Verbose = False,
 ) -> int:
     """Remove leftovers, or (with criteria) old rows and whole years."""
-    ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
-    sym, tf = _scope(symbol, timeframe)
+    ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
+    sym, tf = scope(symbol, timeframe)
     cutoffs = []
     if before:
         cutoffs.append(parse_date(before, option="--before"))
@@ -465,13 +310,13 @@ def validate(
     verbose: Verbose = False,
 ) -> int:
     """Re-read every file, verify checksums, re-score; exit 3 on corruption or low scores."""
-    ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
-    sym, tf = _scope(symbol, timeframe)
+    ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
+    sym, tf = scope(symbol, timeframe)
     threshold = ctx.settings.options.min_score if min_score is None else min_score
-    _require_cache(ctx)
+    require_cache(ctx)
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:
-        raise _not_cached(ctx, sym, tf)
+        raise not_cached(ctx, sym, tf)
     if (since or sample is not None) and not against_source:
         raise UsageError("--since and --sample go with --against-source")
     if against_source:

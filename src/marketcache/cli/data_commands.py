@@ -6,17 +6,17 @@ from typing import Annotated, Any
 
 import typer
 
-from marketcache.cli.commands import (
+from marketcache.cli.commands import app
+from marketcache.cli.options import (
     CacheDir,
     ConfigPath,
     JsonOut,
     Quiet,
     Verbose,
-    _context,
-    _logging,
-    _scope,
-    app,
     common,
+    configure_logging,
+    context,
+    scope,
 )
 from marketcache.cli.render import Renderer
 from marketcache.errors import UsageError
@@ -48,10 +48,10 @@ def copy(
     from marketcache.copy import copy_cache
 
     options = common(invocation, None, config, as_json, quiet, verbose)
-    _logging(quiet=options.quiet, verbose=options.verbose, log_file=None)
+    configure_logging(quiet=options.quiet, verbose=options.verbose, log_file=None)
     out = Renderer(as_json=options.as_json, quiet=options.quiet)
     settings = load_settings(options.config)
-    sym, tf = _scope(symbol, timeframe)
+    sym, tf = scope(symbol, timeframe)
     src = UnifiedCache(source, settings=settings)
     if not src.backend.exists():
         raise UsageError(f"copy: the source cache {source} does not exist")
@@ -92,7 +92,7 @@ def fundamentals(
     from marketcache.errors import MarketCacheError
     from marketcache.manager import DataManager
 
-    ctx = _context(common(invocation, cache_dir, config, as_json, quiet, verbose))
+    ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     reports: list[dict[str, Any]] = []
     failed = 0
     with DataManager(ctx.cache) as dm:

@@ -1,9 +1,9 @@
-"""Everything the CLI shows: Rich tables and progress, or one JSON document.
+"""Everything the CLI shows: Rich tables, or one JSON document (progress: cli/progress.py).
 
-The only module that imports Rich — and only when something is drawn, so that `--json`, CSV
-and shell completion never pay for it. Off a terminal nothing is cut or wrapped whatever
-`COLUMNS` says (cron mail and grep get whole lines); at a terminal a table too wide for the
-window folds its cells instead of cutting them.
+With cli/progress.py the only modules that import Rich, and only when something is drawn, so
+that `--json`, CSV and shell completion never pay for it. Off a terminal nothing is cut or
+wrapped whatever `COLUMNS` says (cron mail and grep get whole lines); at a terminal a table
+too wide for the window folds its cells instead of cutting them.
 """
 
 from __future__ import annotations
@@ -11,19 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
-import re
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any
+
+from marketcache.cli.cells import elapsed, field_value, flat, plain, score, short, size
+from marketcache.cli.progress import ProgressSink, progress_bar
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
 UNBOUNDED = 1_000_000  # off a terminal: wide enough that no table or line is ever cut
@@ -55,183 +52,6 @@ def _table(title: str | None, columns: list[str], right: tuple[str, ...] = ()) -
     return table
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
-
-
-def _score(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def _short(ts: str | None) -> str:
-    if not ts:
-        return "-"
-    return ts[:10] if ts.endswith("T00:00:00") else ts.replace("T", " ")[:16]
-
-
-def _elapsed(started: str, finished: str) -> str:
-    from datetime import datetime
-
-    try:
-        seconds = (
-            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
-        ).total_seconds()
-    except ValueError:
-        return "-"
-    minutes, secs = divmod(max(seconds, 0.0), 60)
-    return f"{int(minutes)}m {secs:04.1f}s" if minutes else f"{secs:.1f}s"
-
-
-def _plain(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _plain(v) for k, v in asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _flat(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys (`backend.format`), for CSV cells that hold one value."""
-    out: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-# Provider fields that hold a Unix time (Yahoo's exDividendDate, lastFiscalYearEnd,
-# regularMarketTime, firstTradeDateEpochUtc…): shown as ISO dates, not as 1731628800.
-_EPOCH_FIELD = re.compile(r"(date|time|timestamp|quarter|yearend)$|epoch", re.IGNORECASE)
-
-
-def _field_value(name: str, value: Any) -> str:
-    """A fundamentals value as a person reads it: 789019 (not 789019.0), dates as dates."""
-    from datetime import UTC, datetime
-
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if _EPOCH_FIELD.search(name) and 1e8 <= value < 1e10 and float(value).is_integer():
-        when = datetime.fromtimestamp(value, UTC)
-        if (when.hour, when.minute, when.second) == (0, 0, 0):
-            return when.date().isoformat()
-        return when.isoformat().replace("+00:00", "Z")
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return str(value)
-
-
-class ProgressSink:
-    """What the library's progress callback talks to: a Rich bar over bars, log lines, or
-    nothing. The total is the bars the fetch plans expect: jobs not yet planned are
-    estimated from the ones that are, so the ETA settles as the run goes on. With another
-    `unit` (validate's years) the bar counts jobs instead.
-
-    Drawing is cosmetic: should the bar ever fail, it is dropped and the run goes on."""
-
-    def __init__(self, progress: Progress | None, task: Any, jobs: int = 0, unit: str = "bars"):
-        self._progress = progress
-        self._task = task
-        self._log = logging.getLogger("marketcache.progress")
-        self._lock = threading.Lock()
-        self.unit = unit
-        self.started = time.monotonic()
-        self.jobs, self.jobs_done = jobs, 0
-        self.planned, self.planned_jobs = 0, 0
-        self.bars = 0
-        self.requests = 0
-        self._open: dict[str, list[int]] = {}  # job -> [bars planned, bars done]
-
-    def _refresh(self, current: str) -> None:
-        if self._progress is None:
-            return
-        if self.unit == "bars":
-            unplanned = max(self.jobs - self.planned_jobs, 0)
-            per_job = self.planned / self.planned_jobs if self.planned_jobs else 0
-            total = max(self.planned + per_job * unplanned, self.bars, 1)
-            done = float(self.bars)
-            rate = self.requests / max(time.monotonic() - self.started, 1e-6)
-            what = f"{self.jobs_done}/{self.jobs} jobs · {rate:,.1f} req/s · {current}"
-        else:
-            total, done, what = max(self.jobs, 1), float(self.jobs_done), current
-        try:
-            self._progress.update(self._task, total=total, completed=done, description=what)
-        except Exception as exc:  # a Rich we did not foresee: lose the bar, not the run
-            self._log.warning("progress display stopped: %s: %s", type(exc).__name__, exc)
-            self._progress = None
-
-    def plan(self, current: str, bars: int) -> None:
-        """A job's fetch plan is known: `bars` expected bars to fetch."""
-        with self._lock:
-            self.planned += bars
-            self.planned_jobs += 1
-            self._open[current] = [bars, 0]
-            self._refresh(current)
-        self._log.info("%s: %s bars to fetch", current, f"{bars:,}")
-
-    def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
-        """Work inside the current job: a range fetched and committed."""
-        with self._lock:
-            self.bars += bars
-            self.requests += requests
-            if current in self._open:
-                self._open[current][1] += bars
-            self._refresh(current)
-        self._log.info("%s: +%s bars (%d requests)", current, f"{bars:,}", requests)
-
-    def advance(self, current: str = "") -> None:
-        """One symbol × timeframe done: bars it planned but did not get count as done."""
-        with self._lock:
-            self.jobs_done += 1
-            planned, done = self._open.pop(current, [0, 0])
-            self.bars += max(planned - done, 0)
-            self._refresh(current)
-        self._log.info("%s: done (%d/%d jobs)", current, self.jobs_done, self.jobs)
-
-
-def _progress_columns(label: str, unit: str, width: int) -> list[Any]:
-    """label, bar, `done/expected UNIT · jobs · current · rate`, ETA, elapsed — sized so the
-    line fits `width` (the middle part is shortened, never the counts before it). An expected
-    total not known yet (Rich keeps None) shows as `?`."""
-    from rich.progress import (
-        BarColumn,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    bar = 40 if width >= 140 else max(10, width // 8)
-    room = max(width - len(label) - bar - 2 * len("0:00:00") - 5, 12)
-
-    class StatusColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            total = "?" if task.total is None else f"{task.total:,.0f}"
-            text = f"{task.completed or 0:,.0f}/{total} {unit}"
-            if task.description:
-                text += f" · {task.description}"
-            return Text(text if len(text) <= room else text[: room - 1] + "…")
-
-    return [
-        TextColumn(label),
-        BarColumn(bar_width=bar),
-        StatusColumn(),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
-    ]
-
-
 class Renderer:
     def __init__(
         self,
@@ -257,7 +77,7 @@ class Renderer:
     # ---- plumbing -------------------------------------------------------------------------
 
     def emit(self, document: Any) -> None:
-        sys.stdout.write(json.dumps(_plain(document), indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(plain(document), indent=2, default=str) + "\n")
         sys.stdout.flush()
 
     def show(self, renderable: Any) -> None:
@@ -300,13 +120,8 @@ class Renderer:
         if self.quiet or self.as_json or self.verbose or not sys.stderr.isatty() or total <= 0:
             yield ProgressSink(None, None, total, unit)
             return
-        from rich.progress import Progress
-
-        console = _console(stderr=True)
-        columns = _progress_columns(label, unit, console.width)
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("", total=None)
-            yield ProgressSink(bar, task, total, unit)
+        with progress_bar(_console(stderr=True), total, label, unit) as sink:
+            yield sink
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -315,7 +130,7 @@ class Renderer:
             self.emit(stats)
             return
         if self.csv_out:
-            self.csv_rows([{"what": k, "value": v} for k, v in _flat(stats).items()])
+            self.csv_rows([{"what": k, "value": v} for k, v in flat(stats).items()])
             return
         table = _table("marketcache", ["what", "value"])
         table.show_header = False
@@ -329,11 +144,11 @@ class Renderer:
             ("timeframes", ", ".join(stats["timeframes"]) or "-"),
             ("files", str(stats["files"])),
             ("rows", f"{stats['rows']:,}"),
-            ("on disk", _size(stats["bytes_on_disk"])),
+            ("on disk", size(stats["bytes_on_disk"])),
             ("compression", f"{stats['compression_ratio'] or '-'}x"),
-            ("date span", f"{_short(stats['start'])} → {_short(stats['end'])}"),
+            ("date span", f"{short(stats['start'])} → {short(stats['end'])}"),
             ("quality mean / min",
-             f"{_score(stats['quality_mean'])} / {_score(stats['quality_min'])}"),
+             f"{score(stats['quality_mean'])} / {score(stats['quality_min'])}"),
             ("providers", ", ".join(stats["providers"]) or "-"),
         ]  # fmt: skip
         for name, value in rows:
@@ -368,16 +183,16 @@ class Renderer:
                     tf,
                     str(y["year"]),
                     f"{y['rows']:,}",
-                    _short(y["start"]),
-                    _short(y["end"]),
+                    short(y["start"]),
+                    short(y["end"]),
                     ",".join(y["providers"]) or (y["provider"] or "-"),
-                    _score(y["quality"]),
+                    score(y["quality"]),
                     str(y["gaps"]),
-                    _size(y["size_bytes"]),
+                    size(y["size_bytes"]),
                 )
             table.add_row(
-                tf, "all", f"{entry['rows']:,}", _short(entry["start"]), _short(entry["end"]),
-                "", f"min {_score(entry['quality_min'])}", "", _size(entry["size_bytes"]),
+                tf, "all", f"{entry['rows']:,}", short(entry["start"]), short(entry["end"]),
+                "", f"min {score(entry['quality_min'])}", "", size(entry["size_bytes"]),
                 end_section=True,
             )  # fmt: skip
         self.show(table)
@@ -416,9 +231,9 @@ class Renderer:
                 if isinstance(v, list):
                     cells.append(", ".join(str(x) for x in v))
                 elif col in ("start", "end"):
-                    cells.append(_short(v))
+                    cells.append(short(v))
                 elif col == "quality":
-                    cells.append(_score(v))
+                    cells.append(score(v))
                 elif isinstance(v, int) and col == "rows":
                     cells.append(f"{v:,}")
                 else:
@@ -457,7 +272,7 @@ class Renderer:
         for c in checks:
             details = "; ".join(c.problems + c.repairs)
             table.add_row(
-                c.symbol, c.timeframe, str(c.year), f"{c.rows:,}", _score(c.score), c.status,
+                c.symbol, c.timeframe, str(c.year), f"{c.rows:,}", score(c.score), c.status,
                 details or "-",
             )  # fmt: skip
         self.show(table)
@@ -503,7 +318,7 @@ class Renderer:
         for report in reports:
             table = _table(f"{report['symbol']} fundamentals", ["field", "value", "provider"])
             for name, cell in report["fields"].items():
-                table.add_row(name, _field_value(name, cell["value"]), cell["provider"])
+                table.add_row(name, field_value(name, cell["value"]), cell["provider"])
             self.show(table)
             used = ", ".join(
                 f"{s['provider']} ({'reused' if s['reused'] else 'fetched'} {s['fetched_at']})"
@@ -558,7 +373,7 @@ class Renderer:
             table.add_row(
                 r.symbol, r.timeframe, r.status, ",".join(r.providers) or "-",
                 f"{r.rows_added:,}", str(len(r.ranges_fetched)), str(len(r.gaps_left)),
-                str(r.requests), _score(r.quality),
+                str(r.requests), score(r.quality),
             )  # fmt: skip
         results = report.results
         failed = sum(r.status in ("failed", "partial", "locked") for r in results)
@@ -570,7 +385,7 @@ class Renderer:
             str(sum(len(r.gaps_left) for r in results)),
             str(sum(r.requests for r in results)), "",
         )  # fmt: skip
-        table.caption = f"elapsed {_elapsed(report.started_at, report.finished_at)}"
+        table.caption = f"elapsed {elapsed(report.started_at, report.finished_at)}"
         self.show(table)
 
 
@@ -598,12 +413,12 @@ def _fetch_plan(report: Any) -> Table:
             ranges += 1
             first = span.get("provider") or (r.providers[0] if r.providers else "-")
             table.add_row(
-                r.symbol, r.timeframe, _short(span.get("start")), _short(span.get("end")),
+                r.symbol, r.timeframe, short(span.get("start")), short(span.get("end")),
                 first, failover, r.status,
             )  # fmt: skip
         for gap in r.gaps_left:
             table.add_row(
-                r.symbol, r.timeframe, _short(gap.get("start")), _short(gap.get("end")), "-",
+                r.symbol, r.timeframe, short(gap.get("start")), short(gap.get("end")), "-",
                 "-", gap.get("reason") or "not reachable",
             )  # fmt: skip
         if not r.ranges_fetched and not r.gaps_left:
