@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Every command takes these, after the command or before it (`marketcache --cache-dir X info`);
 # given in both places, the one after the command wins. MARKETCACHE_CACHE_DIR is read in
-# `_context`, below both, so that an option before the command beats the environment.
+# `context`, below both, so that an option before the command beats the environment.
 CacheDir = Annotated[
     str | None,
     typer.Option(
