@@ -25,6 +25,7 @@ bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_requests.py
 	$(PY) benchmarks/bench_postgres.py
 	$(PY) benchmarks/bench_objects.py
+	$(PY) benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CliResult, make_bars
+from fakes import FakeAlphaVantage, FakeYahoo, config_for
 from marketcache import UnifiedCache
 from marketcache.config import parse_settings
 
@@ -47,9 +50,36 @@ def test_version_and_module_entry_point() -> None:
 
 
 def test_info_on_an_empty_cache(cli: Cli, tmp_path: Path) -> None:
-    r = cli("info", "--json", "--cache-dir", str(tmp_path / "none"))
+    (tmp_path / "empty").mkdir()
+    r = cli("info", "--json", "--cache-dir", str(tmp_path / "empty"))
     assert r.code == 0
     assert r.json()["symbols"] == 0 and r.json()["files"] == 0
+    assert cli("list", "--json", "--cache-dir", str(tmp_path / "empty")).json() == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("info",), ("list",), ("info", "--stale"), ("info", "BTCUSDT", "1h"), ("list", "BTCUSDT")],
+)
+def test_info_and_list_on_a_cache_that_does_not_exist_exit_2(
+    cli: Cli, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A typo in --cache-dir is a usage error naming the path, as validate says, not an empty
+    cache (exit 0) that a cron job would take for 'nothing cached yet'."""
+    missing = tmp_path / "no-such-cache"
+    r = cli(*args, "--cache-dir", str(missing))
+    assert r.code == 2, r.out
+    line = one_error_line(r)
+    assert f"--cache-dir {missing} does not exist" in line
+    assert not missing.exists()
+
+
+def test_info_csv_has_one_value_per_cell(cli: Cli, filled: Path) -> None:
+    out = cli("info", "--format", "csv", "--cache-dir", str(filled)).out
+    rows = {row["what"]: row["value"] for row in csv.DictReader(io.StringIO(out))}
+    assert rows["backend.backend"] == "files" and rows["backend.format"] == "csv.gz"
+    assert rows["backend.location"] == str(filled)
+    assert not [v for v in rows.values() if v.startswith(("{", "["))], rows
 
 
 def test_info_and_list(cli: Cli, filled: Path) -> None:
@@ -99,6 +129,9 @@ def test_info_and_list_read_metadata_only(cli: Cli, filled: Path) -> None:
         (("cleanup", "--older-than", "400"), "needs a unit"),
         (("cleanup", "--symbol", "AAPL"), "need --before"),
         (("validate", "--min-score", "2"), "--min-score"),
+        (("validate", "--min-score", "x"), "'--min-score': Input should be a valid number"),
+        (("populate", "AAPL", "--workers", "0"), "greater than or equal to 1"),
+        (("populate", "AAPL", "--workers", "two"), "'--workers': Input should be a valid integer"),
         (("info", "--bogus"), "No such option: --bogus"),
         (("populate", "AAPL", "--start", "2024-02-01", "--end", "2024-01-01"), "not before"),
         (("populate", "AAPL", "-t", "1h,9x"), "unknown timeframe '9x'"),
@@ -268,3 +301,153 @@ def test_a_held_lock_exits_4(cli: Cli, filled: Path, held_lock: Path, tmp_path: 
     with pytest.raises(BlockingIOError):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
+
+
+def test_global_options_before_the_command(
+    cli: Cli, filled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`marketcache --cache-dir X info`, `marketcache -v populate …`: the options every command
+    takes work before the command too, and an option after the command wins."""
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(tmp_path / "the-env-names-another-cache"))
+    stats = cli("--cache-dir", str(filled), "--json", "info")
+    assert stats.code == 0, stats.err
+    assert stats.json()["symbols"] == 2, "--cache-dir before the command beats the environment"
+    quiet = cli("-q", "--cache-dir", str(filled), "list")
+    assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    loud = cli("-v", "--cache-dir", str(filled), "info", "BTCUSDT", "7m")
+    assert loud.code == 2 and "Traceback" in loud.err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: {binance: {rate_limit: {per_minute: lots}}}")
+    conf = cli("--config", str(bad), "--cache-dir", str(filled), "list")
+    assert conf.code == 2 and str(bad) in one_error_line(conf)
+    after = cli(
+        "--cache-dir", str(tmp_path / "nowhere"), "list", "--json", "--cache-dir", str(filled)
+    )
+    assert after.code == 0 and len(after.json()) == 2, "the option after the command wins"
+    plan = cli("-v", "--json", "--cache-dir", str(tmp_path / "c"), "populate", "AAPL", "--dry-run")
+    assert plan.code == 0, plan.err
+    assert plan.json()["dry_run"] and plan.json()["results"][0]["status"] == "planned"
+    assert "INFO" in plan.err, "-v before populate: progress as log lines"
+
+
+def test_fundamentals_show_numbers_and_dates_as_people_read_them_and_json_has_the_envelope(
+    cli: Cli, fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path
+) -> None:
+    fake_yahoo.summaries["MSFT"] = {  # the shape of quoteSummary: {"raw", "fmt"} cells
+        "summaryDetail": {"exDividendDate": {"raw": 1731628800, "fmt": "2024-11-15"},
+                          "beta": {"raw": 0.9, "fmt": "0.90"}},
+        "defaultKeyStatistics": {"lastFiscalYearEnd": {"raw": 1719705600, "fmt": "2024-06-30"},
+                                 "sharesOutstanding": {"raw": 7433000000, "fmt": "7.43B"}},
+        "price": {"symbol": "MSFT", "regularMarketTime": 1733000000},
+    }  # fmt: skip
+    fake_av.overviews["MSFT"] = {"Symbol": "MSFT", "CIK": "789019", "PERatio": "35.5"}
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(yahoo=fake_yahoo, alpha_vantage=fake_av))
+    args = ("--config", str(conf), "--cache-dir", str(tmp_path / "c"))
+    table = cli("fundamentals", "MSFT", *args)
+    assert table.code == 0, table.err
+    cells = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
+             for ln in table.out.splitlines() if ln.count("│") == 4}  # fmt: skip
+    assert cells["CIK"] == "789019", cells  # an identifier, not 789019.0
+    assert cells["exDividendDate"] == "2024-11-15" and cells["lastFiscalYearEnd"] == "2024-06-30"
+    assert cells["regularMarketTime"] == "2024-11-30T20:53:20Z"
+    assert cells["sharesOutstanding"] == "7433000000" and cells["PERatio"] == "35.5"
+
+    doc = cli("fundamentals", "MSFT", "--json", *args).json()
+    assert (doc["ok"], doc["exit_code"]) == (True, 0)
+    fields = doc["results"][0]["fields"]
+    assert fields["exDividendDate"] == {"value": 1731628800, "provider": "yahoo"}  # as given
+    failed = cli("fundamentals", "NOPE", "--max-age", "0", "--json", *args)
+    assert failed.code == 1
+    assert (failed.json()["ok"], failed.json()["exit_code"]) == (False, 1)
+    assert failed.json()["results"][0]["symbol"] == "NOPE"
+
+
+def test_the_package_lists_its_names_without_importing_them() -> None:
+    code = (
+        "import sys, json, marketcache; names = dir(marketcache); "
+        "print(json.dumps([names, [m for m in ('pandas', 'marketcache.cache') if m in sys.modules]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    names, imported = json.loads(out.stdout)
+    assert {"DataManager", "UnifiedCache", "MarketCacheError", "load_settings"} <= set(names)
+    assert "__version__" in names
+    assert not {"Any", "importlib", "TYPE_CHECKING", "annotations"} & set(names), names
+    assert imported == [], "dir() keeps the imports lazy"
+    import marketcache
+
+    assert all(getattr(marketcache, name) is not None for name in marketcache.__all__)
+
+
+def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> None:
+    from marketcache import DataManager
+
+    cache = UnifiedCache(tmp_path / "c", settings=parse_settings(""))
+    assert repr(cache) == f"UnifiedCache({str(tmp_path / 'c')!r})"
+    with DataManager(cache) as dm:
+        assert repr(dm) == f"DataManager({str(tmp_path / 'c')!r})"
+    url = "postgresql://me:s3cret@127.0.0.1:9/db?password=0ther&sslmode=require"
+    remote = UnifiedCache(url, settings=parse_settings(""))  # connects on first use only
+    shown = repr(remote) + repr(DataManager(remote))
+    assert "s3cret" not in shown and "0ther" not in shown, shown
+    assert "postgresql://me@127.0.0.1:9/db?password=***&sslmode=require" in shown, shown
+    from marketcache.cache import redact_location
+
+    assert redact_location("ftp://ann:pw@host/x") == "ftp://ann:***@host/x"
+    assert redact_location("/srv/cache") == "/srv/cache"
+
+
+# What start-up may import (its cost is what shell completion pays on every Tab): the CLI's own
+# modules, Typer, and — once a command reads a cache — the config's YAML and Rich for tables.
+# Never pandas, numpy, pyarrow, pydantic (Typer's coercion, replaced in cli/params.py) or a
+# provider library. Names starting with `_` (C helpers, setuptools' hook) and the module every
+# Cython extension creates (yaml's C loader) are left aside.
+START_UP_ALLOWED = {"marketcache", "typer", "shellingham", "annotated_doc", "yaml", "rich",
+                    "cython_runtime"}  # fmt: skip
+SHELL_ONLY = {"yaml", "rich", "marketcache.cache", "marketcache.config", "marketcache.catalog"}
+IMPORTED = (
+    "import json, os, sys\n"
+    "from marketcache.cli.app import main\n"
+    "try:\n"
+    "    code = main(sys.argv[1:])\n"
+    "except SystemExit as exc:  # shell completion exits from inside Typer\n"
+    "    code = exc.code\n"
+    "print(json.dumps({'code': code, 'modules': sorted(sys.modules),"
+    " 'stdlib': sorted(sys.stdlib_module_names)}), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "completing"),
+    [
+        (["--help"], ""),
+        (["list"], ""),
+        (["info"], ""),
+        (["info", "BTCUSDT"], ""),
+        (["list", "--json"], ""),
+        ([], "marketcache li"),
+        ([], "marketcache info --f"),
+    ],
+    ids=["help", "list", "info", "info-symbol", "list-json", "complete-command", "complete-option"],
+)
+def test_start_up_imports_only_what_the_command_needs(
+    filled: Path, tmp_path: Path, args: list[str], completing: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCACHE_")}
+    env["MARKETCACHE_CACHE_DIR"] = str(filled)
+    if completing:
+        env.update(_MARKETCACHE_COMPLETE="complete_bash", COMP_WORDS=completing,
+                   COMP_CWORD=str(len(completing.split()) - 1))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", IMPORTED, *args], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path)  # fmt: skip
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report["code"] == 0, proc.stderr
+    modules, stdlib = set(report["modules"]), set(report["stdlib"])
+    roots = {m.split(".")[0] for m in modules} - stdlib - {"__main__"}
+    extra = {r for r in roots if not r.startswith("_")} - START_UP_ALLOWED
+    assert not extra, f"{args or completing!r} imported {sorted(extra)}"
+    if completing or args == ["--help"]:
+        assert not SHELL_ONLY & modules, sorted(SHELL_ONLY & modules)
+        assert proc.stdout.strip(), "completion answered"
+    if args == ["list", "--json"]:
+        assert "rich" not in roots, "JSON needs no Rich"

@@ -129,7 +129,7 @@ def test_fundamentals_twice_within_a_week_ask_once_and_combine_by_priority(
     root = str(tmp_path / "c")
     first = cli("fundamentals", "AAPL", "--json", "--cache-dir", root, "--config", str(conf))
     assert first.code == 0, first.err
-    report = first.json()[0]
+    report = first.json()["results"][0]
     fields = report["fields"]
     assert fields["beta"] == {"value": 1.24, "provider": "yahoo"}  # Yahoo first; AV's Beta = beta
     assert "Beta" not in fields
@@ -141,9 +141,9 @@ def test_fundamentals_twice_within_a_week_ask_once_and_combine_by_priority(
     asked = (_summary_requests(fake_yahoo), len(fake_av.data_requests()))
     assert asked == (1, 1)
     again = cli("fundamentals", "AAPL", "--json", "--cache-dir", root, "--config", str(conf))
-    assert all(s["reused"] for s in again.json()[0]["snapshots"])
+    assert all(s["reused"] for s in again.json()["results"][0]["snapshots"])
     assert (_summary_requests(fake_yahoo), len(fake_av.data_requests())) == asked
-    assert again.json()[0]["fields"] == fields
+    assert again.json()["results"][0]["fields"] == fields
     snaps = sorted(p.name for p in (Path(root) / "AAPL" / "fundamentals").iterdir())
     assert (
         len(snaps) == 2 and snaps[0].startswith("alpha_vantage_") and snaps[1].startswith("yahoo_")
@@ -168,7 +168,7 @@ def test_fundamentals_refresh_keep_failover_and_unknown_symbols(
     fake_yahoo.summaries = {}  # and yahoo would not know it anyway
     r = cli("fundamentals", "AAPL", "--max-age", "0", *args)
     assert r.code == 0, r.err
-    fields = r.json()[0]["fields"]
+    fields = r.json()["results"][0]["fields"]
     assert fields["Beta"]["provider"] == "alpha_vantage"  # yahoo down: AV's fields stand in
     unknown = cli("fundamentals", "NOPE", "--max-age", "0", *args)
     assert unknown.code == 1 and "NOPE" in unknown.err

@@ -58,6 +58,12 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def __dir__() -> list[str]:
+    """The public names (imported on first use, not by listing them) and the module dunders;
+    not the helpers this file imports (`Any`, `importlib`)."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})
+
+
 __all__ = [
     "ConfigError", "CorruptFile", "DataManager", "LockTimeout", "MarketCacheError",
     "MarketCacheWarning",

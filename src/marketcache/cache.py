@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,15 @@ if TYPE_CHECKING:
     from marketcache.repair import YearCheck
     from marketcache.validate import OHLCVValidator
     from marketcache.writes import SeriesWriter, YearWrite
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:?#]*):[^/@?#]*@")
+_PASSWORD_PARAM = re.compile(r"(?i)\b(password=)[^&#\s]*")
+
+
+def redact_location(location: str) -> str:
+    """A cache location fit to show: a password in `user:pass@` or `password=` becomes ***."""
+    return _PASSWORD_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", location))
 
 
 @dataclass
@@ -82,6 +92,9 @@ class UnifiedCache:
         )
         self.lock_wait = lock_wait if lock_wait is not None else self.settings.options.lock_wait
         self.catalog = Catalog(self.backend, self.settings, lock_wait=self.lock_wait)
+
+    def __repr__(self) -> str:
+        return f"UnifiedCache({redact_location(str(self.root))!r})"
 
     @property
     def root(self) -> Any:

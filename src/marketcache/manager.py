@@ -66,6 +66,11 @@ class DataManager:
         self._asked: dict[tuple[str, str, str | None], _Asked] = {}  # per series and provider
         self._asked_lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        from marketcache.cache import redact_location
+
+        return f"DataManager({redact_location(str(self.cache.root))!r})"
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     @property

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,18 +28,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import marketcache.cli.data_commands  # noqa: F401 — registers copy and fundamentals
     from marketcache.cli.commands import app
+    from marketcache.cli.params import plain_coercion
 
     verbose = "-v" in args or "--verbose" in args
     as_json = "--json" in args
     if not verbose:  # a library's background thread must not print a traceback either
         threading.excepthook = _thread_error
     command = typer.main.get_command(app)
+    plain_coercion(command)  # no pydantic at start-up (see cli/params.py)
     if not args:  # a bare `marketcache` shows the help, not a usage error
         args = ["--help"]
+    quiet = "-q" in args or "--quiet" in args
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    form = warnings.formatwarning
     try:
-        return _run(command, args, verbose, as_json)
+        with warnings.catch_warnings():  # filters restored after the run (main runs in-process
+            if quiet:  # in the tests, and pytest records warnings without formatting them)
+                warnings.simplefilter("ignore")
+            elif not verbose:  # -v keeps Python's own form, with the source line
+                warnings.formatwarning = _warning_line
+            return _run(command, args, verbose, as_json)
     finally:
+        warnings.formatwarning = form
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -85,6 +96,18 @@ def _run(command: Any, args: list[str], verbose: bool, as_json: bool) -> int:
         message = f"unexpected {type(exc).__name__}: {exc}"
         return _fail(message + ("" if verbose else " (run with -v for details)"), 1, as_json)
     return int(result) if isinstance(result, int) else EXIT_OK
+
+
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A Python warning (a library's DeprecationWarning under PYTHONWARNINGS) as one line."""
+    text = " ".join(str(message).split())
+    return f"warning: {category.__name__}: {text} ({filename}:{lineno})\n"
 
 
 def _thread_error(args: threading.ExceptHookArgs) -> None:

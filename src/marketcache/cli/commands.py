@@ -1,23 +1,36 @@
-"""The five commands. Each builds its context, calls one library function and renders."""
+"""The commands. Each builds its context, calls one library function and renders.
+
+Only Typer and light modules are imported here: the cache, the config (YAML) and Rich are
+imported when a command runs, so `--help` and shell completion start in a blink.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from marketcache import __version__
-from marketcache.cache import UnifiedCache
-from marketcache.cli.render import Renderer
-from marketcache.config import Settings, load_settings
+from marketcache.cli.options import (
+    CacheDir,
+    ConfigPath,
+    Context,
+    Format,
+    GlobalOptions,
+    JsonOut,
+    LogFile,
+    Quiet,
+    Verbose,
+    cached_detail,
+    common,
+    context,
+    not_cached,
+    require_cache,
+    scope,
+)
 from marketcache.errors import Terminated, UsageError
 from marketcache.models import parse_date
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
     from marketcache.repair import YearCheck
@@ -31,96 +44,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-CacheDir = Annotated[
-    str | None,
-    typer.Option(
-        "--cache-dir",
-        envvar="MARKETCACHE_CACHE_DIR",
-        help="Cache root folder [default: ./data-cache].",
-        show_default=False,
-    ),
-]
-ConfigPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="providers.yaml [env MARKETCACHE_CONFIG; default ./providers.yaml, else packaged].",
-        show_default=False,
-    ),
-]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and details.")]
-
-
-@dataclass
-class Context:
-    settings: Settings
-    cache: UnifiedCache
-    out: Renderer
-
-
-LogFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--log-file", help="Also write progress and warnings to this file.", show_default=False
-    ),
-]
-Format = Annotated[
-    str, typer.Option("--format", help="table, json or csv [default: table; json with --json].")
-]
-THIRD_PARTY_LOGGERS = ("yfinance", "urllib3", "binance", "peewee", "alpha_vantage", "requests")
-
-
-def _logging(*, quiet: bool, verbose: bool, log_file: Path | None) -> None:
-    """-v: progress as log lines on stderr; --log-file: the same in a file; -q: third-party
-    loggers (yfinance prints its own errors) are silenced."""
-    import logging
-
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.INFO if (verbose or log_file) else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    if log_file is not None:
-        try:
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
-        file_handler.setFormatter(fmt)
-        root.addHandler(file_handler)
-    if not verbose and not log_file:
-        root.addHandler(logging.NullHandler())
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL if quiet else logging.WARNING)
-
-
-def _context(
-    cache_dir: str | None,
-    config: Path | None,
-    as_json: bool,
-    quiet: bool,
-    *,
-    verbose: bool = False,
-    log_file: Path | None = None,
-    output_format: str = "table",
-) -> Context:
-    _logging(quiet=quiet, verbose=verbose, log_file=log_file)
-    if output_format not in ("table", "json", "csv"):
-        raise UsageError(f"--format {output_format}: use table, json or csv")
-    as_json = as_json or output_format == "json"
-    out = Renderer(as_json=as_json, quiet=quiet, csv_out=output_format == "csv" and not as_json)
-    settings = load_settings(config)
-    for warning in settings.warnings:
-        out.warn(warning)
-    root = cache_dir or os.environ.get("MARKETCACHE_CACHE_DIR") or "data-cache"
-    if "://" not in root and Path(root).exists() and not Path(root).is_dir():
-        raise UsageError(f"--cache-dir {root} is not a folder")
-    return Context(settings, UnifiedCache(root, settings=settings), out)
-
 
 def _version(value: bool) -> None:
     if value:
@@ -130,24 +53,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    invocation: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
+    cache_dir: CacheDir = None,
+    config: ConfigPath = None,
+    as_json: JsonOut = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Keep a cache of OHLCV market data complete, fresh and trustworthy."""
-
-
-def _not_cached(ctx: Context, sym: str, tf: str | None) -> UsageError:
-    what = f"{sym} {tf}" if tf else sym
-    return UsageError(f"{what} is not in the cache at {ctx.cache.root}: populate it first")
-
-
-def _cached_detail(ctx: Context, sym: str, tf: str | None) -> dict[str, Any]:
-    detail = ctx.cache.get_data_info(sym, tf)
-    if not detail["timeframes"]:
-        raise _not_cached(ctx, sym, tf)
-    return detail
+    invocation.obj = GlobalOptions(cache_dir, config, as_json, quiet, verbose)
 
 
 def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | None) -> list[Any]:
@@ -165,14 +83,9 @@ def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | Non
     return out
 
 
-def _scope(symbol: str | None, timeframe: str | None) -> tuple[str | None, str | None]:
-    sym = normalize_symbol(symbol) if symbol else None
-    tf = parse_timeframe(timeframe).name if timeframe else None
-    return sym, tf
-
-
 @app.command()
 def populate(
+    invocation: typer.Context,
     symbols: Annotated[
         list[str] | None, typer.Argument(help="Symbols (default: datasets).")
     ] = None,
@@ -206,7 +119,8 @@ def populate(
     from marketcache.jobs import PopulateReport, PopulateRequest, build_jobs
     from marketcache.populate import run_populate
 
-    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose, log_file=log_file)
+    options = common(invocation, cache_dir, config, as_json, quiet, verbose)
+    ctx = context(options, log_file=log_file)
     request = PopulateRequest(
         symbols=list(symbols or []),
         symbols_file=symbols_file,
@@ -222,7 +136,8 @@ def populate(
     jobs = build_jobs(request, ctx.settings)
     report = PopulateReport([])
     try:
-        with ctx.out.progress(len(jobs)) as progress:
+        shape = ("planning", "jobs") if dry_run else ("populating", "bars")
+        with ctx.out.progress(len(jobs), *shape) as progress:
             run_populate(ctx.cache, jobs, request, progress=progress, report=report)
     except (KeyboardInterrupt, Terminated) as exc:
         report.interrupted = 143 if isinstance(exc, Terminated) else 130
@@ -234,6 +149,7 @@ def populate(
 
 @app.command()
 def info(
+    invocation: typer.Context,
     symbol: Annotated[str | None, typer.Argument(help="Symbol to describe.")] = None,
     timeframe: Annotated[str | None, typer.Argument(help="Timeframe to describe.")] = None,
     cache_dir: CacheDir = None,
@@ -247,22 +163,30 @@ def info(
     ] = False,
 ) -> int:
     """Cache-wide stats, or per symbol / timeframe / year detail (metadata only)."""
-    ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
-    sym, tf = _scope(symbol, timeframe)
+    ctx = context(
+        common(invocation, cache_dir, config, as_json, quiet, verbose), output_format=output_format
+    )
+    sym, tf = scope(symbol, timeframe)
     if stale:
         found = _freshness(ctx, sym, tf, None)
+        if not found:
+            require_cache(ctx)
         ctx.out.stale([f for f in found if f.stale], len(found))
         return 0
     if sym is None:
-        ctx.out.stats(ctx.cache.get_stats())
+        stats = ctx.cache.get_stats()
+        if not stats["files"]:
+            require_cache(ctx)
+        ctx.out.stats(stats)
         return 0
-    detail = _cached_detail(ctx, sym, tf)
+    detail = cached_detail(ctx, sym, tf)
     ctx.out.symbol_info(detail)
     return 0
 
 
 @app.command("list")
 def list_(
+    invocation: typer.Context,
     symbol: Annotated[str | None, typer.Argument(help="List this symbol's timeframes.")] = None,
     timeframe: Annotated[str | None, typer.Argument(help="List this timeframe's years.")] = None,
     cache_dir: CacheDir = None,
@@ -273,16 +197,20 @@ def list_(
     output_format: Format = "table",
 ) -> int:
     """Symbols; a symbol's timeframes; a timeframe's years (metadata only)."""
-    ctx = _context(cache_dir, config, as_json, quiet, output_format=output_format)
-    sym, tf = _scope(symbol, timeframe)
+    ctx = context(
+        common(invocation, cache_dir, config, as_json, quiet, verbose), output_format=output_format
+    )
+    sym, tf = scope(symbol, timeframe)
     rows: list[dict[str, Any]] = []
     if sym is None:
         for s in ctx.cache.list_symbols():
             tfs = ctx.cache.list_timeframes(s)
             rows.append({"symbol": s, "timeframes": tfs})
+        if not rows:
+            require_cache(ctx)
         ctx.out.listing("symbols", rows)
         return 0
-    detail = _cached_detail(ctx, sym, tf)
+    detail = cached_detail(ctx, sym, tf)
     if tf is None:
         for name, entry in detail["timeframes"].items():
             rows.append(
@@ -304,6 +232,7 @@ def list_(
 
 @app.command()
 def cleanup(
+    invocation: typer.Context,
     before: Annotated[str | None, typer.Option(help="Drop rows before this date.")] = None,
     older_than: Annotated[
         str | None, typer.Option("--older-than", help="Drop rows older than e.g. 400d, 2y.")
@@ -321,8 +250,8 @@ def cleanup(
     verbose: Verbose = False,
 ) -> int:
     """Remove leftovers, or (with criteria) old rows and whole years."""
-    ctx = _context(cache_dir, config, as_json, quiet)
-    sym, tf = _scope(symbol, timeframe)
+    ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
+    sym, tf = scope(symbol, timeframe)
     cutoffs = []
     if before:
         cutoffs.append(parse_date(before, option="--before"))
@@ -348,6 +277,7 @@ def cleanup(
 
 @app.command()
 def validate(
+    invocation: typer.Context,
     symbol: Annotated[str | None, typer.Argument(help="Only this symbol.")] = None,
     timeframe: Annotated[str | None, typer.Argument(help="Only this timeframe.")] = None,
     min_score: Annotated[
@@ -380,14 +310,13 @@ def validate(
     verbose: Verbose = False,
 ) -> int:
     """Re-read every file, verify checksums, re-score; exit 3 on corruption or low scores."""
-    ctx = _context(cache_dir, config, as_json, quiet)
-    sym, tf = _scope(symbol, timeframe)
+    ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
+    sym, tf = scope(symbol, timeframe)
     threshold = ctx.settings.options.min_score if min_score is None else min_score
-    if not ctx.cache.backend.exists():  # a typo in CI must not pass
-        raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
+    require_cache(ctx)
     targets = ctx.cache.years_on_disk(sym, tf)
     if sym and not targets:
-        raise _not_cached(ctx, sym, tf)
+        raise not_cached(ctx, sym, tf)
     if (since or sample is not None) and not against_source:
         raise UsageError("--since and --sample go with --against-source")
     if against_source:
@@ -404,7 +333,7 @@ def validate(
         ctx.out.stale(late, len(found), max_age=max_age)
         return 3 if late else 0
     checks: list[YearCheck] = []
-    with ctx.out.progress(len(targets), label="validating") as progress:
+    with ctx.out.progress(len(targets), label="validating", unit="years") as progress:
         for s, t, year in targets:
             checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
             progress.advance(f"{s} {t} {year}")

@@ -6,26 +6,26 @@ from typing import Annotated, Any
 
 import typer
 
-from marketcache.cache import UnifiedCache
-from marketcache.cli.commands import (
+from marketcache.cli.commands import app
+from marketcache.cli.options import (
     CacheDir,
     ConfigPath,
     JsonOut,
     Quiet,
     Verbose,
-    _context,
-    _logging,
-    _scope,
-    app,
+    common,
+    configure_logging,
+    context,
+    scope,
 )
 from marketcache.cli.render import Renderer
-from marketcache.config import load_settings
 from marketcache.errors import UsageError
 from marketcache.symbols import normalize_symbol
 
 
 @app.command()
 def copy(
+    invocation: typer.Context,
     source: Annotated[str, typer.Argument(help="The cache to copy from (path or URL).")],
     destination: Annotated[str, typer.Argument(help="The cache to copy to (path or URL).")],
     output_format: Annotated[
@@ -43,12 +43,15 @@ def copy(
     a re-run copies only what changed."""
     from dataclasses import replace
 
+    from marketcache.cache import UnifiedCache
+    from marketcache.config import load_settings
     from marketcache.copy import copy_cache
 
-    _logging(quiet=quiet, verbose=verbose, log_file=None)
-    out = Renderer(as_json=as_json, quiet=quiet)
-    settings = load_settings(config)
-    sym, tf = _scope(symbol, timeframe)
+    options = common(invocation, None, config, as_json, quiet, verbose)
+    configure_logging(quiet=options.quiet, verbose=options.verbose, log_file=None)
+    out = Renderer(as_json=options.as_json, quiet=options.quiet)
+    settings = load_settings(options.config)
+    sym, tf = scope(symbol, timeframe)
     src = UnifiedCache(source, settings=settings)
     if not src.backend.exists():
         raise UsageError(f"copy: the source cache {source} does not exist")
@@ -70,6 +73,7 @@ def copy(
 
 @app.command()
 def fundamentals(
+    invocation: typer.Context,
     symbols: Annotated[list[str], typer.Argument(help="Symbols.")],
     max_age: Annotated[
         str | None,
@@ -88,7 +92,7 @@ def fundamentals(
     from marketcache.errors import MarketCacheError
     from marketcache.manager import DataManager
 
-    ctx = _context(cache_dir, config, as_json, quiet, verbose=verbose)
+    ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     reports: list[dict[str, Any]] = []
     failed = 0
     with DataManager(ctx.cache) as dm:
@@ -102,5 +106,6 @@ def fundamentals(
                 failed += 1
                 ctx.out.error(f"{sym}: {exc}")
                 reports.append({"symbol": sym, "fields": {}, "snapshots": [], "errors": [str(exc)]})
-    ctx.out.fundamentals(reports)
-    return 1 if failed else 0
+    code = 1 if failed else 0
+    ctx.out.fundamentals(reports, code)
+    return code

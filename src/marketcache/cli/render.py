@@ -1,6 +1,9 @@
-"""Everything the CLI shows: Rich tables and progress, or one JSON document.
+"""Everything the CLI shows: Rich tables, or one JSON document (progress: cli/progress.py).
 
-The only module that imports Rich.
+With cli/progress.py the only modules that import Rich, and only when something is drawn, so
+that `--json`, CSV and shell completion never pay for it. Off a terminal nothing is cut or
+wrapped whatever `COLUMNS` says (cron mail and grep get whole lines); at a terminal a table
+too wide for the window folds its cells instead of cutting them.
 """
 
 from __future__ import annotations
@@ -8,155 +11,84 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
-import os
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from marketcache.cli.cells import elapsed, field_value, flat, plain, score, short, size
+from marketcache.cli.progress import ProgressSink, progress_bar
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+UNBOUNDED = 1_000_000  # off a terminal: wide enough that no table or line is ever cut
 
 
 def _console(stderr: bool = False) -> Console:
-    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else None
+    """A console on stdout (or stderr): the window's width at a terminal, unbounded off one."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    at_terminal = stream.isatty()
     return Console(
-        file=sys.stderr if stderr else sys.stdout,
-        width=width,
+        file=stream,
+        width=None if at_terminal else UNBOUNDED,
         highlight=False,
+        markup=False,  # cells are data: a path or symbol with `[x]` or `:x:` is shown as is
+        emoji=False,
         soft_wrap=False,
     )
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
+def _table(title: str | None, columns: list[str], right: tuple[str, ...] = ()) -> Table:
+    """A table whose cells fold rather than end in `…` when the terminal is too narrow."""
+    from rich.table import Table
 
-
-def _score(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def _short(ts: str | None) -> str:
-    if not ts:
-        return "-"
-    return ts[:10] if ts.endswith("T00:00:00") else ts.replace("T", " ")[:16]
-
-
-def _elapsed(started: str, finished: str) -> str:
-    from datetime import datetime
-
-    try:
-        seconds = (
-            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
-        ).total_seconds()
-    except ValueError:
-        return "-"
-    minutes, secs = divmod(max(seconds, 0.0), 60)
-    return f"{int(minutes)}m {secs:04.1f}s" if minutes else f"{secs:.1f}s"
-
-
-def _plain(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _plain(v) for k, v in asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
-
-
-class ProgressSink:
-    """What the library's progress callback talks to: a Rich bar over bars, log lines, or
-    nothing. The total is the bars the fetch plans expect: jobs not yet planned are
-    estimated from the ones that are, so the ETA settles as the run goes on."""
-
-    def __init__(self, progress: Progress | None, task: Any, jobs: int = 0) -> None:
-        self._progress = progress
-        self._task = task
-        self._log = logging.getLogger("marketcache.progress")
-        self._lock = threading.Lock()
-        self.started = time.monotonic()
-        self.jobs, self.jobs_done = jobs, 0
-        self.planned, self.planned_jobs = 0, 0
-        self.bars = 0
-        self.requests = 0
-        self._open: dict[str, list[int]] = {}  # job -> [bars planned, bars done]
-
-    def _refresh(self, current: str) -> None:
-        if self._progress is None:
-            return
-        unplanned = max(self.jobs - self.planned_jobs, 0)
-        per_job = self.planned / self.planned_jobs if self.planned_jobs else 0
-        total = max(self.planned + per_job * unplanned, self.bars, 1)
-        rate = self.requests / max(time.monotonic() - self.started, 1e-6)
-        self._progress.update(
-            self._task, total=total, completed=self.bars,
-            description=f"{self.jobs_done}/{self.jobs} jobs · {current} · {rate:,.1f} req/s",
-        )  # fmt: skip
-
-    def plan(self, current: str, bars: int) -> None:
-        """A job's fetch plan is known: `bars` expected bars to fetch."""
-        with self._lock:
-            self.planned += bars
-            self.planned_jobs += 1
-            self._open[current] = [bars, 0]
-            self._refresh(current)
-        self._log.info("%s: %s bars to fetch", current, f"{bars:,}")
-
-    def note(self, current: str, bars: int = 0, requests: int = 0) -> None:
-        """Work inside the current job: a range fetched and committed."""
-        with self._lock:
-            self.bars += bars
-            self.requests += requests
-            if current in self._open:
-                self._open[current][1] += bars
-            self._refresh(current)
-        self._log.info("%s: +%s bars (%d requests)", current, f"{bars:,}", requests)
-
-    def advance(self, current: str = "") -> None:
-        """One symbol × timeframe done: bars it planned but did not get count as done."""
-        with self._lock:
-            self.jobs_done += 1
-            planned, done = self._open.pop(current, [0, 0])
-            self.bars += max(planned - done, 0)
-            self._refresh(current)
-        self._log.info("%s: done (%d/%d jobs)", current, self.jobs_done, self.jobs)
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    return table
 
 
 class Renderer:
     def __init__(
-        self, *, as_json: bool = False, quiet: bool = False, csv_out: bool = False
+        self,
+        *,
+        as_json: bool = False,
+        quiet: bool = False,
+        csv_out: bool = False,
+        verbose: bool = False,
     ) -> None:
         self.as_json = as_json
         self.csv_out = csv_out
         self.quiet = quiet
-        self.out = _console()
-        self.err = _console(stderr=True)
+        self.verbose = verbose  # progress as log lines, so no bar to tear them apart
+        self._out: Console | None = None
+
+    @property
+    def out(self) -> Console:
+        """The stdout console, made on first use (JSON and CSV never import Rich)."""
+        if self._out is None:
+            self._out = _console()
+        return self._out
 
     # ---- plumbing -------------------------------------------------------------------------
 
     def emit(self, document: Any) -> None:
-        sys.stdout.write(json.dumps(_plain(document), indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(plain(document), indent=2, default=str) + "\n")
         sys.stdout.flush()
 
     def show(self, renderable: Any) -> None:
-        if not self.quiet:
-            self.out.print(renderable)
+        if self.quiet:
+            return
+        if isinstance(renderable, str):  # a message: one line, the terminal wraps it if need be
+            sys.stdout.write(renderable + "\n")
+            sys.stdout.flush()
+            return
+        _fit(renderable, self.out)
+        self.out.print(renderable)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
@@ -180,32 +112,16 @@ class Renderer:
         sys.stderr.flush()
 
     @contextmanager
-    def progress(self, total: int, label: str = "populating") -> Iterator[ProgressSink]:
-        """Bars done / expected, rate and ETA on stderr, only when it is a terminal (and not
-        quiet/json); `total` is the number of jobs."""
-        if self.quiet or self.as_json or not sys.stderr.isatty() or total <= 0:
-            yield ProgressSink(None, None, total)
+    def progress(
+        self, total: int, label: str = "populating", unit: str = "bars"
+    ) -> Iterator[ProgressSink]:
+        """Done / expected, rate and ETA on stderr, only when it is a terminal (and not
+        quiet, json or verbose); `total` is the number of jobs."""
+        if self.quiet or self.as_json or self.verbose or not sys.stderr.isatty() or total <= 0:
+            yield ProgressSink(None, None, total, unit)
             return
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        with Progress(
-            TextColumn(f"{label} "),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} bars"),
-            TextColumn("{task.description}"),
-            TimeRemainingColumn(),
-            TimeElapsedColumn(),
-            console=self.err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("", total=None)
-            yield ProgressSink(bar, task, total)
+        with progress_bar(_console(stderr=True), total, label, unit) as sink:
+            yield sink
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -214,21 +130,25 @@ class Renderer:
             self.emit(stats)
             return
         if self.csv_out:
-            self.csv_rows([{"what": k, "value": v} for k, v in stats.items()])
+            self.csv_rows([{"what": k, "value": v} for k, v in flat(stats).items()])
             return
-        table = Table(title=f"marketcache — {stats['cache_dir']}", show_header=False)
-        table.add_column("what")
-        table.add_column("value")
+        table = _table("marketcache", ["what", "value"])
+        table.show_header = False
+        backend = stats.get("backend") or {}
+        kind = backend.get("backend", "-") if isinstance(backend, dict) else str(backend)
+        fmt = backend.get("format") if isinstance(backend, dict) else None
         rows = [
+            ("cache", str(stats["cache_dir"])),
+            ("backend", f"{kind} ({fmt})" if fmt and fmt != kind else kind),
             ("symbols", str(stats["symbols"])),
             ("timeframes", ", ".join(stats["timeframes"]) or "-"),
             ("files", str(stats["files"])),
             ("rows", f"{stats['rows']:,}"),
-            ("on disk", _size(stats["bytes_on_disk"])),
+            ("on disk", size(stats["bytes_on_disk"])),
             ("compression", f"{stats['compression_ratio'] or '-'}x"),
-            ("date span", f"{_short(stats['start'])} → {_short(stats['end'])}"),
+            ("date span", f"{short(stats['start'])} → {short(stats['end'])}"),
             ("quality mean / min",
-             f"{_score(stats['quality_mean'])} / {_score(stats['quality_min'])}"),
+             f"{score(stats['quality_mean'])} / {score(stats['quality_min'])}"),
             ("providers", ", ".join(stats["providers"]) or "-"),
         ]  # fmt: skip
         for name, value in rows:
@@ -249,9 +169,11 @@ class Renderer:
                 ]
             )  # fmt: skip
             return
-        table = Table(title=detail["symbol"])
-        for col in ("tf", "year", "rows", "start", "end", "provider", "quality", "gaps", "size"):
-            table.add_column(col, justify="right" if col in ("rows", "gaps", "size") else "left")
+        table = _table(
+            detail["symbol"],
+            ["tf", "year", "rows", "start", "end", "provider", "quality", "gaps", "size"],
+            right=("rows", "gaps", "size"),
+        )
         for tf, entry in detail["timeframes"].items():
             for y in entry["years"]:
                 if "error" in y:
@@ -261,24 +183,25 @@ class Renderer:
                     tf,
                     str(y["year"]),
                     f"{y['rows']:,}",
-                    _short(y["start"]),
-                    _short(y["end"]),
+                    short(y["start"]),
+                    short(y["end"]),
                     ",".join(y["providers"]) or (y["provider"] or "-"),
-                    _score(y["quality"]),
+                    score(y["quality"]),
                     str(y["gaps"]),
-                    _size(y["size_bytes"]),
+                    size(y["size_bytes"]),
                 )
             table.add_row(
-                tf, "all", f"{entry['rows']:,}", _short(entry["start"]), _short(entry["end"]),
-                "", f"min {_score(entry['quality_min'])}", "", _size(entry["size_bytes"]),
+                tf, "all", f"{entry['rows']:,}", short(entry["start"]), short(entry["end"]),
+                "", f"min {score(entry['quality_min'])}", "", size(entry["size_bytes"]),
                 end_section=True,
             )  # fmt: skip
         self.show(table)
         actions = detail.get("corporate_actions") or {}
         if actions.get("splits") or actions.get("dividends"):
-            acts = Table(title=f"{detail['symbol']} corporate actions")
-            for col in ("kind", "date", "value", "source", "first seen"):
-                acts.add_column(col)
+            acts = _table(
+                f"{detail['symbol']} corporate actions",
+                ["kind", "date", "value", "source", "first seen"],
+            )
             for sp in actions.get("splits", []):
                 acts.add_row(
                     "split", sp["date"], f"{sp['ratio']:g}:1", sp["source"], sp["first_seen"]
@@ -299,10 +222,8 @@ class Renderer:
         if not rows:
             self.show("(empty)")
             return
-        table = Table(title=title)
         columns = [k for k in rows[0] if any(r.get(k) is not None for r in rows)]
-        for col in columns:
-            table.add_column(col)
+        table = _table(title, columns)
         for r in rows:
             cells = []
             for col in columns:
@@ -310,9 +231,9 @@ class Renderer:
                 if isinstance(v, list):
                     cells.append(", ".join(str(x) for x in v))
                 elif col in ("start", "end"):
-                    cells.append(_short(v))
+                    cells.append(short(v))
                 elif col == "quality":
-                    cells.append(_score(v))
+                    cells.append(score(v))
                 elif isinstance(v, int) and col == "rows":
                     cells.append(f"{v:,}")
                 else:
@@ -327,9 +248,7 @@ class Renderer:
         if not actions:
             self.show("nothing to clean up")
             return
-        table = Table(title="would remove" if dry_run else "removed")
-        for col in ("action", "path", "rows", "why"):
-            table.add_column(col)
+        table = _table("would remove" if dry_run else "removed", ["action", "path", "rows", "why"])
         for a in actions:
             rows = str(a.rows_removed) if a.rows_removed else ""
             table.add_row(a.action, a.path, rows, a.reason)
@@ -345,14 +264,16 @@ class Renderer:
         if self.as_json:
             self.emit({"min_score": threshold, "files": checks})
             return
-        table = Table(title=f"validate (min score {threshold:g})")
-        for col in ("symbol", "tf", "year", "rows", "score", "status", "details"):
-            table.add_column(col)
+        table = _table(
+            f"validate (min score {threshold:g})",
+            ["symbol", "tf", "year", "rows", "score", "status", "details"],
+            right=("rows",),
+        )
         for c in checks:
             details = "; ".join(c.problems + c.repairs)
             table.add_row(
-                c.symbol, c.timeframe, str(c.year), f"{c.rows:,}", _score(c.score), c.status,
-                details[:200],
+                c.symbol, c.timeframe, str(c.year), f"{c.rows:,}", score(c.score), c.status,
+                details or "-",
             )  # fmt: skip
         self.show(table)
 
@@ -363,10 +284,11 @@ class Renderer:
         if self.as_json:
             self.emit(report.as_json())
             return
-        table = Table(title="validate --against-source")
-        for col in ("symbol", "tf", "year", "provider", "compared", "restated", "volume",
-                    "missing", "extra", "max diff", "status"):  # fmt: skip
-            table.add_column(col)
+        table = _table(
+            "validate --against-source",
+            ["symbol", "tf", "year", "provider", "compared", "restated", "volume", "missing",
+             "extra", "max diff", "status"],
+        )  # fmt: skip
         for y in report.years:
             table.add_row(
                 y.symbol, y.timeframe, str(y.year), y.provider or "-", f"{y.compared:,}",
@@ -387,22 +309,22 @@ class Renderer:
                        f"{f.behind} bars behind, {since}")  # fmt: skip
         self.show(f"{len(stale)} of {checked} series stale")
 
-    def fundamentals(self, reports: list[dict[str, Any]]) -> None:
+    def fundamentals(self, reports: list[dict[str, Any]], exit_code: int = 0) -> None:
+        """Per symbol a table of fields (numbers and dates as people read them), then which
+        snapshots were used; `--json`: the envelope of every command around the reports."""
         if self.as_json:
-            self.emit(reports)
+            self.emit({"ok": exit_code == 0, "exit_code": exit_code, "results": reports})
             return
         for report in reports:
-            table = Table(title=f"{report['symbol']} fundamentals")
-            for col in ("field", "value", "provider"):
-                table.add_column(col)
+            table = _table(f"{report['symbol']} fundamentals", ["field", "value", "provider"])
             for name, cell in report["fields"].items():
-                table.add_row(name, str(cell["value"]), cell["provider"])
+                table.add_row(name, field_value(name, cell["value"]), cell["provider"])
+            self.show(table)
             used = ", ".join(
                 f"{s['provider']} ({'reused' if s['reused'] else 'fetched'} {s['fetched_at']})"
                 for s in report["snapshots"]
             )
-            table.caption = used or "-"
-            self.show(table)
+            self.show(f"{report['symbol']} snapshots: {used or '-'}")
 
     def copy_report(self, report: Any) -> None:
         for y in report.years:
@@ -440,18 +362,20 @@ class Renderer:
         if self.as_json:
             self.emit(report.as_json())
             return
-        ranges = "planned" if report.dry_run else "ranges"
-        table = Table(title="dry run: fetch plan" if report.dry_run else "populate")
-        for col in ("symbol", "tf", "status", "providers", "added", ranges, "gaps", "requests",
-                    "quality"):  # fmt: skip
-            table.add_column(
-                col, justify="right" if col in ("added", ranges, "gaps", "requests") else "left"
-            )
+        if report.dry_run:
+            self.show(_fetch_plan(report))
+            return
+        table = _table(
+            "populate",
+            ["symbol", "tf", "status", "providers", "added", "ranges", "gaps", "requests",
+             "quality"],
+            right=("added", "ranges", "gaps", "requests"),
+        )  # fmt: skip
         for r in report.results:
             table.add_row(
                 r.symbol, r.timeframe, r.status, ",".join(r.providers) or "-",
                 f"{r.rows_added:,}", str(len(r.ranges_fetched)), str(len(r.gaps_left)),
-                str(r.requests), _score(r.quality),
+                str(r.requests), score(r.quality),
             )  # fmt: skip
         results = report.results
         failed = sum(r.status in ("failed", "partial", "locked") for r in results)
@@ -463,5 +387,46 @@ class Renderer:
             str(sum(len(r.gaps_left) for r in results)),
             str(sum(r.requests for r in results)), "",
         )  # fmt: skip
-        table.caption = f"elapsed {_elapsed(report.started_at, report.finished_at)}"
+        table.caption = f"elapsed {elapsed(report.started_at, report.finished_at)}"
         self.show(table)
+
+
+def _fit(table: Any, console: Console) -> None:
+    """A table wider than the terminal drops its cell padding before Rich folds any cell."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    if isinstance(table, Table):
+        natural = Measurement.get(console, console.options.update(width=UNBOUNDED), table)
+        if natural.maximum > console.width:
+            table.padding = (0, 0)
+
+
+def _fetch_plan(report: Any) -> Table:
+    """The dry run's plan: each range it would fetch, with the provider asked first and the
+    failover behind it; ranges beyond every provider's history window; jobs with nothing to do."""
+    table = _table(
+        "dry run: fetch plan", ["symbol", "tf", "from", "to", "provider", "failover", "status"]
+    )
+    ranges = 0
+    for r in report.results:
+        failover = ", ".join(r.providers[1:]) or "-"
+        for span in r.ranges_fetched:
+            ranges += 1
+            first = span.get("provider") or (r.providers[0] if r.providers else "-")
+            table.add_row(
+                r.symbol, r.timeframe, short(span.get("start")), short(span.get("end")),
+                first, failover, r.status,
+            )  # fmt: skip
+        for gap in r.gaps_left:
+            table.add_row(
+                r.symbol, r.timeframe, short(gap.get("start")), short(gap.get("end")), "-",
+                "-", gap.get("reason") or "not reachable",
+            )  # fmt: skip
+        if not r.ranges_fetched and not r.gaps_left:
+            status = "failed" if r.errors else "nothing to fetch"
+            table.add_row(r.symbol, r.timeframe, "-", "-", "-", "-", status)
+    table.add_section()
+    table.add_row(f"{len(report.results)} jobs", "", "", "", f"{ranges} ranges", "", "")
+    table.caption = "nothing was fetched or written"
+    return table
