@@ -121,6 +121,7 @@ class Options:
     fundamentals_keep: int = 3  # snapshots kept per provider
     rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
     lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
+    quarantine_days: float = 30.0  # `cleanup` removes copies set aside longer ago than this
     # object storage: the fsspec options as JSON, kept secret (keys may be in it)
     storage_options: Secret = field(default_factory=lambda: Secret(""))
 
@@ -429,7 +430,7 @@ class _Parser:
             body,
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
-             "lease_seconds", "storage_options"),
+             "lease_seconds", "storage_options", "quarantine_days"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -452,6 +453,9 @@ class _Parser:
             rate_limit_store=store,
             lease_seconds=self.number(
                 body.get("lease_seconds", defaults.lease_seconds), "settings.lease_seconds", low=1
+            ),
+            quarantine_days=self.number(
+                body.get("quarantine_days", defaults.quarantine_days), "settings.quarantine_days"
             ),
             storage_options=Secret(
                 json.dumps(self.options_tree(storage, "settings.storage_options"))
