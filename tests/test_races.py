@@ -115,20 +115,47 @@ def folder_cache(tmp_path: Path, fmt: str) -> tuple[UnifiedCache, Path]:
 # ---- 20.2: cleanup with criteria decides from the record it reads under the lock ---------------
 
 
-@pytest.mark.parametrize("fmt", ["csv.gz", "parquet"])
+def wait_for_advisory_waiter(pg_server: str, deadline: float = 90) -> None:
+    """Return once a second session polls for an advisory lock (the holder's is the first)."""
+    import psycopg
+
+    end = time.monotonic() + deadline
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        while time.monotonic() < end:
+            polling = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                " AND query LIKE 'SELECT pg_try_advisory_lock%'"
+            ).fetchone()
+            if polling and polling[0] >= 2:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the command never waited for the series lock")
+
+
+@pytest.mark.parametrize("fmt", ["csv.gz", "parquet", "postgresql"])
 def test_cleanup_before_waiting_for_a_populate_keeps_the_rows_it_appended(
-    tmp_path: Path, fmt: str
+    tmp_path: Path, fmt: str, request: pytest.FixtureRequest
 ) -> None:
-    cache, conf = folder_cache(tmp_path, fmt)
+    if fmt == "postgresql":
+        where = request.getfixturevalue("pg_url")
+        conf = tmp_path / "p.yaml"
+        conf.write_text("settings: {lock_wait: 60}\n")
+        cache = UnifiedCache(where, settings=parse_settings(""), lock_wait=30)
+    else:
+        cache, conf = folder_cache(tmp_path, fmt)
+        where = str(cache.root)
     bars = make_bars("2024-01-01", 24 * 61, "1h", seed=3)
     cache.put(bars.iloc[: 24 * 31], SYM, TF, "binance")  # January
-    holder = Holder(cache.root)
+    holder = Holder(where)
     cleanup = subprocess.Popen(
-        cli_args("cleanup", "--before", "2024-01-10", "--cache-dir", str(cache.root),
+        cli_args("cleanup", "--before", "2024-01-10", "--cache-dir", where,
                  "--config", str(conf), "--json"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    wait_for_lock_open(cleanup, cache.layout.lock_path(SYM, TF))
+    if fmt == "postgresql":
+        wait_for_advisory_waiter(request.getfixturevalue("pg_server"))
+    else:
+        wait_for_lock_open(cleanup, cache.layout.lock_path(SYM, TF))
     holder.commit_and_release(bars.iloc[24 * 31 :], tmp_path)  # February, appended meanwhile
     out, err = cleanup.communicate(timeout=120)
     assert cleanup.returncode == 0, err
