@@ -232,16 +232,24 @@ def test_an_interrupted_commit_rolls_forward_or_back(cache: UnifiedCache) -> Non
     cache.put(df.iloc[100:300].assign(close=df["close"].iloc[100:300] + 0.001,
                                       high=df["high"].iloc[100:300] + 0.001), "ABCUSDT", "1h")  # fmt: skip
     new_meta = (tf_dir / "2024.metadata.json").read_bytes()
-    # crash after the data rename, before the metadata: the pending record is promoted
+    # crash after the data rename, before the metadata: readers see the new state (in memory,
+    # writing nothing), and the next writer promotes the pending record
     (tf_dir / "2024.metadata.json").write_bytes(old_meta)
     (tf_dir / "2024.metadata.json.pending").write_bytes(new_meta)
     assert len(cache.get("ABCUSDT", "1h")) == 300
+    assert (tf_dir / "2024.metadata.json").read_bytes() == old_meta, "a reader wrote"
+    assert (tf_dir / "2024.metadata.json.pending").exists()
+    cache.remove_stale_temp_files("ABCUSDT", "1h")
+    cache.cleanup_leftovers()
     assert not (tf_dir / "2024.metadata.json.pending").exists()
+    assert json.loads((tf_dir / "2024.metadata.json").read_bytes()) == json.loads(new_meta)
     # crash before the data rename: the pending record does not match and is dropped
     data_file(cache, "ABCUSDT", "1h", 2024).write_bytes(old_data)
     (tf_dir / "2024.metadata.json").write_bytes(old_meta)
     (tf_dir / "2024.metadata.json.pending").write_bytes(new_meta)
     assert len(cache.get("ABCUSDT", "1h")) == 200
+    cache.put(df.iloc[:1], "ABCUSDT", "1h")  # a writer settles it (nothing new to add)
+    assert not (tf_dir / "2024.metadata.json.pending").exists()
     assert json.loads((tf_dir / "2024.metadata.json").read_bytes()) == json.loads(old_meta)
 
 
@@ -366,3 +374,62 @@ def test_the_format_of_an_existing_cache_wins_over_the_setting(cache: UnifiedCac
     again = UnifiedCache(cache.root, settings=parse_settings(f"settings: {{format: {other}}}"))
     assert again.backend.format == cache.backend.format
     assert len(again.get("ABCUSDT", "1h")) == 10
+
+
+def test_quarantined_copies_never_overwrite_each_other(cache: UnifiedCache) -> None:
+    files_only(cache)
+    damaged = []
+    for i in range(3):  # three corrupt versions of one year set aside within a second
+        cache.put(make_bars("2024-01-01", 50, seed=i), "ABCUSDT", "1h")
+        path = data_file(cache, "ABCUSDT", "1h", 2024)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        damaged.append(bytes(data))
+        assert cache.quarantine_year("ABCUSDT", "1h", 2024)
+    folder = path.parent
+    asides = list(folder.glob(f"2024{suffix(cache)}.corrupt-*"))
+    assert sorted(p.read_bytes() for p in asides) == sorted(damaged)
+    records = list(folder.glob("2024.metadata.json.corrupt-*"))
+    assert len(records) == 3
+    stamps = {p.name.partition(".corrupt-")[2] for p in asides}
+    assert stamps == {p.name.partition(".corrupt-")[2] for p in records}, "pairs share a stamp"
+
+
+def test_cleanup_removes_quarantined_copies_older_than_quarantine_days(
+    cli: Any, cache: UnifiedCache, tmp_path: Path
+) -> None:
+    import os
+    import time
+
+    files_only(cache)
+    folder = cache.layout.timeframe_dir("ABCUSDT", "1h")
+    ages: dict[str, float] = {}
+    for days in (45, 12, 0):  # three corrupt versions of the year, set aside 45, 12, 0 days ago
+        cache.put(make_bars("2024-01-01", 50, seed=int(days)), "ABCUSDT", "1h")
+        path = data_file(cache, "ABCUSDT", "1h", 2024)
+        path.write_bytes(path.read_bytes()[:-20])
+        before = set(folder.iterdir())
+        cache.quarantine_year("ABCUSDT", "1h", 2024)
+        for aside in set(folder.iterdir()) - before:
+            when = time.time() - days * 86400
+            os.utime(aside, (when, when))
+            ages[aside.name] = days
+    assert len(ages) == 6
+    cache.put(make_bars("2024-01-01", 50), "ABCUSDT", "1h")
+    conf = tmp_path / "p.yaml"
+    conf.write_text(f"settings: {{format: {cache.backend.format}}}\n")
+    where = ("--cache-dir", str(cache.root), "--config", str(conf))
+    plan = cli("cleanup", "--dry-run", "--json", *where)
+    assert plan.code == 0, plan.err
+    listed = {Path(a["path"]).name: a["reason"] for a in plan.json()["actions"]}
+    old = {name for name, days in ages.items() if days > 30}
+    assert set(listed) == old
+    assert all("quarantined" in why and "30 days" in why for why in listed.values())
+    assert all((folder / name).exists() for name in ages), "a dry run removes nothing"
+    assert cli("cleanup", *where).code == 0
+    assert {p.name for p in folder.glob("*.corrupt-*")} == set(ages) - old
+    conf.write_text(f"settings: {{format: {cache.backend.format}, quarantine_days: 7}}\n")
+    assert cli("cleanup", *where).code == 0
+    assert {p.name for p in folder.glob("*.corrupt-*")} == {n for n, d in ages.items() if d < 7}
+    assert len(cache.get("ABCUSDT", "1h")) == 50, "the live year is untouched"

@@ -267,14 +267,16 @@ class UnifiedCache:
         return self.record(symbol, timeframe, year).to_json()
 
     def read_year(self, symbol: str, timeframe: str, year: int) -> pd.DataFrame:
-        """One year's rows as committed; CorruptFile if they do not match the record."""
-        key = Key.of(symbol, timeframe, year)
-        return self.backend.read_rows(key, self.backend.read_record(key))
+        """One year's rows as committed (no lock: a commit racing the read is read again);
+        CorruptFile if they do not match the record; empty when the year is not stored."""
+        from marketcache.frames import empty_frame
+
+        found = self.backend.read_year(Key.of(symbol, timeframe, year))
+        return empty_frame() if found is None else found[1]
 
     def verify_year(self, symbol: str, timeframe: str, year: int) -> None:
         """Check a year's committed data against its record without parsing it."""
-        key = Key.of(symbol, timeframe, year)
-        self.backend.verify(key, self.backend.read_record(key))
+        self.backend.verify_year(Key.of(symbol, timeframe, year))
 
     def get(
         self,
@@ -304,11 +306,12 @@ class UnifiedCache:
         hi = parse_date(end, option="end") if end is not None else None
         if lo is not None and hi is not None and lo >= hi:
             raise UsageError(f"start {lo} is not before end {hi}")
-        frames = [
-            self.read_year(sym, tf, y)
+        found = [
+            self.backend.read_year(Key(sym, tf, y))
             for y in self.backend.years(sym, tf)
             if not ((lo is not None and y < lo.year) or (hi is not None and y > hi.year))
         ]
+        frames = [rows for _, rows in filter(None, found)]  # a year removed meanwhile is gone
         if not frames:
             return empty_frame()
         df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
@@ -392,10 +395,13 @@ class UnifiedCache:
         self, symbol: str, timeframe: str, year: int, *, min_score: float, fix: bool = False
     ) -> YearCheck:
         """validate's verdict on one year (see `repair`)."""
-        from marketcache.repair import check_year
+        from marketcache.repair import YearCheck, check_year
 
         key = Key.of(symbol, timeframe, year)
         with self.lock(key.symbol, key.timeframe):
+            if key.year not in self.backend.raw_years(*key.series):
+                # removed (by cleanup) after validate listed it: nothing to check, not corrupt
+                return YearCheck(*key.series, key.year, self.where(key), "gone")
             check = check_year(
                 self.writer(*key.series), key, self.where(key), min_score=min_score, fix=fix
             )
@@ -430,11 +436,17 @@ class UnifiedCache:
         return series_state(self, sym, tf, years, expected, repair=repair)
 
     def cleanup_leftovers(self, *, dry_run: bool = False) -> list[CleanupAction]:
-        """Remove temp files, records without data, data without records and empty folders."""
-        found = self.backend.leftovers(dry_run=dry_run)
+        """Remove temp files, records without data, data without records and empty folders
+        (each series under its lock), and quarantined copies older than
+        `settings.quarantine_days`."""
+        found = self.backend.leftovers(dry_run=dry_run, wait=self.lock_wait)
+        days = self.settings.options.quarantine_days
+        aged = self.backend.purge_quarantine(days, dry_run=dry_run)
         if not dry_run and self.backend.exists():
             self.catalog.rebuild()
-        return [CleanupAction(where, "remove-leftover", reason=why) for where, why in found]
+        return [CleanupAction(where, "remove-leftover", reason=why) for where, why in found] + [
+            CleanupAction(where, "remove-quarantined", reason=why) for where, why in aged
+        ]
 
     def where(self, key: Key) -> str:
         """A year's location for messages: its data file, or the backend and key."""

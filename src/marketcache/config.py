@@ -126,6 +126,7 @@ class Options:
     fundamentals_keep: int = 3  # snapshots kept per provider
     rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
     lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
+    quarantine_days: float = 30.0  # `cleanup` removes copies set aside longer ago than this
     # object storage: the fsspec options as JSON, kept secret (keys may be in it)
     storage_options: Secret = field(default_factory=lambda: Secret(""))
     max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
@@ -469,7 +470,8 @@ class _Parser:
             body,
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
-             "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb"),
+             "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb",
+             "quarantine_days"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -506,6 +508,11 @@ class _Parser:
                 "settings.lease_seconds",
                 low=1,
                 high=86_400,
+            ),
+            quarantine_days=self.number(
+                body.get("quarantine_days", defaults.quarantine_days),
+                "settings.quarantine_days",
+                high=36_500,
             ),
             storage_options=Secret(
                 json.dumps(self.options_tree(storage, "settings.storage_options"))

@@ -63,28 +63,38 @@ def copy_cache(
     symbol: str | None = None,
     timeframe: str | None = None,
 ) -> CopyReport:
+    """Copy series by series, each under DEST's series lock held across its years (so that a
+    command racing on DEST runs wholly before or after the series' copy); SRC is read without
+    a lock, each year as one commit made it."""
     report = CopyReport(src.backend.location, dest.backend.location, dest.backend.format)
-    touched: set[tuple[str, str]] = set()
-    for key in src.backend.keys(symbol, timeframe):
-        entry = CopiedYear(key.symbol, key.timeframe, key.year, "copied")
-        try:
-            if _copy_year(src, dest, key, entry):
-                touched.add(key.series)
-        except (CorruptFile, StorageError) as exc:
-            entry.status, entry.reason = "failed", str(exc)
-        report.years.append(entry)
-    for sym in sorted({k.symbol for k in src.backend.keys(symbol, timeframe)}):
+    keys = src.backend.keys(symbol, timeframe)
+    for series in sorted({k.series for k in keys}):
+        copied = False
+        with dest.lock(*series):
+            for key in (k for k in keys if k.series == series):
+                entry = CopiedYear(key.symbol, key.timeframe, key.year, "copied")
+                try:
+                    copied = _copy_year(src, dest, key, entry) or copied
+                except (CorruptFile, StorageError) as exc:
+                    entry.status, entry.reason = "failed", str(exc)
+                report.years.append(entry)
+            if copied:
+                dest.catalog.refresh(*series)
+    for sym in sorted({k.symbol for k in keys}):
         actions = src.backend.read_document(sym, ACTIONS_FILE)
-        if actions is not None and actions != dest.backend.read_document(sym, ACTIONS_FILE):
-            dest.backend.write_document(sym, ACTIONS_FILE, actions)
-    for series in sorted(touched):
-        dest.catalog.refresh(*series)
+        if actions is None:
+            continue
+        with dest.backend.lock(sym, "actions", wait=dest.lock_wait):
+            if actions != dest.backend.read_document(sym, ACTIONS_FILE):
+                dest.backend.write_document(sym, ACTIONS_FILE, actions)
     return report
 
 
 def _copy_year(src: UnifiedCache, dest: UnifiedCache, key: Key, entry: CopiedYear) -> bool:
+    """One year (DEST's series lock held): skipped when DEST holds it already, as read now."""
     record = src.backend.read_record(key)
     entry.rows = record.rows
+    dest.backend.recover(key)
     if key.year in dest.backend.years(*key.series):
         there = dest.backend.read_record(key)
         same = there.file_info.extra.get(COPIED_FROM) == record.file_info.sha256 or (
@@ -94,17 +104,20 @@ def _copy_year(src: UnifiedCache, dest: UnifiedCache, key: Key, entry: CopiedYea
         if same and there.rows == record.rows:
             entry.status, entry.reason = "skipped", "already there"
             return False
-    rows = src.backend.read_rows(key, record)  # verified against the source record
+    found = src.backend.read_year(key)  # verified against the record it read
+    if found is None:
+        entry.status, entry.reason = "skipped", "removed from the source meanwhile"
+        return False
+    record, rows = found
+    entry.rows = record.rows
     copied = YearRecord.from_json(record.to_json(), key)
     copied.file_info = FileInfo(
         columns=list(record.file_info.columns),
         last_row=record.file_info.last_row,
         extra={COPIED_FROM: record.file_info.sha256},
     )
-    with dest.lock(*key.series):
-        dest.backend.recover(key)
-        committed = dest.backend.write_year(key, rows, copied)
-        back = dest.backend.read_rows(key, committed)
+    committed = dest.backend.write_year(key, rows, copied)
+    back = dest.backend.read_rows(key, committed)
     if len(back) != len(rows) or not back.equals(rows.reindex(columns=back.columns)):
         raise StorageError(f"{key}: the copy in {dest.backend.location} does not read back equal")
     return True

@@ -68,43 +68,68 @@ def apply_cutoff(
     *,
     dry_run: bool,
 ) -> list[CleanupAction]:
-    """Delete the years before `cut` and trim the year holding it (each under its lock)."""
+    """Delete the years before `cut` and trim the year holding it, one series at a time under
+    its lock (held across the series' years, so a racing populate runs wholly before or after),
+    deciding from the records read under that lock. A dry run reads without a lock."""
     actions: list[CleanupAction] = []
-    touched: set[tuple[str, str]] = set()
-    for key, rec in list(cache.catalog.records(symbol, timeframe)):
-        if isinstance(rec, CorruptFile):
+    for sym, tf in sorted({k.series for k in cache.backend.keys(symbol, timeframe)}):
+        if dry_run:
+            actions += _cut_series(cache, cut, sym, tf, apply=False)
             continue
-        verdict, where = decide(key.year, rec.start_date, cut), cache.where(key)
+        with cache.lock(sym, tf):
+            done = _cut_series(cache, cut, sym, tf, apply=True)
+            if done:
+                cache.catalog.refresh(sym, tf)
+        actions += done
+    return actions
+
+
+def _cut_series(
+    cache: UnifiedCache, cut: pd.Timestamp, sym: str, tf: str, *, apply: bool
+) -> list[CleanupAction]:
+    """One series' cut; with `apply` the caller holds the series lock and it is done."""
+    actions: list[CleanupAction] = []
+    backend = cache.backend
+    writer = cache.writer(sym, tf) if apply else None
+    for key in backend.keys(sym, tf):  # listed afresh: under the lock, what is there now
+        if apply:
+            backend.recover(key)
+        try:
+            rec = backend.read_record(key)
+        except CorruptFile:
+            continue
+        verdict = decide(key.year, rec.start_date, cut)
         if verdict == "keep":
             continue
-        with cache.lock(*key.series):
-            if verdict == "delete":
-                removed, left = rec.rows, None
-            else:
-                df = cache.backend.read_rows(key, rec)
-                left = df[df["timestamp"] >= cut].reset_index(drop=True)
-                removed = len(df) - len(left)
-                if not removed:
-                    continue
-            gone = left is None or left.empty
-            why = f"before {cut.date()}" if verdict == "delete" else f"before {cut}"
-            actions.append(
-                CleanupAction(
-                    where,
-                    "delete-year" if gone else "trim-year",
-                    *key.series,
-                    key.year,
-                    removed,
-                    why,
-                )
-            )
-            if dry_run:
+        left = None
+        if verdict == "delete":
+            removed = rec.rows
+        else:
+            found = backend.read_year(key)
+            if found is None:
                 continue
-            if left is None or left.empty:
-                cache.backend.delete(key)
-            else:
-                cache.writer(*key.series).rewrite(key, rec, left, rec.data_source)
-            touched.add(key.series)
-    for sym, tf in touched:
-        cache.catalog.refresh(sym, tf)
+            rec, df = found
+            left = df[df["timestamp"] >= cut].reset_index(drop=True)
+            removed = len(df) - len(left)
+            if not removed:
+                continue
+        gone = left is None or left.empty
+        why = f"before {cut.date()}" if verdict == "delete" else f"before {cut}"
+        actions.append(
+            CleanupAction(
+                cache.where(key),
+                "delete-year" if gone else "trim-year",
+                sym,
+                tf,
+                key.year,
+                removed,
+                why,
+            )
+        )
+        if writer is None:
+            continue
+        if left is None or left.empty:
+            backend.delete(key)
+        else:
+            writer.rewrite(key, rec, left, rec.data_source)
     return actions

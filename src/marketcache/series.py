@@ -18,6 +18,7 @@ ACTIONS_FILE = "corporate_actions.json"
 
 if TYPE_CHECKING:
     from marketcache.cache import SeriesState, UnifiedCache
+    from marketcache.records import YearRecord
 
 
 def series_state(
@@ -39,8 +40,7 @@ def series_state(
     for year in (y for y in years if y in stored):
         key = Key(sym, tf, year)
         try:
-            rec = cache.backend.read_record(key)
-            cache.backend.verify(key, rec)
+            rec = _year_state(cache, key, expected, present)
         except CorruptFile as exc:
             if repair:
                 aside = cache.quarantine_year(sym, tf, year)
@@ -48,6 +48,8 @@ def series_state(
             else:
                 state.notes.append(f"{exc}; a run would move it aside and fetch it again")
             continue
+        if rec is None:
+            continue  # removed since it was listed (a dry run holds no lock)
         for ve in rec.coverage.verified_empty:
             checked = pd.Timestamp(ve["checked_at"])
             if checked.tzinfo is not None:
@@ -55,18 +57,33 @@ def series_state(
             state.verified_empty.append(
                 VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
             )
-        if not rec.rows or rec.start_date is None or rec.end_date is None:
-            continue
-        counts = rec.counts
-        if counts.missing_bars == 0 and counts.off_calendar == 0 and counts.rows:
-            first, last = pd.Timestamp(rec.start_date), pd.Timestamp(rec.end_date)
-            inside = expected[(expected >= first) & (expected <= last)]
-            present.append(inside.to_numpy(dtype="datetime64[ns]"))  # no read needed
-        else:
-            df = cache.backend.read_rows(key, rec)
-            present.append(df["timestamp"].to_numpy(dtype="datetime64[ns]"))
     state.present = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
     return state
+
+
+def _year_state(
+    cache: UnifiedCache, key: Key, expected: Any, present: list[Any]
+) -> YearRecord | None:
+    """One year's verified record (None: gone), its stored bar times added to `present` —
+    from the record when the year is gap-free, else read. Reads take no lock, so a populate
+    --dry-run racing a writer reads the year's old state or its new one."""
+    import pandas as pd
+
+    rec = cache.backend.verify_year(key)
+    if rec is None or not rec.rows or rec.start_date is None or rec.end_date is None:
+        return rec
+    counts = rec.counts
+    if counts.missing_bars == 0 and counts.off_calendar == 0 and counts.rows:
+        first, last = pd.Timestamp(rec.start_date), pd.Timestamp(rec.end_date)
+        inside = expected[(expected >= first) & (expected <= last)]
+        present.append(inside.to_numpy(dtype="datetime64[ns]"))  # no read needed
+        return rec
+    found = cache.backend.read_year(key)
+    if found is None:
+        return None
+    rec, df = found
+    present.append(df["timestamp"].to_numpy(dtype="datetime64[ns]"))
+    return rec
 
 
 def readjust(cache: UnifiedCache, sym: str, tf: str) -> list[int]:

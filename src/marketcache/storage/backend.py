@@ -10,15 +10,22 @@ atomically), `write_record`, `delete`, `lock`, and the document calls. The rest 
 defaults that a backend overrides when it can do better (an append that writes only the new
 rows, a checksum check that does not parse, recovery of a commit a crash interrupted,
 quarantine and salvage of damaged data, housekeeping).
+
+Readers take no lock: `read_year` and `verify_year` read a year while writers may commit it,
+and only a mismatch that persists against a record that stayed the same is corruption.
+Writers hold the series lock and re-read the record under it before they decide anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from marketcache.errors import CorruptFile
+from marketcache.storage.lock import DEFAULT_WAIT
 from marketcache.symbols import normalize_symbol
 from marketcache.timeframes import TIMEFRAMES, parse_timeframe
 
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from marketcache.records import YearRecord
+
+READ_ATTEMPTS = 8  # a reader re-reads a year this often while writers commit it
 
 
 @dataclass(frozen=True, order=True)
@@ -106,6 +115,48 @@ class StorageBackend:
     def delete_document(self, symbol: str, name: str) -> None:
         raise NotImplementedError
 
+    # ---- lockless reads -------------------------------------------------------------------
+
+    def read_year(self, key: Key) -> tuple[YearRecord, pd.DataFrame] | None:
+        """The year's record and the rows it committed, read without a lock; None when the
+        year is gone (deleted or set aside since it was listed)."""
+        return self._consistent(key, self.read_rows)
+
+    def verify_year(self, key: Key) -> YearRecord | None:
+        """The year's record, its data checked against it without a lock (None: gone)."""
+        found = self._consistent(key, self.verify)
+        return None if found is None else found[0]
+
+    def _consistent(
+        self, key: Key, step: Callable[[Key, YearRecord], Any]
+    ) -> tuple[YearRecord, Any] | None:
+        """`step(key, record)` on the year's current record. A writer may commit between
+        the record read and the data read: on a mismatch the record is read again, and a
+        changed record is tried afresh; the same record again means the data is corrupt."""
+        record = self._current(key)
+        for attempt in range(READ_ATTEMPTS):
+            if record is None:
+                return None
+            try:
+                return record, step(key, record)
+            except CorruptFile:
+                again = self._current(key)
+                if again is not None and _same_commit(again, record):
+                    raise
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                record = again
+                time.sleep(0.002 * attempt)  # let a writer in mid-commit reach its record
+        return None  # pragma: no cover - the loop returns or raises
+
+    def _current(self, key: Key) -> YearRecord | None:
+        try:
+            return self.read_record(key)
+        except CorruptFile:
+            if key.year not in self.years(*key.series):
+                return None  # gone: removed since it was listed
+            raise
+
     # ---- optional hooks ------------------------------------------------------------------
 
     def symbols(self) -> list[str]:
@@ -153,8 +204,14 @@ class StorageBackend:
         """Years with data or a record (validate looks at both)."""
         return self.years(symbol, timeframe)
 
-    def leftovers(self, *, dry_run: bool) -> list[tuple[str, str]]:
-        """Remove (or with dry_run only list) what interrupted writes left: (where, why)."""
+    def leftovers(self, *, dry_run: bool, wait: float = DEFAULT_WAIT) -> list[tuple[str, str]]:
+        """Remove (or with dry_run only list) what interrupted writes left: (where, why).
+        A removal that could race a live commit holds its series lock, waiting `wait`."""
+        return []
+
+    def purge_quarantine(self, days: float, *, dry_run: bool) -> list[tuple[str, str]]:
+        """Remove (or list) the copies `quarantine` and `salvage` set aside more than `days`
+        days ago (`settings.quarantine_days`): (where, why)."""
         return []
 
     def read_index(self, name: str) -> Any:
@@ -174,3 +231,9 @@ class StorageBackend:
     def describe(self) -> dict[str, Any]:
         """What `info` shows about where the cache lives."""
         return {"backend": self.name, "location": self.location, "format": self.format}
+
+
+def _same_commit(a: YearRecord, b: YearRecord) -> bool:
+    """Whether two reads of a record found the same commit (same committed bytes)."""
+    fa, fb = a.file_info, b.file_info
+    return (fa.sha256, fa.size_bytes, fa.rows) == (fb.sha256, fb.size_bytes, fb.rows)

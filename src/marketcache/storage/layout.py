@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 from marketcache.errors import UsageError
@@ -17,6 +19,14 @@ PENDING_SUFFIX = ".pending"
 TEMP_MARK = ".tmp-"
 LOCK_NAME = ".lock"
 QUARANTINE_MARK = ".corrupt-"
+
+
+def quarantine_mark(now: datetime | None = None) -> str:
+    """`.corrupt-<UTC time to the microsecond>Z-<random>`: what a copy set aside is named with
+    (after the name it had). Unique, so that no copy ever overwrites another; a year's data and
+    record set aside together share one mark."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{QUARANTINE_MARK}{stamp}-{secrets.token_hex(3)}"
 
 
 def year_file(name: str) -> tuple[int, str] | None:

@@ -6,6 +6,10 @@ gzip member, fsynced) → record → drop the pending record. Whatever instant a
 matches the data is promoted, any other is dropped, and bytes past the committed size are a
 torn tail that readers ignore and the next append cuts. Appends write no pending record:
 until the record names the new size, the new member is such a torn tail.
+
+Readers take no lock and write nothing: a pending record whose data is already on disk is the
+year's new state, read as such (in memory); writers, holding the series lock, settle it on disk.
+Everything that removes files of a series folder (`leftovers`) holds that series' lock too.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from marketcache.errors import CorruptFile, StorageError
 from marketcache.records import YearRecord
-from marketcache.storage.atomic import append_durable, write_atomic
+from marketcache.storage.atomic import append_durable, held_by_a_writer, write_atomic
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import decode_checked
 from marketcache.storage.files.codecs import Codec, codec, suffix
@@ -30,11 +34,13 @@ from marketcache.storage.layout import (
     QUARANTINE_MARK,
     TEMP_MARK,
     CacheLayout,
+    quarantine_mark,
     year_file,
 )
-from marketcache.storage.lock import hold
+from marketcache.storage.lock import DEFAULT_WAIT, hold
 from marketcache.storage.metadata import read_json, read_metadata, write_json, write_metadata
-from marketcache.symbols import normalize_symbol
+from marketcache.symbols import decode_symbol, normalize_symbol
+from marketcache.timeframes import TIMEFRAMES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -113,11 +119,28 @@ class FileBackend(StorageBackend):
         )
 
     def read_record(self, key: Key) -> YearRecord:
-        _, meta, pending = self._paths(key)
-        if pending.exists():
-            with self.lock(key.symbol, key.timeframe, wait=600):
-                self.recover(key)
-        return YearRecord.from_json(read_metadata(meta), meta)
+        """The year's current record: a commit's pending record once its data is on disk (the
+        new state, before the commit or the next writer promotes it), else the record."""
+        _, meta, _ = self._paths(key)
+        return self._promotable(key) or YearRecord.from_json(read_metadata(meta), meta)
+
+    def _promotable(self, key: Key) -> YearRecord | None:
+        """The pending record of a commit under way (or interrupted) when the data on disk is
+        the one it describes; None when there is none or its data never arrived."""
+        data, _, pending = self._paths(key)
+        try:
+            new = YearRecord.from_json(read_metadata(pending), pending)
+        except CorruptFile:  # none (the common case), or unreadable: not a state to read
+            return None
+        size = new.file_info.size_bytes
+        try:
+            if data.stat().st_size >= size and (
+                _sha256_prefix(data, size).hexdigest() == new.file_info.sha256
+            ):
+                return new
+        except FileNotFoundError:
+            pass
+        return None
 
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
         path = self._paths(key)[0]
@@ -204,25 +227,13 @@ class FileBackend(StorageBackend):
             )
 
     def recover(self, key: Key) -> None:
-        data, meta, pending = self._paths(key)
+        _, meta, pending = self._paths(key)
         if not pending.exists():
             return
-        try:
-            new = YearRecord.from_json(read_metadata(pending), pending)
-        except CorruptFile:
-            pending.unlink()
-            return
-        size = new.file_info.size_bytes
-        try:
-            matches = (
-                data.stat().st_size >= size
-                and _sha256_prefix(data, size).hexdigest() == new.file_info.sha256
-            )
-        except FileNotFoundError:
-            matches = False
-        if matches:
+        new = self._promotable(key)
+        if new is not None:
             write_metadata(meta, new.to_json())
-        pending.unlink()
+        pending.unlink(missing_ok=True)
 
     def cut_torn_tail(self, key: Key, record: YearRecord) -> bool:
         data = self._paths(key)[0]
@@ -245,9 +256,10 @@ class FileBackend(StorageBackend):
 
     def quarantine(self, key: Key) -> str | None:
         data, meta, _ = self._paths(key)
-        aside = _aside(data) if data.exists() else None
+        mark = quarantine_mark()  # the data and its record set aside under one mark
+        aside = _aside(data, mark) if data.exists() else None
         if meta.exists():
-            _aside(meta)
+            _aside(meta, mark)
         return aside.name if aside else None
 
     def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
@@ -255,40 +267,97 @@ class FileBackend(StorageBackend):
         if not data.exists():
             return None, f"{data}: data file is missing", ""
         df, note = self.codec.salvage(data.read_bytes())
-        return df, note, _aside(data, copy=True).name
+        return df, note, _aside(data, quarantine_mark(), copy=True).name
 
-    def leftovers(self, *, dry_run: bool) -> list[tuple[str, str]]:
+    def leftovers(self, *, dry_run: bool, wait: float = DEFAULT_WAIT) -> list[tuple[str, str]]:
+        """What interrupted writes left, removed (or with dry_run only listed).
+
+        A series folder is cleaned holding its series lock (waiting at most `wait`): a live
+        commit holds it from its pending record to its last rename, so no part of one is ever
+        taken for a leftover, and interrupted commits are settled first. Elsewhere (a symbol's
+        documents) only temp files that no live writer holds go. A dry run takes no lock and
+        writes nothing: it lists what it sees."""
         found: list[tuple[str, str]] = []
+        gone: set[Path] = set()  # what this pass removed (or, dry, would remove)
         if not self.root.is_dir():
             return found
-        for key in {
-            Key(s, t, y)
-            for s in self.symbols_on_disk()
-            for t in self.layout.timeframes(s)
-            for y in self.raw_years(s, t)
-        }:
-            if self._paths(key)[2].exists():
-                with self.lock(key.symbol, key.timeframe, wait=600):
-                    self.recover(key)
-        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
+        for dirpath, _dirnames, _filenames in os.walk(self.root, topdown=False):
             here = Path(dirpath)
             if here == self.layout.index_dir or self.layout.index_dir in here.parents:
                 continue
-            for name in filenames:
-                why = _leftover_reason(here / name)
-                if why:
-                    found.append((str(here / name), why))
-                    if not dry_run:
-                        (here / name).unlink(missing_ok=True)
-            if here == self.root:
+            series = self._series_folder(here)
+            if series is None or dry_run:
+                found += self._clean(here, None, gone, dry_run=dry_run)
                 continue
-            gone = {Path(p) for p, _ in found}
-            if not [p for p in here.iterdir() if p.name != LOCK_NAME and p not in gone]:
-                found.append((str(here), "empty folder"))
-                if not dry_run:
-                    with contextlib.suppress(OSError):
-                        (here / LOCK_NAME).unlink(missing_ok=True)
-                        here.rmdir()
+            with self.lock(*series, wait=wait):
+                found += self._clean(here, series, gone, dry_run=False)
+        return found
+
+    def _series_folder(self, here: Path) -> tuple[str, str] | None:
+        """(symbol, timeframe) when `here` is a series folder ROOT/SYMBOL/TF."""
+        if here.parent.parent != self.root or here.name not in TIMEFRAMES:
+            return None
+        symbol = decode_symbol(here.parent.name)
+        return (symbol, here.name) if symbol is not None else None
+
+    def _clean(
+        self, here: Path, locked: tuple[str, str] | None, gone: set[Path], *, dry_run: bool
+    ) -> list[tuple[str, str]]:
+        """One folder's leftovers (added to `gone`); `locked`: the series whose lock the
+        caller holds."""
+        found: list[tuple[str, str]] = []
+        if locked is not None:
+            for year in self.layout.years(*locked, ("pending",)):
+                self.recover(Key(*locked, year))
+        for path in sorted(here.iterdir()) if here.is_dir() else []:
+            if not path.is_file():
+                continue
+            why = _leftover_reason(path)
+            if not why:
+                continue
+            live = TEMP_MARK in path.name and locked is None and not dry_run
+            if live and held_by_a_writer(path):
+                continue  # a live write of a document
+            if why.startswith("pending") and locked is None and not dry_run:
+                continue  # settled only under the series lock
+            found.append((str(path), why))
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        if here == self.root:
+            return found
+        gone.update(Path(p) for p, _ in found)
+        if here.is_dir() and not [
+            p for p in here.iterdir() if p.name != LOCK_NAME and p not in gone
+        ]:
+            found.append((str(here), "empty folder"))
+            gone.add(here)
+            if not dry_run:
+                with contextlib.suppress(OSError):  # not empty any more: a writer came
+                    (here / LOCK_NAME).unlink(missing_ok=True)
+                    here.rmdir()
+        return found
+
+    def purge_quarantine(self, days: float, *, dry_run: bool) -> list[tuple[str, str]]:
+        """Copies set aside (`YEAR.<suffix>.corrupt-…`, `YEAR.metadata.json.corrupt-…`, beside
+        the year) more than `days` days ago; no writer touches them, so no lock is needed."""
+        import time
+
+        found: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return found
+        oldest = time.time() - days * 86400
+        for symbol in self.layout.symbols():
+            for tf in self.layout.timeframes(symbol):
+                folder = self.layout.timeframe_dir(symbol, tf)
+                for path in sorted(folder.glob(f"*{QUARANTINE_MARK}*")):
+                    try:
+                        old = path.is_file() and path.stat().st_mtime < oldest
+                    except FileNotFoundError:
+                        continue
+                    if old:
+                        found.append((str(path), f"quarantined copy older than {days:g} days"))
+                        if not dry_run:
+                            path.unlink(missing_ok=True)
         return found
 
     def symbols_on_disk(self) -> list[str]:
@@ -354,13 +423,15 @@ def _sha256_prefix(path: Path, size: int) -> Any:
     return h
 
 
-def _aside(path: Path, *, copy: bool = False) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}{QUARANTINE_MARK}{stamp}")
+def _aside(path: Path, mark: str, *, copy: bool = False) -> Path:
+    """Set `path` aside as `path` + `mark` (moved, or copied); its mtime says when, which is
+    what `cleanup` ages quarantined copies by."""
+    aside = path.with_name(f"{path.name}{mark}")
     if copy:
         write_atomic(aside, path.read_bytes())
     else:
         os.replace(path, aside)
+        os.utime(aside)
     return aside
 
 

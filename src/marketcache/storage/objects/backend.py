@@ -498,7 +498,7 @@ class ObjectBackend(StorageBackend):
         self.store.put(aside, found[0])
         return df, note, aside.rpartition("/")[2]
 
-    def leftovers(self, *, dry_run: bool) -> list[tuple[str, str]]:
+    def leftovers(self, *, dry_run: bool, wait: float = 600.0) -> list[tuple[str, str]]:
         """Interrupted commits settled (each under its series lease), then data objects no
         record backs, then the leases of dead writers: afterwards exactly one data object backs
         each record."""
@@ -516,11 +516,13 @@ class ObjectBackend(StorageBackend):
         for (symbol, tf), years in sorted(series.items()):
             for year, kinds in sorted(years.items()):
                 key = Key(symbol, tf, year)
-                found += self._leftovers_of(key, kinds, dry_run=dry_run)
+                found += self._leftovers_of(key, kinds, dry_run=dry_run, wait=wait)
         swept = self.leases.sweep(f"{INDEX_DIR}/locks/", dry_run=dry_run)
         return found + [(f"{self.location}/{name}", why) for name, why in swept]
 
-    def _leftovers_of(self, key: Key, kinds: set[str], *, dry_run: bool) -> list[tuple[str, str]]:
+    def _leftovers_of(
+        self, key: Key, kinds: set[str], *, dry_run: bool, wait: float
+    ) -> list[tuple[str, str]]:
         data_name, meta_name, pending_name = self._names(key)
         found: list[tuple[str, str]] = []
         interrupted = "pending" in kinds
@@ -531,7 +533,7 @@ class ObjectBackend(StorageBackend):
             where = pending_name if "pending" in kinds else meta_name
             found.append((f"{self.location}/{where}", "interrupted commit"))
             if not dry_run:
-                with self.lock(*key.series, wait=600):
+                with self.lock(*key.series, wait=wait):
                     self.recover(key)
                 names = self.store.listing(self._series(*key.series) + str(key.year))
                 kinds = {k for n, k in ((data_name, "data"), (meta_name, "meta")) if n in names}
