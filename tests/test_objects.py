@@ -874,3 +874,30 @@ def test_machines_sharing_a_local_fsspec_store_judge_leases_without_their_clocks
     with patient.lock("ABCUSDT", "1h"):
         waited = time.monotonic() - killed
     assert waited < 3 + 6, f"blocked {waited:.1f}s after the holder died (lease 3s)"
+
+
+@pytest.mark.parametrize("where", ["s3", "memory"])
+def test_cleanup_removes_quarantined_objects_only_after_quarantine_days(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """A year set aside stays through `cleanup` while younger than quarantine_days, and goes
+    once older (by the store's clock on S3, by the stamp in its name on a clockless store)."""
+    url = request.getfixturevalue("s3_url") if where == "s3" else "memory://quarantine-age/c"
+    cache = UnifiedCache(url, settings=settings())
+    cache.put(make_bars("2023-12-31", 48), "ABCUSDT", "1h")
+    first = cache.quarantine_year("ABCUSDT", "1h", 2023)
+    second = cache.quarantine_year("ABCUSDT", "1h", 2024)
+    assert first and second and first != second
+    names = [n for n in cache.backend.store.listing() if ".corrupt-" in n]
+    assert len(names) == 4, names  # data and record of each year, none overwritten
+    assert not [a for a in cache.cleanup_leftovers() if "quarantined" in a.reason]
+    time.sleep(2.2)  # older than the quarantine below, by any clock's second
+    young = ObjectBackend(url, options={}, quarantine_days=30)
+    assert not [a for a in UnifiedCache(young).cleanup_leftovers() if "quarantined" in a.reason]
+    old = ObjectBackend(url, options={}, quarantine_days=1 / 86400)  # one second
+    gone = [
+        a for a in UnifiedCache(old).cleanup_leftovers(dry_run=True) if "quarantined" in a.reason
+    ]
+    assert len(gone) == 4 and len([n for n in old.store.listing() if ".corrupt-" in n]) == 4
+    assert len([a for a in UnifiedCache(old).cleanup_leftovers() if "quarantined" in a.reason]) == 4
+    assert not [n for n in old.store.listing() if ".corrupt-" in n]

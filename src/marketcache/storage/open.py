@@ -80,9 +80,7 @@ def open_backend(location: str | os.PathLike[str], settings: Settings) -> Storag
     if kind in ("postgresql", "postgres"):
         from marketcache.storage.postgres import PostgresBackend
 
-        # h-race's settings key (same name); 30 days where this build has none yet
-        days = float(getattr(settings.options, "quarantine_days", 30.0))
-        return PostgresBackend(os.fspath(location), quarantine_days=days)
+        return PostgresBackend(os.fspath(location), quarantine_days=_quarantine_days(settings))
     try:
         import fsspec  # noqa: F401
     except ImportError:
@@ -97,4 +95,11 @@ def open_backend(location: str | os.PathLike[str], settings: Settings) -> Storag
         default_format=fmt,
         options=json.loads(raw) if raw else {},
         lease_seconds=settings.options.lease_seconds,
+        quarantine_days=_quarantine_days(settings),
     )
+
+
+def _quarantine_days(settings: Settings) -> float:
+    """settings.quarantine_days (h-race's key, the same name on every backend); 30 where a
+    build has none yet."""
+    return float(getattr(settings.options, "quarantine_days", 30.0))

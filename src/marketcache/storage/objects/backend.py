@@ -108,12 +108,14 @@ class ObjectBackend(StorageBackend):
         default_format: str = "csv.gz",
         options: dict[str, Any] | None = None,
         lease_seconds: float = 60.0,
+        quarantine_days: float = 30.0,
     ) -> None:
         self.store = open_store(url, options or {})
         super().__init__(self.store.url)
         self.store.check()  # a missing bucket is a usage error, named, before anything else
         self._root_listing: tuple[float, list[Key]] | None = None
         self.leases = Leases(self.store, lease_seconds)
+        self.quarantine_days = quarantine_days
         self._seen: dict[str, tuple[str, dict[str, Any]]] = {}  # record → (etag, doc) read
         recorded = self._json(CACHE_FILE)
         self.format = str(recorded["format"]) if isinstance(recorded, dict) else default_format
@@ -522,7 +524,35 @@ class ObjectBackend(StorageBackend):
                 key = Key(symbol, tf, year)
                 found += self._leftovers_of(key, kinds, dry_run=dry_run)
         swept = self.leases.sweep(f"{INDEX_DIR}/locks/", dry_run=dry_run)
+        found += self._expired_quarantine(dry_run=dry_run)
         return found + [(f"{self.location}/{name}", why) for name, why in swept]
+
+    def _expired_quarantine(self, *, dry_run: bool) -> list[tuple[str, str]]:
+        """Objects set aside (`….corrupt-STAMP…`) longer than `quarantine_days` ago: by the
+        store's clock where it has one, else by the stamp in the name (days, not seconds,
+        are at stake here)."""
+        import time
+
+        limit = self.quarantine_days * 86400
+        why = f"quarantined more than {self.quarantine_days:g} days ago"
+        found = []
+        for name, meta in self.store.listing().items():
+            if QUARANTINE_MARK not in name.rpartition("/")[2]:
+                continue
+            if meta.modified is not None:
+                age = meta.now - meta.modified
+            else:
+                stamp = name.rpartition(QUARANTINE_MARK)[2][:15]  # YYYYmmddTHHMMSS
+                try:
+                    made = datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+                except ValueError:
+                    continue
+                age = time.time() - made.timestamp()
+            if age > limit:
+                found.append((f"{self.location}/{name}", why))
+                if not dry_run:
+                    self.store.delete(name)
+        return found
 
     def _leftovers_of(self, key: Key, kinds: set[str], *, dry_run: bool) -> list[tuple[str, str]]:
         data_name, meta_name, pending_name = self._names(key)
