@@ -25,7 +25,6 @@ A year judged corrupt is moved into the quarantine tables, never deleted.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import re
@@ -39,29 +38,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from psycopg import sql
 
-from marketcache.columns import VALUE_COLUMNS
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
 from marketcache.records import YearRecord, check_columns, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.layout import QUARANTINE_MARK
 from marketcache.storage.open import redact
+from marketcache.storage.pg_rows import digest, parse_binary, to_csv, to_microseconds
+from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
 
 if TYPE_CHECKING:
     import pandas as pd
-
-SCHEMA_VERSION = 2  # 2: the quarantine tables
-COLUMNS = VALUE_COLUMNS
-TABLES = ("schema_version", "ohlcv", "year_records", "documents", "index_docs", "bars",
-          "quarantine_ohlcv", "quarantine_records")  # fmt: skip
-_NEEDED = {  # what reads and writes use, checked once per process: a column dropped by hand
-    "ohlcv": ("symbol", "timeframe", "ts", *COLUMNS),  # is named, not an "unexpected" error
-    "year_records": ("symbol", "timeframe", "year", "record"),
-}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PostgresBackend(StorageBackend):
@@ -107,7 +93,7 @@ class PostgresBackend(StorageBackend):
         try:
             conn = psycopg.connect(self.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
-            text = self._scrub(_first_line(exc))
+            text = self._scrub(first_line(exc))
             if "does not exist" in text:
                 raise UsageError(f"--cache-dir {self.location}: {text}") from None
             raise StorageError(f"cannot connect to {self.location}: {text}") from None
@@ -134,131 +120,15 @@ class PostgresBackend(StorageBackend):
         except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
             raise CorruptFile(
                 where,
-                f"{self._scrub(_first_line(exc))} (changed by hand?): restore the table or copy"
+                f"{self._scrub(first_line(exc))} (changed by hand?): restore the table or copy"
                 " the cache into a new schema",
             ) from None
         except psycopg.OperationalError as exc:
-            raise StorageError(f"{self.location}: {self._scrub(_first_line(exc))}") from None
+            raise StorageError(f"{self.location}: {self._scrub(first_line(exc))}") from None
 
     def _migrate(self, conn: Any) -> None:
-        import psycopg
-
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('marketcache-migrate'))")
-                self._migrate_in(conn)
-        except (
-            psycopg.errors.DuplicateTable,
-            psycopg.errors.DuplicateObject,
-            psycopg.errors.WrongObjectType,
-            psycopg.errors.UndefinedColumn,
-            psycopg.errors.InvalidTableDefinition,
-        ) as exc:
-            raise UsageError(
-                f"--cache-dir {self.location}: schema {self.schema} holds tables marketcache"
-                f" did not make ({self._scrub(_first_line(exc))}): name another schema"
-                " (?schema=NAME) or move them away"
-            ) from None
-        self._check_columns(conn)
+        self.timescale = migrate(conn, self.schema, self.location, self._scrub)
         self._ready = True
-
-    def _migrate_in(self, conn: Any) -> None:
-        q = self._q
-        conn.execute(q("CREATE SCHEMA IF NOT EXISTS {s}"))
-        found = {
-            r[0]
-            for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                [self.schema],
-            ).fetchall()
-        }
-        have = None
-        if "schema_version" in found:
-            have = conn.execute(q("SELECT max(version) FROM {s}.schema_version")).fetchone()[0]
-        foreign = sorted(found & set(TABLES) - {"schema_version"}) if not have else []
-        if foreign:  # tables of another tool under our names: never write into them
-            raise UsageError(
-                f"--cache-dir {self.location}: schema {self.schema} already holds a table"
-                f" {foreign[0]} that marketcache did not create: name another schema"
-                " (?schema=NAME) or move that table away"
-            )
-        conn.execute(
-            q("CREATE TABLE IF NOT EXISTS {s}.schema_version"
-              " (version int PRIMARY KEY, applied_at timestamptz DEFAULT now())")
-        )  # fmt: skip
-        self.timescale = bool(
-            conn.execute(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-            ).fetchone()
-        )
-        cols = sql.SQL(", ").join(
-            sql.SQL("{} double precision").format(sql.Identifier(c)) for c in COLUMNS
-        )
-        if not have:
-            key = sql.SQL("PRIMARY KEY (symbol, timeframe, ts)")
-            table = q(
-                "CREATE TABLE {s}.ohlcv (symbol text NOT NULL, timeframe text NOT NULL,"
-                " ts timestamptz NOT NULL, {cols}, {key})",
-                cols=cols,
-                key=key,
-            )
-            if self.timescale:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-                conn.execute(table)
-                name = sql.Identifier(self.schema, "ohlcv").as_string(conn)
-                conn.execute("SELECT create_hypertable(%s::regclass, 'ts')", [name])
-            else:
-                conn.execute(table + sql.SQL(" PARTITION BY RANGE (ts)"))
-            conn.execute(
-                q("CREATE TABLE {s}.year_records (symbol text, timeframe text, year int,"
-                  " record jsonb NOT NULL, PRIMARY KEY (symbol, timeframe, year))")
-            )  # fmt: skip
-            conn.execute(
-                q("CREATE TABLE {s}.documents (symbol text, name text, body bytea NOT NULL,"
-                  " PRIMARY KEY (symbol, name))")
-            )  # fmt: skip
-            conn.execute(q("CREATE TABLE {s}.index_docs (name text PRIMARY KEY, body jsonb)"))
-            conn.execute(
-                q("CREATE VIEW {s}.bars AS SELECT symbol, timeframe, ts, open, high, low,"
-                  " close, volume, adj_close FROM {s}.ohlcv")
-            )  # fmt: skip
-        if not have or have < 2:
-            conn.execute(
-                q("CREATE TABLE {s}.quarantine_records (aside text PRIMARY KEY, symbol text,"
-                  " timeframe text, year int, record text, reason text,"
-                  " quarantined_at timestamptz NOT NULL DEFAULT now())")
-            )  # fmt: skip
-            conn.execute(
-                q("CREATE TABLE {s}.quarantine_ohlcv (aside text NOT NULL, symbol text,"
-                  " timeframe text, ts timestamptz, {cols})", cols=cols)
-            )  # fmt: skip
-            conn.execute(q("CREATE INDEX ON {s}.quarantine_ohlcv (aside)"))
-            conn.execute(
-                q("INSERT INTO {s}.schema_version (version) VALUES (%s)"), [SCHEMA_VERSION]
-            )
-
-    def _check_columns(self, conn: Any) -> None:
-        for table, needed in _NEEDED.items():
-            have = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_schema = %s AND table_name = %s",
-                    [self.schema, table],
-                ).fetchall()
-            }
-            missing = [c for c in needed if c not in have]
-            if missing:
-                alter = (
-                    f"ALTER TABLE {self.schema}.{table} ADD COLUMN {missing[0]} double precision"
-                    if table == "ohlcv" and missing[0] in COLUMNS
-                    else "restore it"
-                )
-                raise CorruptFile(
-                    f"{self.location}",
-                    f"table {self.schema}.{table} has no column {missing[0]} (dropped by"
-                    f" hand?): {alter}, or copy the cache into a new schema",
-                )
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -350,7 +220,7 @@ class PostgresBackend(StorageBackend):
             sql.SQL("coalesce({}, 'NaN'::float8)").format(sql.Identifier(c))
             for c in self._columns(key, columns)
         )
-        query = self._q(  # unordered: a sequential scan, sorted by _parse_binary if it has to be
+        query = self._q(  # unordered: a sequential scan, sorted by parse_binary if it has to be
             "COPY (SELECT ts, {values} FROM {s}.ohlcv WHERE symbol = %s AND timeframe = %s"
             " AND ts >= %s AND ts < %s) TO STDOUT (FORMAT binary)",
             values=values,
@@ -362,7 +232,7 @@ class PostgresBackend(StorageBackend):
         ):
             for block in cp:
                 sink.write(block)
-        return _parse_binary(sink.getvalue(), ["timestamp", *self._columns(key, columns)])
+        return parse_binary(sink.getvalue(), ["timestamp", *self._columns(key, columns)])
 
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
         frame = self._rows(key, record.file_info.columns)
@@ -390,8 +260,8 @@ class PostgresBackend(StorageBackend):
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
         columns = record.file_info.columns
         self._columns(key, columns)
-        frame = _to_microseconds(frame.reindex(columns=columns), key)
-        body = _csv(frame, columns, key)
+        frame = to_microseconds(frame.reindex(columns=columns), key)
+        body = to_csv(frame, columns, key)
         info = record.file_info
         info.format, info.size_bytes, info.raw_bytes = self.format, len(body), len(body)
         info.sha256, info.members, info.rows = digest(frame, columns), 1, len(frame)
@@ -632,82 +502,3 @@ def _timeout(what: str, wait: float) -> str:
         f"{what} is locked by another marketcache run (waited {wait:g}s): "
         "let it finish or raise lock_wait"
     )
-
-
-def _csv(frame: pd.DataFrame, columns: list[str], key: Key) -> bytes:
-    """The rows as COPY CSV (symbol, timeframe, UTC stamp, floats that read back exact)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    n = len(frame)
-    arrays = [
-        pa.array(np.full(n, key.symbol, dtype=object), pa.string()),
-        pa.array(np.full(n, key.timeframe, dtype=object), pa.string()),
-        pa.array(frame["timestamp"].to_numpy("datetime64[ns]").astype("datetime64[us]")),
-    ]
-    arrays += [
-        pa.array(frame[c].to_numpy("float64", na_value=np.nan), from_pandas=True)
-        for c in columns[1:]
-    ]
-    table = pa.Table.from_arrays(arrays, names=["symbol", "timeframe", *columns])
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
-    return sink.getvalue()
-
-
-def _to_microseconds(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
-    """Stamps floored to the microseconds `timestamptz` holds, before anything is hashed: the
-    checksum is over what the table keeps, so every later read verifies. UsageError when two
-    rows fall in one microsecond (flooring would merge them)."""
-    import numpy as np
-
-    ns = frame["timestamp"].to_numpy("datetime64[ns]").astype(np.int64)
-    if not (ns % 1000).any():
-        return frame
-    us = ns - ns % 1000  # floor, also before 1970
-    if len(us) > 1 and not (np.diff(us) > 0).all():
-        raise UsageError(
-            f"{key}: two bars fall within one microsecond; PostgreSQL keeps microseconds:"
-            " round the timestamps first"
-        )
-    return frame.assign(timestamp=us.astype("datetime64[ns]"))
-
-
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-
-
-def _parse_binary(raw: bytes, columns: list[str]) -> pd.DataFrame:
-    """COPY binary out (timestamptz, float8 × n, no NULLs) → a frame, parsed by numpy: every
-    row has the same width, so the body is one structured array."""
-    import numpy as np
-    import pandas as pd
-
-    extension = int.from_bytes(raw[15:19], "big") if len(raw) >= 19 else 0
-    body = raw[19 + extension :]  # signature (11), flags (4), header extension length (4)
-    fields = [("count", ">i2")]
-    for i in range(len(columns)):
-        fields += [(f"len{i}", ">i4"), (f"v{i}", ">i8" if i == 0 else ">f8")]
-    row = np.dtype(fields)
-    count = max(len(body) - 2, 0) // row.itemsize  # the trailer is a -1 field count
-    data = np.frombuffer(body, dtype=row, count=count)
-    if len(data) > 1 and not (np.diff(data["v0"]) > 0).all():
-        data = data[np.argsort(data["v0"], kind="stable")]
-    stamps = (data["v0"].astype(np.int64) + PG_EPOCH_US) * 1000
-    frame = pd.DataFrame({"timestamp": stamps.astype("datetime64[ns]")})
-    for i, col in enumerate(columns[1:], start=1):
-        frame[col] = data[f"v{i}"].astype(np.float64)
-    return frame
-
-
-def digest(frame: pd.DataFrame, columns: list[str]) -> str:
-    """sha256 over the rows' canonical bytes (int64 ns stamps, float64 values, NaN as one)."""
-    import numpy as np
-
-    h = hashlib.sha256()
-    h.update(frame["timestamp"].to_numpy("datetime64[ns]").astype(np.int64).tobytes())
-    for col in columns[1:]:
-        values = frame[col].to_numpy("float64", na_value=np.nan).copy()
-        values[np.isnan(values)] = np.nan
-        h.update(values.tobytes())
-    return h.hexdigest()
