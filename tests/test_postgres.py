@@ -244,6 +244,7 @@ def test_a_crafted_column_name_copied_into_postgresql_runs_no_sql(
     assert cli("list", "--cache-dir", pg_url).code == 0  # the schema made, before the copy
     before = _outside(pg_server, schema)
     r = cli("copy", str(tmp_path / "a"), pg_url, "--json")
+    assert _outside(pg_server, schema) == before, "nothing outside the schema changed"
     assert r.code == 1, r.err
     assert "Traceback" not in r.err and "unexpected" not in r.err
     years = {(y["symbol"], y["year"]): y for y in r.json()["years"]}
@@ -251,7 +252,6 @@ def test_a_crafted_column_name_copied_into_postgresql_runs_no_sql(
     assert bad["status"] == "failed" and "unknown column" in bad["reason"], bad
     assert "2023.metadata.json" in bad["reason"]
     assert [y["status"] for k, y in years.items() if k != ("ABCUSDT", 2023)] == ["copied"] * 2
-    assert _outside(pg_server, schema) == before, "nothing outside the schema changed"
     pg = UnifiedCache(pg_url, settings=parse_settings(""))
     assert pg.list_years("ABCUSDT", "1h") == [2024] and len(pg.get("XYZUSDT", "1h")) == 24
 
