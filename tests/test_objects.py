@@ -786,3 +786,116 @@ def test_a_held_lease_exits_4_naming_the_series(
         holder.wait()
     assert r.code == 4 and "ABCUSDT 1h is locked by another marketcache run" in r.err, r.err
     assert not [n for n in objects(s3_url) if n.startswith("ABCUSDT/")], "nothing written"
+
+
+# ---- stores without a clock, local:// (issue 20) ----------------------------------------------
+
+
+def test_a_local_fsspec_cache_lists_and_reads_what_it_stored(cli: Any, tmp_path: Path) -> None:
+    """local:///path runs the object-storage backend on a folder: what a put stored is
+    listed and read back (it used to list nothing: 0 rows of a stored series)."""
+    url = f"local://{tmp_path}/objects"
+    df = make_bars("2023-12-31", 48)
+    UnifiedCache(url, settings=settings()).put(df, "ABCUSDT", "1h")
+    assert (tmp_path / "objects" / "ABCUSDT" / "1h" / "2024.csv.gz").exists()
+    fresh = UnifiedCache(url, settings=settings())
+    assert fresh.list_symbols() == ["ABCUSDT"] and fresh.list_years("ABCUSDT", "1h") == [2023, 2024]
+    back = fresh.get("ABCUSDT", "1h")
+    assert back["timestamp"].tolist() == df["timestamp"].tolist()
+    assert back["close"].tolist() == df["close"].tolist()
+    listed = cli("list", "ABCUSDT", "1h", "--json", "--cache-dir", url)
+    assert listed.code == 0 and [y["year"] for y in listed.json()] == [2023, 2024], listed.err
+    assert cli("validate", "--cache-dir", url).code == 0
+
+
+def test_on_a_store_without_a_clock_a_waiter_whose_clock_runs_ahead_takes_no_live_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two machines on a clockless store (memory:// here, one process): the waiter's clock
+    runs 120 s ahead. It must not judge the holder's renewed lease old by comparing clocks;
+    once the holder is gone (no renewal), it takes the lease over after one lease length."""
+    import threading
+
+    from marketcache.storage.objects.lease import Leases
+    from marketcache.storage.objects.store import open_store
+
+    real = time.time
+    skewed = threading.local()
+    monkeypatch.setattr(time, "time", lambda: real() + (120 if getattr(skewed, "on", 0) else 0))
+    store = open_store("memory://clockless/cache", {})
+    holder, waiter = Leases(store, 1.5), Leases(store, 1.5)
+    name = "_metadata/locks/ABCUSDT/1h.lease"
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder.hold(name, wait=5, what="ABCUSDT 1h"):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        skewed.on = 1  # this thread is the machine whose clock runs ahead
+        with pytest.raises(LockTimeout), waiter.hold(name, wait=4, what="ABCUSDT 1h"):
+            pass  # 4 s: well past the lease length, and the holder is renewing it
+        # the holder stops renewing (its machine died): its lease object stays behind
+        assert holder._held[name].thread is not None
+        holder._held[name].stop.set()
+        holder._held[name].thread.join()
+        stopped = time.monotonic()
+        with waiter.hold(name, wait=20, what="ABCUSDT 1h"):
+            waited = time.monotonic() - stopped
+        assert 1.5 <= waited < 1.5 + 5, f"took the lease {waited:.1f}s after the last renewal"
+    finally:
+        skewed.on = 0
+        release.set()
+        thread.join(30)
+
+
+def test_machines_sharing_a_local_fsspec_store_judge_leases_without_their_clocks(
+    tmp_path: Path,
+) -> None:
+    """Processes on one local:// store (no store clock): a waiter an hour ahead waits for a
+    live holder; once the holder is killed, the next waiter takes over within a lease or two."""
+    url = f"local://{tmp_path}/objects"
+    holder = _holder(url, "sleep", {})
+    try:
+        skewed = subprocess.run(
+            [sys.executable, "-c", SKEWED_WAITER, url], capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert skewed.stdout.strip() == "waited", skewed.stdout + skewed.stderr
+    killed = time.monotonic()
+    patient = UnifiedCache(url, settings=settings(lease=2), lock_wait=20)
+    with patient.lock("ABCUSDT", "1h"):
+        waited = time.monotonic() - killed
+    assert waited < 3 + 6, f"blocked {waited:.1f}s after the holder died (lease 3s)"
+
+
+@pytest.mark.parametrize("where", ["s3", "memory"])
+def test_cleanup_removes_quarantined_objects_only_after_quarantine_days(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """A year set aside stays through `cleanup` while younger than quarantine_days, and goes
+    once older (by the store's clock on S3, by the stamp in its name on a clockless store)."""
+    url = request.getfixturevalue("s3_url") if where == "s3" else "memory://quarantine-age/c"
+    cache = UnifiedCache(url, settings=settings())
+    cache.put(make_bars("2023-12-31", 48), "ABCUSDT", "1h")
+    first = cache.quarantine_year("ABCUSDT", "1h", 2023)
+    second = cache.quarantine_year("ABCUSDT", "1h", 2024)
+    assert first and second and first != second
+    names = [n for n in cache.backend.store.listing() if ".corrupt-" in n]
+    assert len(names) == 4, names  # data and record of each year, none overwritten
+    assert not [a for a in cache.cleanup_leftovers() if "quarantined" in a.reason]
+    time.sleep(2.2)  # older than the quarantine below, by any clock's second
+    young = UnifiedCache(url, settings=parse_settings("settings: {quarantine_days: 30}"))
+    assert not [a for a in young.cleanup_leftovers() if "quarantined" in a.reason]
+    old = UnifiedCache(url, settings=parse_settings(f"settings: {{quarantine_days: {1 / 86400}}}"))
+    gone = [a for a in old.cleanup_leftovers(dry_run=True) if "quarantined" in a.reason]
+    assert len(gone) == 4 and len([n for n in old.backend.store.listing() if ".corrupt-" in n]) == 4
+    assert len([a for a in old.cleanup_leftovers() if "quarantined" in a.reason]) == 4
+    assert not [n for n in old.backend.store.listing() if ".corrupt-" in n]

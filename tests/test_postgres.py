@@ -3,6 +3,7 @@ kills and races."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -11,7 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -197,3 +200,241 @@ def test_the_data_manager_reads_through_postgresql(pg_url: str, fake_binance: Fa
         assert many.groupby("symbol").size().to_dict() == {"AAAUSDT": 30, "BBBUSDT": 30}
         assert dm.latest(["AAAUSDT", "BBBUSDT"], "1d")["timestamp"].nunique() == 1
         assert set(dm.availability()["symbol"]) == {"AAAUSDT", "BBBUSDT"}
+
+
+# ---- hostile records, quarantine, schema damage, secrets (issue 20) ----------------------------
+
+INJECTION = (
+    "adj_close) FROM STDIN WITH (FORMAT csv); COMMIT; CREATE TABLE public.pwned (x int);"
+    " DROP SCHEMA IF EXISTS victim CASCADE; --"
+)
+
+
+def _outside(server: str, schema: str) -> list[Any]:
+    """Every schema and table of the server but the cache's own."""
+    import psycopg
+
+    with psycopg.connect(server) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema"
+            " NOT IN (%s, 'pg_catalog', 'information_schema') ORDER BY 1, 2",
+            [schema],
+        ).fetchall()
+        return tables + conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1").fetchall()
+
+
+def test_a_crafted_column_name_copied_into_postgresql_runs_no_sql(
+    cli: Cli, pg_url: str, pg_server: str, tmp_path: Path
+) -> None:
+    """A folder cache whose record names a column `adj_close) …; <SQL>; --` (data and sha256
+    untouched): copy refuses that year as corrupt, copies the rest, and runs nothing."""
+    import psycopg
+
+    src = UnifiedCache(tmp_path / "a", settings=parse_settings(""), lock_wait=5)
+    src.put(make_bars("2023-12-30", 96), "ABCUSDT", "1h", provider="binance")
+    src.put(make_bars("2024-01-01", 24, seed=3), "XYZUSDT", "1h", provider="binance")
+    meta = tmp_path / "a" / "ABCUSDT" / "1h" / "2023.metadata.json"
+    record = json.loads(meta.read_text())
+    record["file_info"]["columns"].append(INJECTION)
+    meta.write_text(json.dumps(record))
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS victim")
+        conn.execute("CREATE TABLE IF NOT EXISTS victim.keep (x int)")
+    schema = pg_url.rsplit("schema=", 1)[1]
+    assert cli("list", "--cache-dir", pg_url).code == 0  # the schema made, before the copy
+    before = _outside(pg_server, schema)
+    r = cli("copy", str(tmp_path / "a"), pg_url, "--json")
+    assert _outside(pg_server, schema) == before, "nothing outside the schema changed"
+    assert r.code == 1, r.err
+    assert "Traceback" not in r.err and "unexpected" not in r.err
+    years = {(y["symbol"], y["year"]): y for y in r.json()["years"]}
+    bad = years[("ABCUSDT", 2023)]
+    assert bad["status"] == "failed" and "unknown column" in bad["reason"], bad
+    assert "2023.metadata.json" in bad["reason"]
+    assert [y["status"] for k, y in years.items() if k != ("ABCUSDT", 2023)] == ["copied"] * 2
+    pg = UnifiedCache(pg_url, settings=parse_settings(""))
+    assert pg.list_years("ABCUSDT", "1h") == [2024] and len(pg.get("XYZUSDT", "1h")) == 24
+
+
+def test_a_year_edited_by_another_service_is_set_aside_in_postgresql_never_deleted(
+    cli: Cli, pg_url: str, pg_server: str, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    """Rows changed with UPDATE: the next populate moves the year's rows and record into the
+    quarantine tables under a unique name and fetches the year again; cleanup removes a
+    quarantined year only after settings.quarantine_days (30)."""
+    import psycopg
+
+    fake_binance.add("ABCUSDT", "1d", make_bars("2023-01-01", 365 + 10, "1D"))
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    args = ("--cache-dir", pg_url, "--config", str(conf))
+    span = ("--start", "2023-01-01", "--end", "2024-01-11")
+    assert cli("populate", "ABCUSDT", "-t", "1d", *span, *args).code == 0
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_server, autocommit=True) as conn:  # another service's edit
+        conn.execute(
+            f"UPDATE {schema}.ohlcv SET volume = volume + 1 WHERE ts < '2024-01-01'"
+            " AND symbol = 'ABCUSDT'"
+        )
+    again = cli("populate", "ABCUSDT", "-t", "1d", *span, "--json", *args)
+    assert again.code == 0, again.err
+    with psycopg.connect(pg_server) as conn:
+        asides = conn.execute(
+            f"SELECT aside, year, reason, record::jsonb -> 'file_info' ->> 'rows'"
+            f" FROM {schema}.quarantine_records"
+        ).fetchall()
+        assert len(asides) == 1 and asides[0][1:] == (2023, "corrupt", "365"), asides
+        kept = conn.execute(
+            f"SELECT count(*) FROM {schema}.quarantine_ohlcv WHERE aside = %s", [asides[0][0]]
+        ).fetchone()[0]
+    assert kept == 365, "every edited row was kept aside"
+    assert asides[0][0].startswith("ABCUSDT/1d/2023.corrupt-")
+    assert asides[0][0] in json.dumps(again.json()), "the report names where it went"
+    assert len(UnifiedCache(pg_url, settings=parse_settings("")).get("ABCUSDT", "1d")) == 375
+    assert cli("validate", *args).code == 0
+    # cleanup: a quarantined year younger than 30 days stays, an older one goes
+    assert cli("cleanup", *args).code == 0
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {schema}.quarantine_records").fetchone()[0]
+        conn.execute(
+            f"UPDATE {schema}.quarantine_records SET quarantined_at = now() - interval '31 days'"
+        )
+    dry = cli("cleanup", "--dry-run", "--json", *args)
+    assert dry.code == 0 and asides[0][0] in dry.out, dry.out
+    gone = cli("cleanup", "--json", *args)
+    assert gone.code == 0 and "quarantined more than 30 days ago" in gone.out, gone.out
+    with psycopg.connect(pg_server) as conn:
+        for table in ("quarantine_records", "quarantine_ohlcv"):
+            assert conn.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()[0] == 0
+
+
+def test_a_put_with_sub_microsecond_stamps_verifies_on_every_later_read(
+    cli: Cli, pg_url: str
+) -> None:
+    """timestamptz keeps microseconds: the stamps are floored before the checksum, so the year
+    reads back verified (and validate passes) instead of being judged corrupt."""
+    bars = make_bars("2024-01-01", 48)
+    bars["timestamp"] = bars["timestamp"] + pd.to_timedelta(np.arange(48) * 7 + 3, unit="ns")
+    cache = UnifiedCache(pg_url, settings=parse_settings(""), lock_wait=5)
+    cache.put(bars, "ABCUSDT", "1h", provider="binance")
+    back = UnifiedCache(pg_url, settings=parse_settings("")).get("ABCUSDT", "1h")
+    assert len(back) == 48
+    assert (back["timestamp"].to_numpy("datetime64[ns]").astype(np.int64) % 1000 == 0).all()
+    assert back["close"].tolist() == bars["close"].tolist()
+    assert cli("validate", "--cache-dir", pg_url).code == 0
+
+
+def test_a_foreign_ohlcv_table_exits_2_and_a_dropped_column_exits_3_naming_it(
+    cli: Cli, pg_url: str, pg_server: str
+) -> None:
+    import psycopg
+
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.ohlcv (id int, payload text)")  # another tool's
+        conn.execute(f"INSERT INTO {schema}.ohlcv VALUES (1, 'theirs')")
+    r = cli("list", "--cache-dir", pg_url)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()) == 1 and "unexpected" not in r.err, r.err
+    assert f"schema {schema} already holds a table ohlcv" in r.err and "?schema=" in r.err
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        assert conn.execute(f"SELECT payload FROM {schema}.ohlcv").fetchall() == [("theirs",)]
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    cache = UnifiedCache(pg_url, settings=parse_settings(""), lock_wait=5)
+    cache.put(make_bars("2024-01-01", 24), "ABCUSDT", "1h", provider="binance")
+    cache.backend.close()
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {schema}.ohlcv DROP COLUMN adj_close CASCADE")
+    for args in (("validate",), ("info", "ABCUSDT"), ("list",)):
+        r = cli(*args, "--cache-dir", pg_url)
+        assert r.code == 3, (args, r.err)
+        assert len(r.err.strip().splitlines()) == 1 and "unexpected" not in r.err, r.err
+        assert f"table {schema}.ohlcv has no column adj_close" in r.err
+        assert f"ALTER TABLE {schema}.ohlcv ADD COLUMN adj_close" in r.err
+
+
+def test_two_caches_of_one_process_in_two_databases_each_take_their_own_lock(
+    pg_url: str, pg_server: str
+) -> None:
+    """The same series in two databases: holding one lock must not count as holding the
+    other (the held state is keyed by database, not by the lock name alone)."""
+    import psycopg
+
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS marketcache_second")
+        conn.execute("CREATE DATABASE marketcache_second")
+    second = pg_url.replace("/postgres?", "/marketcache_second?")
+    one = UnifiedCache(pg_url, settings=parse_settings(""), lock_wait=1)
+    two = UnifiedCache(second, settings=parse_settings(""), lock_wait=1)
+    schema = pg_url.rsplit("schema=", 1)[1]
+    name = f"{schema}:ABCUSDT:1h"
+    probe = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+    with one.lock("ABCUSDT", "1h"), two.lock("ABCUSDT", "1h"):
+        other_db = second.split("&schema=")[0]
+        with psycopg.connect(other_db, autocommit=True) as outsider:
+            assert outsider.execute(probe, [name]).fetchone()[0] is False, (
+                "the second database's lock was not taken"
+            )
+
+
+def test_no_password_of_a_url_is_ever_shown_by_any_command(
+    cli: Cli, pg_server: str, pg_url: str, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    """Passwords in `user:pass@` and `?password=` of --cache-dir, copy's SRC/DEST and
+    settings.rate_limit_store: grepped out of every command's stdout, stderr, --json, -v
+    tracebacks, log file, the records and index in the database and a copied folder's
+    files (_metadata/ included)."""
+    import psycopg
+
+    secrets = ("pw-userinfo-7f3a9c", "pw-query-2b8e1d", "pw-ratelimit-5c0f4a")
+    schema = pg_url.rsplit("schema=", 1)[1]
+    url = pg_url.replace("postgres@", f"postgres:{secrets[0]}@", 1) + f"&password={secrets[1]}"
+    store = pg_server.replace("postgres@", f"postgres:{secrets[2]}@", 1)
+    missing = url.replace("/postgres?", "/nosuchdb?")
+    fake_binance.add("ABCUSDT", "1h", make_bars("2023-12-30", 24 * 4, "1h"))
+    conf = tmp_path / "p.yaml"
+    conf.write_text(
+        config_for(binance=fake_binance) + f"settings: {{rate_limit_store: '{store}'}}\n"
+    )
+    span = ("--start", "2023-12-30", "--end", "2024-01-03")
+    on = ("--cache-dir", url, "--config", str(conf))
+    folder = str(tmp_path / "folder")
+    commands = [
+        ("populate", "ABCUSDT", "-t", "1h", *span, "--log-file", str(tmp_path / "log"), *on),
+        ("list", *on), ("list", "ABCUSDT", "1h", *on), ("info", *on), ("info", "ABCUSDT", *on),
+        ("validate", *on), ("validate", "--fix", *on), ("cleanup", *on),
+        ("cleanup", "--before", "2024-01-01", "--dry-run", *on),
+        ("copy", url, folder, "--config", str(conf)), ("copy", folder, url, "--config", str(conf)),
+        ("list", "--cache-dir", missing), ("info", "--cache-dir", missing),
+        ("copy", missing, folder), ("copy", folder, missing),
+        ("populate", "ABCUSDT", "-t", "1h", *span, "--cache-dir", missing, "--config", str(conf)),
+    ]  # fmt: skip
+    seen: list[str] = []
+    for command in commands:
+        for extra in ((), ("--json",), ("-v",)):
+            r = cli(*command, *extra)
+            assert "Traceback" not in r.err or extra == ("-v",), (command, r.err)
+            seen.append(f"{command[0]} {extra} -> {r.code}\n{r.out}\n{r.err}")
+    # the lock message path, -v, while another session holds the series
+    short = tmp_path / "short.yaml"
+    short.write_text(conf.read_text().replace("settings: {", "settings: {lock_wait: 0.3, "))
+    with psycopg.connect(pg_server, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"{schema}:ABCUSDT:1h"])
+        held = cli("populate", "ABCUSDT", "-t", "1h", *span, "-v", "--cache-dir", url,
+                   "--config", str(short))  # fmt: skip
+    assert held.code == 4, held.err
+    assert any("postgresql://postgres@" in s for s in seen), "the URLs are shown, redacted"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
+        ).fetchall()
+        for (table,) in tables:  # records, index, documents, quarantine: every table's rows
+            seen += [str(row) for row in conn.execute(f"SELECT * FROM {schema}.{table}")]
+    seen += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()
+             and p.name not in ("p.yaml", "short.yaml")]  # fmt: skip
+    text = "\n".join(seen)
+    for secret in secrets:
+        assert secret not in text, (
+            f"{secret} shown: …{text[max(0, text.find(secret) - 300) :][:400]}"
+        )

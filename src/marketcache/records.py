@@ -7,13 +7,18 @@ missing or empty and which provider filled which bars.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from marketcache.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
 from marketcache.errors import CorruptFile
 from marketcache.quality import TailContext, ValidationCounts, score_counts
+from marketcache.timeframes import TIMEFRAMES
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "symbol", "timeframe", "year", "file_info", "data_quality")
@@ -23,6 +28,9 @@ _KNOWN = (
     "last_updated", "start_date", "end_date", "data_quality", "file_info", "provider_info",
     "coverage",
 )  # fmt: skip
+MAX_RECORD_BYTES = 16 << 20  # a year's record is kilobytes; more is not a record
+MAX_COUNT = 1 << 53  # rows, bytes and counts beyond this are no real year's
+_SHA256 = re.compile(r"(?:[0-9a-f]{64})?")
 
 
 def now_stamp() -> str:
@@ -46,10 +54,135 @@ class FileInfo:
         return {**out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileInfo:
+    def from_json(cls, data: Any) -> FileInfo:
+        """Typed and checked: ValueError (or TypeError) says what is wrong. The columns
+        must be the ones a year stores, in their order — backends build SQL and read frames
+        from them, so a record naming any other column is corrupt."""
+        if not isinstance(data, dict):
+            raise ValueError("file_info is not an object")
         names = set(cls.__dataclass_fields__) - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        out = cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        out.format = _text(out.format, "file_info.format")
+        for name in ("size_bytes", "raw_bytes", "rows", "members"):
+            setattr(out, name, _count(getattr(out, name), f"file_info.{name}"))
+        out.columns = check_columns(out.columns)
+        if not isinstance(out.sha256, str) or not _SHA256.fullmatch(out.sha256):
+            raise ValueError("file_info.sha256 is not a hex sha256")
+        if out.last_row is not None:
+            if not isinstance(out.last_row, dict) or not set(out.last_row) <= set(out.columns):
+                raise ValueError("file_info.last_row is not a row of the year's columns")
+            for k, v in out.last_row.items():
+                if v is not None and not isinstance(v, (str, int, float)):
+                    raise ValueError(f"file_info.last_row.{k} is not a value")
+        return out
+
+
+def check_columns(columns: Any) -> list[str]:
+    """The stored columns of a year — the base ones, then the optional ones it has — or
+    ValueError naming the first that is not one (shown shortened: it may be an attack)."""
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise ValueError("file_info.columns is not a list of column names")
+    known = BASE_COLUMNS + OPTIONAL_COLUMNS
+    for col in columns:
+        if col not in known:
+            shown = col if len(col) <= 40 else col[:40] + "…"
+            raise ValueError(f"file_info.columns names an unknown column {shown!r}")
+    expected = BASE_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in columns]
+    if columns != expected:
+        raise ValueError(f"file_info.columns are not {', '.join(expected)}")
+    return list(columns)
+
+
+def _text(value: Any, name: str, *, empty: bool = True) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise ValueError(f"{name} is not a string")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} is not a count")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} is not a finite number")
+    return float(value)
+
+
+def _stamp(value: Any, name: str) -> str:
+    """An ISO date-time (what pandas and datetime read back)."""
+    text = _text(value, name)
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name} is not an ISO date-time") from None
+    return text
+
+
+def _spans(value: Any, name: str, stamps: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A list of objects whose `stamps` fields are ISO date-times (other fields kept)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{name} is not a list")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ValueError(f"{name}[{i}] is not an object")
+        for key in stamps:
+            _stamp(item.get(key), f"{name}[{i}].{key}")
+    return value
+
+
+def _quality(value: Any) -> dict[str, Any]:
+    """The quality block: what `score`, `counts` and `tail` read must be of their type."""
+    if not isinstance(value, dict):
+        raise ValueError("data_quality is not an object")
+    if "score" in value:
+        score = _number(value["score"], "data_quality.score")
+        if not 0.0 <= score <= 1.0:
+            raise ValueError("data_quality.score is not between 0 and 1")
+    counts = value.get("counts")
+    if counts is not None:
+        if not isinstance(counts, dict):
+            raise ValueError("data_quality.counts is not an object")
+        names = {f.name for f in fields(ValidationCounts)}
+        for k, v in counts.items():
+            if k in names:
+                _count(v, f"data_quality.counts.{k}")
+    for k in ("gaps", "duplicates", "missing_bars"):
+        if k in value:
+            _count(value[k], f"data_quality.{k}")
+    errors = value.get("validation_errors", [])
+    if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+        raise ValueError("data_quality.validation_errors is not a list of strings")
+    tail = value.get("tail")
+    if tail is not None:
+        if not isinstance(tail, dict) or not set(tail) <= {"timestamp", "close", "stale_run"}:
+            raise ValueError("data_quality.tail is not a tail")
+        _stamp(tail.get("timestamp"), "data_quality.tail.timestamp")
+        _number(tail.get("close"), "data_quality.tail.close")
+        _count(tail.get("stale_run", 0), "data_quality.tail.stale_run")
+    return dict(value)
+
+
+def parse_json(data: bytes | str, where: Any) -> Any:
+    """A stored JSON document (a record), decoded strictly: CorruptFile naming `where` for
+    bytes that are not UTF-8 JSON, nesting deeper than the parser goes, or a size no
+    record has."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise CorruptFile(where, f"metadata is larger than {MAX_RECORD_BYTES >> 20} MiB")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise CorruptFile(where, f"metadata is not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise CorruptFile(where, "metadata is nested too deeply to be a record") from None
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
+        raise CorruptFile(where, f"metadata is not valid JSON ({exc})") from None
 
 
 @dataclass
@@ -63,13 +196,23 @@ class Coverage:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> Coverage:
+    def from_json(cls, data: Any) -> Coverage:
+        """Typed and checked (ValueError): the spans' stamps are ISO, sources name providers."""
         data = data or {}
+        if not isinstance(data, dict):
+            raise ValueError("coverage is not an object")
+        sources = _spans(data.get("sources"), "coverage.sources", ("start", "end"))
+        for i, s in enumerate(sources):
+            _text(s.get("provider"), f"coverage.sources[{i}].provider", empty=False)
         return cls(
-            str(data.get("calendar", "")),
-            list(data.get("missing_ranges", [])),
-            list(data.get("verified_empty", [])),
-            list(data.get("sources", [])),
+            _text(data.get("calendar", ""), "coverage.calendar"),
+            _spans(data.get("missing_ranges"), "coverage.missing_ranges", ("start", "end")),
+            _spans(
+                data.get("verified_empty"),
+                "coverage.verified_empty",
+                ("start", "end", "checked_at"),
+            ),
+            sources,
         )
 
 
@@ -134,7 +277,16 @@ class YearRecord:
 
     @classmethod
     def from_json(cls, data: Any, where: Any = "record") -> YearRecord:
-        """Shape-check and type one record; CorruptFile names `where` on any problem."""
+        """Shape-check and type one record; CorruptFile names `where` on any problem, so a
+        crafted or damaged record is that one year's corrupt file and nothing else: every
+        field the code reads later (columns, counts, stamps, sizes) is checked here."""
+        try:
+            return cls._from_json(data, where)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise CorruptFile(where, f"metadata is not a valid record: {exc}") from None
+
+    @classmethod
+    def _from_json(cls, data: Any, where: Any) -> YearRecord:
         if not isinstance(data, dict):
             raise CorruptFile(where, "metadata is not a JSON object")
         missing = [k for k in REQUIRED if k not in data]
@@ -145,20 +297,30 @@ class YearRecord:
             missing.append("file_info")
         if missing:
             raise CorruptFile(where, f"metadata lacks {', '.join(missing)}")
-        if data["schema_version"] != SCHEMA_VERSION:
-            raise CorruptFile(where, f"unknown schema_version {data['schema_version']!r}")
+        version = data["schema_version"]
+        if isinstance(version, bool) or version != SCHEMA_VERSION:
+            raise CorruptFile(where, f"unknown schema_version {str(version)[:20]!r}")
+        year = data["year"]
+        if isinstance(year, bool) or not isinstance(year, int) or not 1 <= year <= 9999:
+            raise ValueError("year is not a year")
+        if data["timeframe"] not in TIMEFRAMES:
+            raise ValueError("timeframe is not a timeframe")
+        provider_info = data.get("provider_info") or {}
+        if not isinstance(provider_info, dict):
+            raise ValueError("provider_info is not an object")
+        dates = [data.get(k) for k in ("start_date", "end_date")]
         return cls(
-            symbol=data["symbol"],
+            symbol=_text(data["symbol"], "symbol", empty=False),
             timeframe=data["timeframe"],
-            year=int(data["year"]),
-            data_source=data.get("data_source", "unknown"),
-            created_at=data.get("created_at", ""),
-            last_updated=data.get("last_updated", ""),
-            start_date=data.get("start_date"),
-            end_date=data.get("end_date"),
-            data_quality=dict(data["data_quality"]),
-            file_info=FileInfo.from_json(info),  # type: ignore[arg-type]
-            provider_info=dict(data.get("provider_info") or {}),
+            year=year,
+            data_source=_text(data.get("data_source", "unknown"), "data_source"),
+            created_at=_text(data.get("created_at", ""), "created_at"),
+            last_updated=_text(data.get("last_updated", ""), "last_updated"),
+            start_date=None if dates[0] is None else _stamp(dates[0], "start_date"),
+            end_date=None if dates[1] is None else _stamp(dates[1], "end_date"),
+            data_quality=_quality(data["data_quality"]),
+            file_info=FileInfo.from_json(info),
+            provider_info=dict(provider_info),
             coverage=Coverage.from_json(data.get("coverage")),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
         )

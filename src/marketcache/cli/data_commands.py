@@ -54,7 +54,7 @@ def copy(
     sym, tf = scope(symbol, timeframe)
     src = UnifiedCache(source, settings=settings)
     if not src.backend.exists():
-        raise UsageError(f"copy: the source cache {source} does not exist")
+        raise UsageError(f"copy: the source cache {src.backend.location} does not exist")
     if output_format is not None:
         from marketcache.config import FORMATS
 
@@ -64,7 +64,8 @@ def copy(
     dest = UnifiedCache(destination, settings=settings)
     if output_format is not None and dest.backend.format != output_format:
         raise UsageError(
-            f"--format {output_format}: {destination} already holds a {dest.backend.format} cache"
+            f"--format {output_format}: {dest.backend.location} already holds a"
+            f" {dest.backend.format} cache"
         )
     report = copy_cache(src, dest, symbol=sym, timeframe=tf)
     out.copy_report(report)

@@ -7,22 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from marketcache.errors import CorruptFile
+from marketcache.records import MAX_RECORD_BYTES, parse_json
 from marketcache.storage.atomic import write_atomic
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """Load one record's JSON; CorruptFile names the file when it is missing or unreadable
-    (its shape is checked by `YearRecord.from_json`)."""
+    — not UTF-8, not JSON, too deep or too large included (its shape is checked by
+    `YearRecord.from_json`). Nothing else escapes: one bad record is that year's problem."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
         raise CorruptFile(path, "metadata file is missing") from None
     except OSError as exc:
         raise CorruptFile(path, f"cannot read metadata: {exc.strerror}") from None
-    try:
-        meta = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFile(path, f"metadata is not valid JSON ({exc})") from None
+    meta = parse_json(data, path)
     if not isinstance(meta, dict):
         raise CorruptFile(path, "metadata is not a JSON object")
     return meta

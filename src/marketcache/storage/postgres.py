@@ -7,18 +7,24 @@
     SCHEMA.documents(symbol, name, body)   corporate actions, fundamentals snapshots
     SCHEMA.index_docs(name, body)          the derived index
     SCHEMA.bars                            a view over ohlcv for other services
+    SCHEMA.quarantine_ohlcv, SCHEMA.quarantine_records   years set aside as corrupt, each
+        under a unique `aside` name with when it was set aside (`cleanup` removes them after
+        settings.quarantine_days)
     SCHEMA.schema_version(version)         migrations applied by the tool
 
 A year is committed in one transaction (rows and record together); its record's sha256 is
 over a canonical encoding of the rows, so a read verifies rows and count as on files. Writes
 use COPY; reads COPY the rows out. One writer per series across machines: session advisory
 locks, released by the server when a writer's connection dies.
+
+Every identifier in a statement is quoted by psycopg (`sql.Identifier`), and column names
+come only from the known columns (`records.check_columns`): a record is data, never SQL.
+A year judged corrupt is moved into the quarantine tables, never deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import re
@@ -28,16 +34,18 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from marketcache.columns import VALUE_COLUMNS
+from psycopg import sql
+
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
-from marketcache.records import YearRecord
+from marketcache.records import YearRecord, check_columns, parse_json
 from marketcache.storage.backend import Key, StorageBackend
+from marketcache.storage.layout import quarantine_mark
+from marketcache.storage.open import redact
+from marketcache.storage.pg_rows import digest, parse_binary, to_csv, to_microseconds
+from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
 
 if TYPE_CHECKING:
     import pandas as pd
-
-SCHEMA_VERSION = 1
-COLUMNS = VALUE_COLUMNS
 
 
 class PostgresBackend(StorageBackend):
@@ -50,20 +58,29 @@ class PostgresBackend(StorageBackend):
         query = dict(parse_qsl(parts.query))
         self.schema = query.pop("schema", "marketcache")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.schema):
-            raise UsageError(f"--cache-dir …?schema={self.schema}: use a lower-case SQL name")
+            raise UsageError(f"--cache-dir …?schema={self.schema[:63]}: use a lower-case SQL name")
         self.conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
-        shown = parts.netloc.rsplit("@", 1)[-1]
-        user = parts.username or ""
-        query_text = urlencode({**query, "schema": self.schema}, safe="/")
-        # the URL without its password: usable again, shown in messages and records
-        super().__init__(
-            f"postgresql://{user + '@' if user else ''}{shown}{parts.path}?{query_text}"
-        )
+        self._secrets = [v for v in (parts.password, query.get("password")) if v]
+        # the URL without its password (user:pass@ or ?password=): usable again (libpq finds
+        # the password in PGPASSWORD or ~/.pgpass), shown in messages and records
+        super().__init__(redact(urlunsplit(("postgresql", parts.netloc, parts.path,
+                                            urlencode({**query, "schema": self.schema},
+                                                      safe="/"), ""))))  # fmt: skip
         self.root = self.location
         self._local = threading.local()
         self._ready = False
         self.timescale = False
         self._partitions: set[int] = set()
+
+    def _q(self, text: str, **parts: Any) -> sql.Composed:
+        """A statement with `{s}` the quoted schema and `parts` its other identifiers."""
+        return sql.SQL(text).format(s=sql.Identifier(self.schema), **parts)
+
+    def _scrub(self, text: str) -> str:
+        """A driver message without the URL's password, should the driver echo it."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # ---- connections and schema ----------------------------------------------------------
 
@@ -73,7 +90,7 @@ class PostgresBackend(StorageBackend):
         try:
             conn = psycopg.connect(self.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = self._scrub(first_line(exc))
             if "does not exist" in text:
                 raise UsageError(f"--cache-dir {self.location}: {text}") from None
             raise StorageError(f"cannot connect to {self.location}: {text}") from None
@@ -89,51 +106,25 @@ class PostgresBackend(StorageBackend):
             self._migrate(conn)
         return conn
 
+    @contextlib.contextmanager
+    def _sql_errors(self, where: str) -> Iterator[None]:
+        """Driver errors of a schema changed by hand (or a lost server) as our errors, each
+        naming the table or the cache and what to do."""
+        import psycopg
+
+        try:
+            yield
+        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
+            raise CorruptFile(
+                where,
+                f"{self._scrub(first_line(exc))} (changed by hand?): restore the table or copy"
+                " the cache into a new schema",
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"{self.location}: {self._scrub(first_line(exc))}") from None
+
     def _migrate(self, conn: Any) -> None:
-        s = self.schema
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('marketcache-migrate'))")
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {s}.schema_version "
-                "(version int PRIMARY KEY, applied_at timestamptz DEFAULT now())"
-            )
-            have = conn.execute(f"SELECT max(version) FROM {s}.schema_version").fetchone()[0]
-            self.timescale = bool(
-                conn.execute(
-                    "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-                ).fetchone()
-            )
-            if not have:
-                cols = ", ".join(f"{c} double precision" for c in COLUMNS)
-                key = "PRIMARY KEY (symbol, timeframe, ts)"
-                if self.timescale:
-                    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-                    conn.execute(
-                        f"CREATE TABLE {s}.ohlcv (symbol text NOT NULL, timeframe text"
-                        f" NOT NULL, ts timestamptz NOT NULL, {cols}, {key})"
-                    )
-                    conn.execute(f"SELECT create_hypertable('{s}.ohlcv', 'ts')")
-                else:
-                    conn.execute(
-                        f"CREATE TABLE {s}.ohlcv (symbol text NOT NULL, timeframe text"
-                        f" NOT NULL, ts timestamptz NOT NULL, {cols}, {key})"
-                        " PARTITION BY RANGE (ts)"
-                    )
-                conn.execute(
-                    f"CREATE TABLE {s}.year_records (symbol text, timeframe text,"
-                    " year int, record jsonb NOT NULL, PRIMARY KEY (symbol, timeframe, year))"
-                )
-                conn.execute(
-                    f"CREATE TABLE {s}.documents (symbol text, name text,"
-                    " body bytea NOT NULL, PRIMARY KEY (symbol, name))"
-                )
-                conn.execute(f"CREATE TABLE {s}.index_docs (name text PRIMARY KEY, body jsonb)")
-                conn.execute(
-                    f"CREATE VIEW {s}.bars AS SELECT symbol, timeframe, ts, open, high,"
-                    f" low, close, volume, adj_close FROM {s}.ohlcv"
-                )
-                conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ({SCHEMA_VERSION})")
+        self.timescale = migrate(conn, self.schema, self.location, self._scrub)
         self._ready = True
 
     def close(self) -> None:
@@ -154,39 +145,55 @@ class PostgresBackend(StorageBackend):
     # ---- listing and records ---------------------------------------------------------------
 
     def exists(self) -> bool:
+        """Whether the database answers; a schema it cannot use raises (named), as it is
+        there but not usable — not "does not exist"."""
         try:
-            _ = self.conn
+            conn = getattr(self._local, "conn", None)
+            if conn is None or conn.closed:
+                conn = self._local.conn = self._connect()
         except (StorageError, UsageError):
             return False
+        if not self._ready:
+            self._migrate(conn)
         return True
 
     def keys(self, symbol: str | None = None, timeframe: str | None = None) -> list[Key]:
-        sql = f"SELECT symbol, timeframe, year FROM {self.schema}.year_records WHERE true"
+        query = self._q("SELECT symbol, timeframe, year FROM {s}.year_records WHERE true")
         args: list[Any] = []
         if symbol:
-            sql, args = sql + " AND symbol = %s", [*args, symbol]
+            query, args = query + sql.SQL(" AND symbol = %s"), [*args, symbol]
         if timeframe:
-            sql, args = sql + " AND timeframe = %s", [*args, timeframe]
-        rows = self.conn.execute(sql + " ORDER BY 1, 2, 3", args).fetchall()
+            query, args = query + sql.SQL(" AND timeframe = %s"), [*args, timeframe]
+        with self._sql_errors(f"{self.location} {self.schema}.year_records"):
+            rows = self.conn.execute(query + sql.SQL(" ORDER BY 1, 2, 3"), args).fetchall()
         return [Key(s, t, int(y)) for s, t, y in rows]
 
+    def _where(self, key: Key) -> str:
+        return f"{self.location} {key}"
+
     def read_record(self, key: Key) -> YearRecord:
-        row = self.conn.execute(
-            f"SELECT record FROM {self.schema}.year_records WHERE symbol = %s AND timeframe = %s"
-            " AND year = %s",
-            [key.symbol, key.timeframe, key.year],
-        ).fetchone()
+        with self._sql_errors(self._where(key)):
+            row = self.conn.execute(
+                self._q(
+                    "SELECT record::text FROM {s}.year_records WHERE symbol = %s AND"
+                    " timeframe = %s AND year = %s"
+                ),
+                [key.symbol, key.timeframe, key.year],
+            ).fetchone()
         if row is None:
-            raise CorruptFile(f"{self.location} {key}", "metadata file is missing")
-        return YearRecord.from_json(row[0], f"{self.location} {key}")
+            raise CorruptFile(self._where(key), "metadata file is missing")
+        # parsed here, not by the driver: a crafted record is this year's CorruptFile
+        return YearRecord.from_json(parse_json(row[0], self._where(key)), self._where(key))
 
     def write_record(self, key: Key, record: YearRecord) -> None:
         self._upsert(self.conn, key, record)
 
     def _upsert(self, conn: Any, key: Key, record: YearRecord) -> None:
         conn.execute(
-            f"INSERT INTO {self.schema}.year_records VALUES (%s, %s, %s, %s) ON CONFLICT"
-            " (symbol, timeframe, year) DO UPDATE SET record = EXCLUDED.record",
+            self._q(
+                "INSERT INTO {s}.year_records VALUES (%s, %s, %s, %s) ON CONFLICT"
+                " (symbol, timeframe, year) DO UPDATE SET record = EXCLUDED.record"
+            ),
             [key.symbol, key.timeframe, key.year, json.dumps(record.to_json())],
         )
 
@@ -195,23 +202,38 @@ class PostgresBackend(StorageBackend):
     def _year(self, key: Key) -> tuple[str, str]:
         return f"{key.year}-01-01", f"{key.year + 1}-01-01"
 
-    def _rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
+    def _columns(self, key: Key, columns: list[str]) -> list[str]:
+        """The value columns of a record, only ever known names (CorruptFile otherwise)."""
+        try:
+            return check_columns(columns)[1:]
+        except ValueError as exc:
+            raise CorruptFile(self._where(key), f"metadata is not a valid record: {exc}") from None
+
+    def _rows(self, key: Key, columns: list[str]) -> pd.DataFrame:
         """The year's rows as they are in the table (unchecked)."""
         lo, hi = self._year(key)
         sink = io.BytesIO()
-        values = ", ".join(f"coalesce({c}, 'NaN'::float8)" for c in record.file_info.columns[1:])
-        query = (  # unordered: a sequential scan, sorted by _parse_binary if it has to be
-            f"COPY (SELECT ts, {values} FROM {self.schema}.ohlcv WHERE symbol = %s AND"
-            " timeframe = %s AND ts >= %s AND ts < %s) TO STDOUT (FORMAT binary)"
+        values = sql.SQL(", ").join(
+            sql.SQL("coalesce({}, 'NaN'::float8)").format(sql.Identifier(c))
+            for c in self._columns(key, columns)
         )
-        with self.conn.cursor() as cur, cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp:
+        query = self._q(  # unordered: a sequential scan, sorted by parse_binary if it has to be
+            "COPY (SELECT ts, {values} FROM {s}.ohlcv WHERE symbol = %s AND timeframe = %s"
+            " AND ts >= %s AND ts < %s) TO STDOUT (FORMAT binary)",
+            values=values,
+        )
+        with (
+            self._sql_errors(self._where(key)),
+            self.conn.cursor() as cur,
+            cur.copy(query, [key.symbol, key.timeframe, lo, hi]) as cp,
+        ):
             for block in cp:
                 sink.write(block)
-        return _parse_binary(sink.getvalue(), record.file_info.columns)
+        return parse_binary(sink.getvalue(), ["timestamp", *self._columns(key, columns)])
 
     def read_rows(self, key: Key, record: YearRecord) -> pd.DataFrame:
-        frame = self._rows(key, record)
-        where = f"{self.location} {key}"
+        frame = self._rows(key, record.file_info.columns)
+        where = self._where(key)
         if len(frame) != record.rows:
             raise CorruptFile(where, f"holds {len(frame)} rows, metadata says {record.rows}")
         if digest(frame, record.file_info.columns) != record.file_info.sha256:
@@ -220,34 +242,45 @@ class PostgresBackend(StorageBackend):
 
     def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
         """Rows that no longer match their record were changed in the database, not damaged:
-        they are what there is, and `validate --fix` records them anew."""
-        frame = self._rows(key, self.read_record(key))
-        return (frame if len(frame) else None), "rows as they are in the database", "-"
+        they are what there is, and `validate --fix` records them anew. The year as it was
+        (rows and record) is copied into the quarantine tables first."""
+        try:
+            columns = self.read_record(key).file_info.columns
+        except CorruptFile:  # an unreadable record: every column, adj_close if it holds any
+            columns = ["timestamp", *COLUMNS]
+        frame = self._rows(key, columns)
+        if "adj_close" in frame.columns and frame["adj_close"].isna().all():
+            frame = frame.drop(columns="adj_close")
+        aside = self._set_aside(key, move=False)
+        return (frame if len(frame) else None), "rows as they are in the database", aside
 
     def write_year(self, key: Key, frame: pd.DataFrame, record: YearRecord) -> YearRecord:
         columns = record.file_info.columns
-        frame = frame.reindex(columns=columns)
-        body = _csv(frame, columns, key)
+        self._columns(key, columns)
+        frame = to_microseconds(frame.reindex(columns=columns), key)
+        body = to_csv(frame, columns, key)
         info = record.file_info
         info.format, info.size_bytes, info.raw_bytes = self.format, len(body), len(body)
         info.sha256, info.members, info.rows = digest(frame, columns), 1, len(frame)
         lo, hi = self._year(key)
-        s = self.schema
         conn = self.conn
-        self._partition(conn, key.year)
-        with conn.transaction():
-            conn.execute(
-                f"DELETE FROM {s}.ohlcv WHERE symbol = %s AND timeframe = %s AND"
-                " ts >= %s AND ts < %s",
-                [key.symbol, key.timeframe, lo, hi],
-            )
-            names = ", ".join(["symbol", "timeframe", "ts", *columns[1:]])
-            with (
-                conn.cursor() as cur,
-                cur.copy(f"COPY {s}.ohlcv ({names}) FROM STDIN WITH (FORMAT csv)") as cp,
-            ):
-                cp.write(body)
-            self._upsert(conn, key, record)
+        names = sql.SQL(", ").join(
+            sql.Identifier(c) for c in ["symbol", "timeframe", "ts", *columns[1:]]
+        )
+        with self._sql_errors(self._where(key)):
+            self._partition(conn, key.year)
+            with conn.transaction():
+                conn.execute(
+                    self._q(
+                        "DELETE FROM {s}.ohlcv WHERE symbol = %s AND timeframe = %s AND"
+                        " ts >= %s AND ts < %s"
+                    ),
+                    [key.symbol, key.timeframe, lo, hi],
+                )
+                copy = self._q("COPY {s}.ohlcv ({names}) FROM STDIN WITH (FORMAT csv)", names=names)
+                with conn.cursor() as cur, cur.copy(copy) as cp:
+                    cp.write(body)
+                self._upsert(conn, key, record)
         return record
 
     def _partition(self, conn: Any, year: int) -> None:
@@ -256,28 +289,98 @@ class PostgresBackend(StorageBackend):
 
         if self.timescale or year in self._partitions:
             return
-        s = self.schema
         # another writer may create it a moment before us
         with contextlib.suppress(psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {s}.ohlcv_{year} PARTITION OF {s}.ohlcv"
-                f" FOR VALUES FROM ('{year}-01-01') TO ('{year + 1}-01-01')"
+                self._q(
+                    "CREATE TABLE IF NOT EXISTS {s}.{part} PARTITION OF {s}.ohlcv"
+                    " FOR VALUES FROM ({lo}) TO ({hi})",
+                    part=sql.Identifier(f"ohlcv_{year}"),
+                    lo=sql.Literal(f"{year}-01-01"),
+                    hi=sql.Literal(f"{year + 1}-01-01"),
+                )
             )
         self._partitions.add(year)
 
     def delete(self, key: Key) -> None:
         lo, hi = self._year(key)
-        with self.conn.transaction():
-            self.conn.execute(
-                f"DELETE FROM {self.schema}.year_records WHERE symbol = %s AND"
-                " timeframe = %s AND year = %s",
-                [*key.series, key.year],
+        with self._sql_errors(self._where(key)), self.conn.transaction():
+            self._delete(self.conn, key, lo, hi)
+
+    def _delete(self, conn: Any, key: Key, lo: str, hi: str) -> None:
+        conn.execute(
+            self._q(
+                "DELETE FROM {s}.year_records WHERE symbol = %s AND timeframe = %s AND year = %s"
+            ),
+            [*key.series, key.year],
+        )
+        conn.execute(
+            self._q(
+                "DELETE FROM {s}.ohlcv WHERE symbol = %s AND timeframe = %s AND"
+                " ts >= %s AND ts < %s"
+            ),
+            [*key.series, lo, hi],
+        )
+
+    # ---- quarantine ------------------------------------------------------------------------
+
+    def quarantine(self, key: Key) -> str | None:
+        """Move the year's rows and record into the quarantine tables (one transaction), under
+        a unique name; the year is then absent, so that it is fetched again."""
+        return self._set_aside(key, move=True)
+
+    def _set_aside(self, key: Key, *, move: bool) -> str:
+        aside = f"{key.symbol}/{key.timeframe}/{key.year}{quarantine_mark()}"  # never overwrites
+        lo, hi = self._year(key)
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+        conn = self.conn
+        with self._sql_errors(self._where(key)), conn.transaction():
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.quarantine_ohlcv (aside, symbol, timeframe, ts, {names})"
+                    " SELECT %s, symbol, timeframe, ts, {names} FROM {s}.ohlcv"
+                    " WHERE symbol = %s AND timeframe = %s AND ts >= %s AND ts < %s",
+                    names=names,
+                ),
+                [aside, *key.series, lo, hi],
             )
-            self.conn.execute(
-                f"DELETE FROM {self.schema}.ohlcv WHERE symbol = %s AND"
-                " timeframe = %s AND ts >= %s AND ts < %s",
-                [*key.series, lo, hi],
-            )
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.quarantine_records (aside, symbol, timeframe, year, record,"
+                    " reason) SELECT %s, %s, %s, %s, (SELECT record::text FROM {s}.year_records"
+                    " WHERE symbol = %s AND timeframe = %s AND year = %s), %s"
+                ),
+                [aside, *key.series, key.year, *key.series, key.year,
+                 "corrupt" if move else "copy kept by validate --fix"],
+            )  # fmt: skip
+            if move:
+                self._delete(conn, key, lo, hi)
+        return aside
+
+    def purge_quarantine(self, days: float, *, dry_run: bool) -> list[tuple[str, str]]:
+        """Quarantined years set aside more than `days` days ago (removed unless `dry_run`)."""
+        if not self.exists():
+            return []
+        cutoff = f"{float(days)} days"
+        with self._sql_errors(f"{self.location} {self.schema}.quarantine_records"):
+            old = self.conn.execute(
+                self._q(
+                    "SELECT aside FROM {s}.quarantine_records"
+                    " WHERE quarantined_at < now() - %s::interval ORDER BY aside"
+                ),
+                [cutoff],
+            ).fetchall()
+            names = [r[0] for r in old]
+            if names and not dry_run:
+                with self.conn.transaction():
+                    for table in ("quarantine_ohlcv", "quarantine_records"):
+                        self.conn.execute(
+                            self._q("DELETE FROM {s}.{t} WHERE aside = ANY(%s)",
+                                    t=sql.Identifier(table)),
+                            [names],
+                        )  # fmt: skip
+        why = f"quarantined more than {days:g} days ago"
+        return [(f"{self.location} {self.schema}.quarantine_records {n}", why) for n in names]
 
     # ---- locks ---------------------------------------------------------------------------------
 
@@ -294,8 +397,10 @@ class PostgresBackend(StorageBackend):
     @contextlib.contextmanager
     def _advisory(self, name: str, wait: float, what: str) -> Iterator[None]:
         """A session advisory lock on a connection of its own: re-entrant in this process,
-        released by the server if this process dies."""
-        held = _HELD.setdefault(name, _Held())
+        released by the server if this process dies. Held state is per database and name:
+        two caches of one process in different databases do not share it."""
+        with _HELD_GUARD:
+            held = _HELD.setdefault((self.location, name), _Held())
         if not held.rlock.acquire(timeout=max(wait, 0.0)):
             raise LockTimeout(_timeout(what, wait))
         try:
@@ -325,41 +430,53 @@ class PostgresBackend(StorageBackend):
 
     def read_document(self, symbol: str, name: str) -> bytes | None:
         row = self.conn.execute(
-            f"SELECT body FROM {self.schema}.documents WHERE symbol = %s AND name = %s",
+            self._q("SELECT body FROM {s}.documents WHERE symbol = %s AND name = %s"),
             [symbol, name],
         ).fetchone()
         return bytes(row[0]) if row else None
 
     def write_document(self, symbol: str, name: str, data: bytes) -> None:
         self.conn.execute(
-            f"INSERT INTO {self.schema}.documents VALUES (%s, %s, %s) ON CONFLICT"
-            " (symbol, name) DO UPDATE SET body = EXCLUDED.body",
+            self._q(
+                "INSERT INTO {s}.documents VALUES (%s, %s, %s) ON CONFLICT"
+                " (symbol, name) DO UPDATE SET body = EXCLUDED.body"
+            ),
             [symbol, name, data],
         )
 
     def list_documents(self, symbol: str, prefix: str) -> list[str]:
         rows = self.conn.execute(
-            f"SELECT name FROM {self.schema}.documents WHERE symbol = %s"
-            " AND starts_with(name, %s) ORDER BY name",
+            self._q(
+                "SELECT name FROM {s}.documents WHERE symbol = %s"
+                " AND starts_with(name, %s) ORDER BY name"
+            ),
             [symbol, prefix],
         )
         return [r[0] for r in rows.fetchall()]
 
     def delete_document(self, symbol: str, name: str) -> None:
         self.conn.execute(
-            f"DELETE FROM {self.schema}.documents WHERE symbol = %s AND name = %s", [symbol, name]
+            self._q("DELETE FROM {s}.documents WHERE symbol = %s AND name = %s"), [symbol, name]
         )
 
     def read_index(self, name: str) -> Any:
+        """A derived index document, or None when missing or unreadable (it is rebuilt)."""
         row = self.conn.execute(
-            f"SELECT body FROM {self.schema}.index_docs WHERE name = %s", [name]
+            self._q("SELECT body::text FROM {s}.index_docs WHERE name = %s"), [name]
         ).fetchone()
-        return row[0] if row else None
+        if row is None or row[0] is None:
+            return None
+        try:
+            return parse_json(row[0], name)
+        except CorruptFile:
+            return None
 
     def write_index(self, name: str, data: Any) -> None:
         self.conn.execute(
-            f"INSERT INTO {self.schema}.index_docs VALUES (%s, %s) ON CONFLICT"
-            " (name) DO UPDATE SET body = EXCLUDED.body",
+            self._q(
+                "INSERT INTO {s}.index_docs VALUES (%s, %s) ON CONFLICT"
+                " (name) DO UPDATE SET body = EXCLUDED.body"
+            ),
             [name, json.dumps(data)],
         )
 
@@ -371,7 +488,8 @@ class _Held:
         self.conn: Any = None
 
 
-_HELD: dict[str, _Held] = {}
+_HELD: dict[tuple[str, str], _Held] = {}  # (database URL, lock name) → this process's hold
+_HELD_GUARD = threading.Lock()
 
 
 def _timeout(what: str, wait: float) -> str:
@@ -379,64 +497,3 @@ def _timeout(what: str, wait: float) -> str:
         f"{what} is locked by another marketcache run (waited {wait:g}s): "
         "let it finish or raise lock_wait"
     )
-
-
-def _csv(frame: pd.DataFrame, columns: list[str], key: Key) -> bytes:
-    """The rows as COPY CSV (symbol, timeframe, UTC stamp, floats that read back exact)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    n = len(frame)
-    arrays = [
-        pa.array(np.full(n, key.symbol, dtype=object), pa.string()),
-        pa.array(np.full(n, key.timeframe, dtype=object), pa.string()),
-        pa.array(frame["timestamp"].to_numpy("datetime64[ns]").astype("datetime64[us]")),
-    ]
-    arrays += [
-        pa.array(frame[c].to_numpy("float64", na_value=np.nan), from_pandas=True)
-        for c in columns[1:]
-    ]
-    table = pa.Table.from_arrays(arrays, names=["symbol", "timeframe", *columns])
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
-    return sink.getvalue()
-
-
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-
-
-def _parse_binary(raw: bytes, columns: list[str]) -> pd.DataFrame:
-    """COPY binary out (timestamptz, float8 × n, no NULLs) → a frame, parsed by numpy: every
-    row has the same width, so the body is one structured array."""
-    import numpy as np
-    import pandas as pd
-
-    extension = int.from_bytes(raw[15:19], "big") if len(raw) >= 19 else 0
-    body = raw[19 + extension :]  # signature (11), flags (4), header extension length (4)
-    fields = [("count", ">i2")]
-    for i in range(len(columns)):
-        fields += [(f"len{i}", ">i4"), (f"v{i}", ">i8" if i == 0 else ">f8")]
-    row = np.dtype(fields)
-    count = max(len(body) - 2, 0) // row.itemsize  # the trailer is a -1 field count
-    data = np.frombuffer(body, dtype=row, count=count)
-    if len(data) > 1 and not (np.diff(data["v0"]) > 0).all():
-        data = data[np.argsort(data["v0"], kind="stable")]
-    stamps = (data["v0"].astype(np.int64) + PG_EPOCH_US) * 1000
-    frame = pd.DataFrame({"timestamp": stamps.astype("datetime64[ns]")})
-    for i, col in enumerate(columns[1:], start=1):
-        frame[col] = data[f"v{i}"].astype(np.float64)
-    return frame
-
-
-def digest(frame: pd.DataFrame, columns: list[str]) -> str:
-    """sha256 over the rows' canonical bytes (int64 ns stamps, float64 values, NaN as one)."""
-    import numpy as np
-
-    h = hashlib.sha256()
-    h.update(frame["timestamp"].to_numpy("datetime64[ns]").astype(np.int64).tobytes())
-    for col in columns[1:]:
-        values = frame[col].to_numpy("float64", na_value=np.nan).copy()
-        values[np.isnan(values)] = np.nan
-        h.update(values.tobytes())
-    return h.hexdigest()

@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from marketcache.errors import Conflict, CorruptFile, UsageError
-from marketcache.records import YearRecord
+from marketcache.records import YearRecord, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import committed_bytes, decode_checked, matches
 from marketcache.storage.files.codecs import Codec, codec, suffix
@@ -51,6 +51,7 @@ from marketcache.storage.layout import (
     META_SUFFIX,
     PENDING_SUFFIX,
     QUARANTINE_MARK,
+    quarantine_mark,
     year_file,
 )
 from marketcache.storage.objects.lease import Leases
@@ -72,10 +73,16 @@ def _dumps(doc: Any) -> bytes:
 
 
 def _loads(data: bytes) -> Any:
+    """A JSON object's value, or None when it is not one (junk is no claim, no index)."""
     try:
-        return json.loads(data)
-    except ValueError:
+        return parse_json(data, "")
+    except CorruptFile:
         return None
+
+
+def _aside_name(name: str) -> str:
+    """A unique quarantine name (two set-asides in one second never overwrite each other)."""
+    return name + quarantine_mark()
 
 
 def _committed(doc: dict[str, Any]) -> dict[str, Any]:
@@ -138,12 +145,7 @@ class ObjectBackend(StorageBackend):
 
     def _json(self, name: str) -> Any:
         found = self.store.get(name)
-        if found is None:
-            return None
-        try:
-            return json.loads(found[0])
-        except ValueError:
-            return None
+        return None if found is None else _loads(found[0])
 
     def _created(self) -> None:
         """Record the format with the first write (create-if-absent: the first writer wins)."""
@@ -212,10 +214,9 @@ class ObjectBackend(StorageBackend):
         if found is None:
             self._seen.pop(name, None)
             return None
-        try:
-            doc = json.loads(found[0])
-        except ValueError:
-            raise CorruptFile(f"{self.location}/{name}", "metadata is not valid JSON") from None
+        # what was read is remembered even when it is junk: a repair replaces exactly it
+        self._seen[name] = (found[1].etag, {})
+        doc = parse_json(found[0], f"{self.location}/{name}")
         if not isinstance(doc, dict):
             raise CorruptFile(f"{self.location}/{name}", "metadata is not a JSON object")
         self._seen[name] = (found[1].etag, doc)
@@ -430,7 +431,12 @@ class ObjectBackend(StorageBackend):
         data still as committed is re-committed with a fresh mark (the fence); data matching
         nothing keeps the committed record, to be quarantined as corrupt."""
         data_name, meta_name, _ = self._names(key)
-        found = self._read(meta_name)
+        try:
+            found = self._read(meta_name)
+            if found is not None:
+                self._record(meta_name, found[1])
+        except CorruptFile:  # an unreadable record settles nothing: the year reads as corrupt
+            return "corrupt"
         if found is None or not _candidates(found[1]):
             return "clean"
         etag, doc = found
@@ -475,15 +481,14 @@ class ObjectBackend(StorageBackend):
 
     def quarantine(self, key: Key) -> str | None:
         data_name, meta_name, _ = self._names(key)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = None
         found = self.store.get(data_name)
         if found is not None:
-            aside = f"{data_name}{QUARANTINE_MARK}{stamp}"
-            self.store.put(aside, found[0])
+            aside = _aside_name(data_name)
+            self.store.put(aside, found[0], if_absent=True)
         record = self.store.get(meta_name)
         if record is not None:
-            self.store.put(f"{meta_name}{QUARANTINE_MARK}{stamp}", record[0])
+            self.store.put(_aside_name(meta_name), record[0], if_absent=True)
         self.delete(key)
         return aside.rpartition("/")[2] if aside else None
 
@@ -493,9 +498,8 @@ class ObjectBackend(StorageBackend):
         if found is None:
             return None, f"{self.location}/{data_name}: data object is missing", ""
         df, note = self.codec.salvage(found[0])
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        aside = f"{data_name}{QUARANTINE_MARK}{stamp}"
-        self.store.put(aside, found[0])
+        aside = _aside_name(data_name)
+        self.store.put(aside, found[0], if_absent=True)
         return df, note, aside.rpartition("/")[2]
 
     def leftovers(self, *, dry_run: bool, wait: float = 600.0) -> list[tuple[str, str]]:
@@ -520,6 +524,33 @@ class ObjectBackend(StorageBackend):
         swept = self.leases.sweep(f"{INDEX_DIR}/locks/", dry_run=dry_run)
         return found + [(f"{self.location}/{name}", why) for name, why in swept]
 
+    def purge_quarantine(self, days: float, *, dry_run: bool) -> list[tuple[str, str]]:
+        """Objects set aside (`….corrupt-STAMP…`) more than `days` days ago: by the
+        store's clock where it has one, else by the stamp in the name (days, not seconds,
+        are at stake here)."""
+        import time
+
+        limit = days * 86400
+        why = f"quarantined more than {days:g} days ago"
+        found = []
+        for name, meta in self.store.listing().items():
+            if QUARANTINE_MARK not in name.rpartition("/")[2]:
+                continue
+            if meta.modified is not None:
+                age = meta.now - meta.modified
+            else:
+                stamp = name.rpartition(QUARANTINE_MARK)[2][:15]  # YYYYmmddTHHMMSS
+                try:
+                    made = datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+                except ValueError:
+                    continue
+                age = time.time() - made.timestamp()
+            if age > limit:
+                found.append((f"{self.location}/{name}", why))
+                if not dry_run:
+                    self.store.delete(name)
+        return found
+
     def _leftovers_of(
         self, key: Key, kinds: set[str], *, dry_run: bool, wait: float
     ) -> list[tuple[str, str]]:
@@ -527,8 +558,9 @@ class ObjectBackend(StorageBackend):
         found: list[tuple[str, str]] = []
         interrupted = "pending" in kinds
         if "meta" in kinds and not interrupted:
-            record = self._read(meta_name)
-            interrupted = record is not None and bool(_candidates(record[1]))
+            with contextlib.suppress(CorruptFile):  # validate names an unreadable record
+                record = self._read(meta_name)
+                interrupted = record is not None and bool(_candidates(record[1]))
         if interrupted:
             where = pending_name if "pending" in kinds else meta_name
             found.append((f"{self.location}/{where}", "interrupted commit"))

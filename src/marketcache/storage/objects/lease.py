@@ -1,11 +1,18 @@
 """Lease locks on an object store: one writer per series across machines.
 
 A lease is an object (`_metadata/locks/SYMBOL/TF.lease`) naming its owner, taken with a
-create-if-absent write and renewed (a replace-if-unchanged write) every third of its length
-while the holder works. A holder that dies stops renewing; once the store's own clock says the
-lease is older than its length, a waiter takes it over with a replace-if-unchanged write, so a
-killed runner blocks the next one for at most `lease_seconds` (and the second of granularity
-of the store's HTTP dates). A holder that was paused past
+create-if-absent write and renewed (a replace-if-unchanged write, with a renewal counter, so
+its bytes change every time) every third of its length while the holder works. A holder that
+dies stops renewing; once the lease is older than its length, a waiter takes it over with a
+replace-if-unchanged write. No machine's clock is trusted for "older": on S3 the store's own
+clock says (Date, Last-Modified), so a killed runner blocks the next one for at most
+`lease_seconds` (and the second of granularity of the store's HTTP dates); a store without
+a clock (memory://, local://, gs:// through fsspec) gives no time at all, so the waiter
+watches the lease itself with its monotonic clock and takes it over only once it has seen it
+unchanged — no renewal — for a full lease length: a clock that runs ahead anywhere cannot
+make a live lease look old, and a dead holder blocks a waiter for at most one lease length
+after the waiter first looked. `cleanup` leaves such leases alone (it does not wait a lease
+length to judge one); the next writer takes a dead one over. A holder that was paused past
 its lease finds its renewal refused and its commits stop (`check`); the conditional writes of
 the commit itself are the second guard. Taking a lease does not trust the store to refuse one
 of two simultaneous creates (moto and fsspec stores check, then write): the taker reads the
@@ -27,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from marketcache.errors import Conflict, LockTimeout, StorageError
-from marketcache.storage.objects.store import ObjectStore
+from marketcache.storage.objects.store import Meta, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +64,34 @@ class Leases:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: dict[str, _Held] = {}
         self._guard = threading.Lock()
+        self._renewals = 0
+        # clockless stores: lease name → (etag, time.monotonic() this process first saw it)
+        self._watched: dict[str, tuple[str, float]] = {}
 
     def _body(self) -> bytes:
+        self._renewals += 1  # the bytes (and so the etag) change with every renewal
         return json.dumps(
-            {"owner": self.owner, "seconds": self.seconds, "renewed_at": time.time()}
-        ).encode()
+            {"owner": self.owner, "seconds": self.seconds, "renewed_at": time.time(),
+             "renewal": self._renewals}
+        ).encode()  # fmt: skip
+
+    def _unchanged_for(self, name: str, etag: str) -> float:
+        """How long (this process's monotonic clock) the lease `name` has kept `etag`."""
+        now = time.monotonic()
+        with self._guard:
+            seen = self._watched.get(name)
+            if seen is None or seen[0] != etag:
+                self._watched[name] = seen = (etag, now)
+        return now - seen[1]
+
+    def _age(self, name: str, body: bytes, meta: Meta) -> tuple[str, float, float]:
+        """(holder, age, length) of a lease read now: by the store's clock where it has one,
+        else by how long this process has watched it unchanged."""
+        holder, age, length = _describe(body, meta.modified, meta.now)
+        if meta.modified is None:
+            length = length if length > 0 else self.seconds  # unreadable: maybe a torn write
+            age = self._unchanged_for(name, meta.etag)
+        return holder, age, length
 
     @contextmanager
     def hold(self, name: str, *, wait: float, what: str) -> Iterator[None]:
@@ -92,7 +122,7 @@ class Leases:
                 etag = self.store.put(name, self._body(), if_absent=True)
             if etag is None and (found := self.store.get(name)) is not None:
                 body, meta = found
-                holder, age, length = _describe(body, meta.modified, meta.now)
+                holder, age, length = self._age(name, body, meta)
                 if age > length:
                     with contextlib.suppress(Conflict):
                         etag = self.store.put(name, self._body(), if_match=meta.etag)
@@ -158,8 +188,8 @@ class Leases:
         found = []
         for name in self.store.listing(prefix):
             lease = self.store.get(name) if name.endswith(".lease") else None
-            if lease is None:
-                continue
+            if lease is None or lease[1].modified is None:
+                continue  # no store clock: only a waiter that watched it a lease long can tell
             holder, age, length = _describe(lease[0], lease[1].modified, lease[1].now)
             if age > length:
                 found.append((name, f"expired lease of {holder}"))

@@ -20,6 +20,7 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -85,8 +86,10 @@ def _root(url: str) -> tuple[str, str, str]:
 
 
 def safe_url(url: str) -> str:
-    """The URL without any user:secret@ part."""
-    protocol, sep, rest = url.partition("://")
+    """The URL without any user:secret@ part or secret query value (`storage.open.redact`)."""
+    from marketcache.storage.open import redact
+
+    protocol, sep, rest = redact(url).partition("://")
     host, slash, path = rest.partition("/")
     return f"{protocol}{sep}{host.rpartition('@')[2]}{slash}{path}"
 
@@ -239,6 +242,9 @@ class FsspecStore(ObjectStore):
 
         self.url = safe_url(url).rstrip("/")
         protocol, bucket, prefix = _root(self.url)
+        self.local = protocol in ("local", "file")
+        if self.local:  # a folder: objects in folders made on demand, written by rename
+            options = {"auto_mkdir": True, **options}
         try:
             self.fs = fsspec.filesystem(protocol, **options)
         except (ImportError, ValueError) as exc:
@@ -246,7 +252,7 @@ class FsspecStore(ObjectStore):
                 f"--cache-dir {self.url}: no fsspec driver for {protocol}:// ({exc})"
             ) from None
         self.base = "/".join(p for p in (bucket, prefix) if p)
-        if protocol == "memory":
+        if protocol in ("memory", "local", "file"):  # absolute paths, as `find` answers them
             self.base = "/" + self.base
 
     def _path(self, name: str) -> str:
@@ -281,7 +287,12 @@ class FsspecStore(ObjectStore):
         self.requests += 1
         self.sent_bytes += len(data)
         try:
-            self.fs.pipe_file(self._path(name), data)
+            if self.local:  # a reader never sees half an object
+                temp = f"{self._path(name)}.tmp-{secrets.token_hex(4)}"
+                self.fs.pipe_file(temp, data)
+                self.fs.mv(temp, self._path(name))
+            else:
+                self.fs.pipe_file(self._path(name), data)
         except OSError as exc:
             raise StorageError(f"{self.url}/{name}: cannot write ({exc})") from None
         return _etag(data)
