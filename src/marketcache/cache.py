@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from marketcache.errors import CorruptFile, UsageError
 from marketcache.records import YearRecord, now_stamp
 from marketcache.retention import CleanupAction
 from marketcache.storage.backend import Key, StorageBackend
-from marketcache.storage.open import open_backend
+from marketcache.storage.open import open_backend, redact
 from marketcache.symbols import AssetClass, classify, normalize_symbol
 from marketcache.timeframes import parse_timeframe
 
@@ -33,15 +32,6 @@ if TYPE_CHECKING:
     from marketcache.repair import YearCheck
     from marketcache.validate import OHLCVValidator
     from marketcache.writes import SeriesWriter, YearWrite
-
-
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:?#]*):[^/@?#]*@")
-_PASSWORD_PARAM = re.compile(r"(?i)\b(password=)[^&#\s]*")
-
-
-def redact_location(location: str) -> str:
-    """A cache location fit to show: a password in `user:pass@` or `password=` becomes ***."""
-    return _PASSWORD_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", location))
 
 
 @dataclass
@@ -94,7 +84,7 @@ class UnifiedCache:
         self.catalog = Catalog(self.backend, self.settings, lock_wait=self.lock_wait)
 
     def __repr__(self) -> str:
-        return f"UnifiedCache({redact_location(str(self.root))!r})"
+        return f"UnifiedCache({redact(str(self.root))!r})"
 
     @property
     def root(self) -> Any:

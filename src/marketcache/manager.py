@@ -67,9 +67,9 @@ class DataManager:
         self._asked_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        from marketcache.cache import redact_location
+        from marketcache.storage.open import redact
 
-        return f"DataManager({redact_location(str(self.cache.root))!r})"
+        return f"DataManager({redact(str(self.cache.root))!r})"
 
     # ---- lifecycle -------------------------------------------------------------------------
 
