@@ -81,13 +81,18 @@ class DataManager:
         adjust: str = "none",
         fetch_missing: bool = True,
         provider: str | None = None,
-    ) -> pd.DataFrame:
+        output_format: str = "pandas",
+    ) -> Any:
         """Bars of [start, end), fetching what the cache lacks first (unless `fetch_missing`
-        is False: then a pure read, and an unstored range gives an empty frame)."""
+        is False: then a pure read, and an unstored range gives an empty frame), as
+        `output_format` says: "pandas", "arrow" (a pyarrow Table) or "polars"."""
+        from marketcache.outputs import check_output_format
+
+        check_output_format(output_format)  # before anything is fetched
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         if fetch_missing:
             self._fill(sym, tf, start, end, provider)
-        return self.cache.get(sym, tf, start, end, adjust=adjust)
+        return self.cache.get(sym, tf, start, end, adjust=adjust, output_format=output_format)
 
     def _fill(self, sym: str, tf: str, start: Any, end: Any, provider: str | None) -> None:
         from marketcache.populate import run_populate
@@ -122,16 +127,28 @@ class DataManager:
         *,
         adjust: str = "none",
         fetch_missing: bool = True,
-    ) -> pd.DataFrame:
-        """One frame for several symbols, with a `symbol` column first."""
+        output_format: str = "pandas",
+    ) -> Any:
+        """One frame for several symbols, with a `symbol` column first (as `output_format`
+        says: "pandas", "arrow" or "polars")."""
+        from marketcache.outputs import check_output_format, convert
+
+        check_output_format(output_format)
         frames = [
             self.get_ohlcv(
                 s, timeframe, start, end, adjust=adjust, fetch_missing=fetch_missing
             ).assign(symbol=normalize_symbol(s))
             for s in symbols
         ]
-        out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return out[["symbol", *[c for c in out.columns if c != "symbol"]]] if len(frames) else out
+        if not frames and output_format == "pandas":
+            return pd.DataFrame()
+        if not frames:
+            from marketcache.frames import empty_frame
+
+            frames = [empty_frame().assign(symbol=pd.Series([], dtype=str))]
+        out = pd.concat(frames, ignore_index=True)
+        out = out[["symbol", *[c for c in out.columns if c != "symbol"]]]
+        return convert(out, output_format)
 
     def latest(self, symbols: list[str], timeframe: str) -> pd.DataFrame:
         """The last stored bar of each symbol (a read: nothing is fetched)."""

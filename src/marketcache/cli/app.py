@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import typer
 
     import marketcache.cli.data_commands  # noqa: F401 — registers copy and fundamentals
+    import marketcache.cli.serve_commands  # noqa: F401 — registers serve and get
     from marketcache.cli.commands import app
 
     verbose = "-v" in args or "--verbose" in args
