@@ -73,7 +73,8 @@ def test_every_route_in_every_format_equals_get(
         assert btc["first"] == "2023-12-20T00:00:00" and btc["last"] == "2024-01-13T23:00:00"
         avail = http.get(f"{API}/availability").json()
         assert {(a["symbol"], a["timeframe"], a["rows"]) for a in avail} == {
-            ("AAPL", "1d", len(cache.get("AAPL", "1d"))), ("BTCUSDT", "1h", 24 * 25)
+            ("AAPL", "1d", len(cache.get("AAPL", "1d"))),
+            ("BTCUSDT", "1h", 24 * 25),
         }
         quote = http.get(f"{API}/quote/BTCUSDT", params={"interval": "1h"}).json()
         last = cache.get("BTCUSDT", "1h").iloc[-1]
@@ -187,7 +188,11 @@ def _start_cli_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.
 def test_the_token_guards_every_route_but_health_and_is_never_logged(tmp_path: Path) -> None:
     fill(cache_on("csv.gz", tmp_path, None))
     secret = "tok-3f9a1c77e2"
-    env = {**os.environ, "MARKETCACHE_TOKEN": secret, "MARKETCACHE_CACHE_DIR": str(tmp_path / "data-cache")}
+    env = {
+        **os.environ,
+        "MARKETCACHE_TOKEN": secret,
+        "MARKETCACHE_CACHE_DIR": str(tmp_path / "data-cache"),
+    }
     proc, url = _start_cli_server([], env)
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -211,7 +216,9 @@ def test_the_token_guards_every_route_but_health_and_is_never_logged(tmp_path: P
                 connect(ws_url, open_timeout=30).close()
             assert denied.value.response.status_code == 401
             with connect(ws_url + f"?token={secret}", open_timeout=30) as ws:
-                ws.send(json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"}))
+                ws.send(
+                    json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"})
+                )
                 assert json.loads(ws.recv(30))["type"] == "subscribed"
     finally:
         proc.terminate()
@@ -238,9 +245,13 @@ def test_a_commit_by_another_process_reaches_a_websocket_subscriber(tmp_path: Pa
                                 "interval": "1h"}))  # fmt: skip
             assert json.loads(ws.recv(30)) == {"type": "subscribed", "interval": "1h",
                                                "symbols": ["BTCUSDT", "NEWUSDT"]}  # fmt: skip
-            other.send(json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"}))
+            other.send(
+                json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"})
+            )
             assert json.loads(other.recv(30))["type"] == "subscribed"
-            other.send(json.dumps({"action": "unsubscribe", "symbols": ["BTCUSDT"], "interval": "1h"}))
+            other.send(
+                json.dumps({"action": "unsubscribe", "symbols": ["BTCUSDT"], "interval": "1h"})
+            )
             assert json.loads(other.recv(30))["type"] == "unsubscribed"
             new = make_bars("2024-01-14", 3, "1h", seed=5)
             script = (
@@ -261,7 +272,9 @@ def test_a_commit_by_another_process_reaches_a_websocket_subscriber(tmp_path: Pa
             bars = [m for m in got if m["type"] == "bar"]
             btc = [m for m in bars if m["symbol"] == "BTCUSDT"]
             assert [m["bar"]["timestamp"] for m in btc] == [
-                "2024-01-14T00:00:00Z", "2024-01-14T01:00:00Z", "2024-01-14T02:00:00Z"
+                "2024-01-14T00:00:00Z",
+                "2024-01-14T01:00:00Z",
+                "2024-01-14T02:00:00Z",
             ]
             assert [m["bar"]["close"] for m in btc] == new["close"].tolist()
             assert all(m["closed"] is True and m["interval"] == "1h" for m in bars)
@@ -381,18 +394,20 @@ def test_a_bucket_cache_is_served_to_a_subscriber_from_another_machine(
     from websockets.sync.client import connect
 
     cache = fill(UnifiedCache(s3_url, settings=parse_settings("")))
-    with served(cache, poll_interval=0.2) as url:
-        with connect(url.replace("http", "ws") + f"{API}/stream", open_timeout=30) as ws:
-            ws.send(json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"}))
-            assert json.loads(ws.recv(30))["type"] == "subscribed"
-            env = {**os.environ, **s3_environment(s3_server, tmp_path / "other")}
-            script = (
-                "import sys; sys.path.insert(0, sys.argv[2])\n"
-                "from conftest import make_bars\n"
-                "from marketcache import UnifiedCache\n"
-                "UnifiedCache(sys.argv[1]).put(make_bars('2024-01-14', 2, '1h', seed=7), 'BTCUSDT', '1h')\n"
-            )
-            subprocess.run([sys.executable, "-c", script, s3_url, str(Path(__file__).parent)],
+    with (
+        served(cache, poll_interval=0.2) as url,
+        connect(url.replace("http", "ws") + f"{API}/stream", open_timeout=30) as ws,
+    ):
+        ws.send(json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"}))
+        assert json.loads(ws.recv(30))["type"] == "subscribed"
+        env = {**os.environ, **s3_environment(s3_server, tmp_path / "other")}
+        script = (
+            "import sys; sys.path.insert(0, sys.argv[2])\n"
+            "from conftest import make_bars\n"
+            "from marketcache import UnifiedCache\n"
+            "UnifiedCache(sys.argv[1]).put(make_bars('2024-01-14', 2, '1h', seed=7), 'BTCUSDT', '1h')\n"
+        )
+        subprocess.run([sys.executable, "-c", script, s3_url, str(Path(__file__).parent)],
                            check=True, timeout=120, env=env)  # fmt: skip
-            got = [json.loads(ws.recv(60)) for _ in range(2)]
+        got = [json.loads(ws.recv(60)) for _ in range(2)]
     assert [m["bar"]["timestamp"] for m in got] == ["2024-01-14T00:00:00Z", "2024-01-14T01:00:00Z"]

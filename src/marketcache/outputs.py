@@ -28,12 +28,14 @@ def check_output_format(output_format: str) -> str:
 
 
 def arrow_schema(columns: list[str]) -> pa.Schema:
-    """timestamp first, then float64 columns (a `symbol` column, as `get_many` adds, is text)."""
+    """The columns in order: timestamp (UTC), float64 values, text for `symbol` (get_many)."""
     import pyarrow as pa
 
-    fields = [pa.field("timestamp", pa.timestamp("ns", tz="UTC"), nullable=False)]
+    fields = []
     for c in columns:
-        if c != "timestamp":
+        if c == "timestamp":
+            fields.append(pa.field(c, pa.timestamp("ns", tz="UTC"), nullable=False))
+        else:
             fields.append(pa.field(c, pa.string() if c == "symbol" else pa.float64()))
     return pa.schema(fields)
 
@@ -46,7 +48,8 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
 
     schema = arrow_schema(list(df.columns))
     ts = df["timestamp"].to_numpy(dtype="datetime64[ns]")
-    arrays = {"timestamp": pa.array(ts.view("int64"), type=pa.int64()).view(schema.field(0).type)}
+    stamp = pa.timestamp("ns", tz="UTC")
+    arrays = {"timestamp": pa.array(ts.view("int64"), type=pa.int64()).view(stamp)}
     for col in df.columns:
         if col == "symbol":
             arrays[col] = pa.array(df[col].astype(str).tolist(), type=pa.string())

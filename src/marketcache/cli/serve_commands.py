@@ -67,7 +67,8 @@ def serve(
         raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
     sock = _bind(host, port)
     from marketcache.serve.app import create_app
-    from marketcache.serve.server import Server, config as server_config
+    from marketcache.serve.server import Server
+    from marketcache.serve.server import config as server_config
 
     api = create_app(ctx.cache, token=token or None)
     where = f"{ctx.cache.backend.name} {ctx.cache.backend.location}"
@@ -212,7 +213,7 @@ def _table(ctx: Any, reader: Any, plan: Any, sym: str, tf: str, default_rows: bo
     ]  # fmt: skip
     title = f"{sym} {tf}: the last {len(rows)} bars"
     if default_rows:
-        title += f" (--tail N for more, --format csv for all)"
+        title += " (--tail N for more, --format csv for all)"
     ctx.out.listing(title, rows)
 
 

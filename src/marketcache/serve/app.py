@@ -214,7 +214,12 @@ class Api:
     # ---- answers -----------------------------------------------------------------------------
 
     def cached_or_stream(
-        self, request: Request, plan: RangePlan, variant: str, media: str, make: Callable[[], Iterator[bytes]]
+        self,
+        request: Request,
+        plan: RangePlan,
+        variant: str,
+        media: str,
+        make: Callable[[], Iterator[bytes]],
     ) -> Response:
         """304 when the client has it; the kept answer when there is one; else `make()`
         streamed (and kept when small enough). Every year is checked before the first byte."""
@@ -385,8 +390,14 @@ def _indicator_json(
         for i, t in enumerate(stamps)
     ]
     return json.dumps(
-        {"symbol": sym, "interval": tf, "indicator": name, "params": params,
-         "warmup": min(first, warm), "values": rows}  # fmt: skip
+        {
+            "symbol": sym,
+            "interval": tf,
+            "indicator": name,
+            "params": params,
+            "warmup": min(first, warm),
+            "values": rows,
+        }
     ).encode()
 
 

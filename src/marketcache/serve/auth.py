@@ -37,10 +37,10 @@ def _given(scope: dict[str, Any]) -> str | None:
         if name == b"authorization":
             scheme, _, credential = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and credential.strip():
-                return credential.strip()
+                return str(credential.strip())
     for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
         if name == "token":
-            return value
+            return str(value)
     return None
 
 

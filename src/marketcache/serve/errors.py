@@ -1,10 +1,10 @@
 """The API's errors: one JSON shape, `{"error": message, "status": code}`, never a traceback.
 
-    400  a bad parameter (the message names it)          UsageError, an unknown parameter
-    401  no token or a wrong one (see auth.py)
-    404  an unknown symbol, timeframe, indicator or path  NotFound
-    503  a corrupt year (named) or an unreachable backend  CorruptFile, StorageError
-    500  anything else (logged as one line, not echoed)
+400  a bad parameter (the message names it)          UsageError, an unknown parameter
+401  no token or a wrong one (see auth.py)
+404  an unknown symbol, timeframe, indicator or path  NotFound
+503  a corrupt year (named) or an unreachable backend  CorruptFile, StorageError
+500  anything else (logged as one line, not echoed)
 """
 
 from __future__ import annotations

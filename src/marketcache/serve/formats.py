@@ -48,10 +48,11 @@ def bar_dicts(df: pd.DataFrame) -> list[dict[str, Any]]:
     stamps = _stamps(df)
     cols = [c for c in df.columns if c != "timestamp"]
     values = [df[c].to_numpy("float64").tolist() for c in cols]
-    return [
-        {"timestamp": t, **{c: (v if not math.isnan(v) else None) for c, v in zip(cols, row)}}
-        for t, *row in zip(stamps, *values)
-    ]
+    out = []
+    for t, *row in zip(stamps, *values, strict=True):
+        cells = {c: (v if not math.isnan(v) else None) for c, v in zip(cols, row, strict=True)}
+        out.append({"timestamp": t, **cells})
+    return out
 
 
 def _stamps(df: pd.DataFrame) -> list[str]:
@@ -96,7 +97,8 @@ def _json_rows(df: pd.DataFrame, columns: list[str]) -> bytes:
     rows = pc.binary_join_element_wise(*parts, "")
     offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)[rows.offset :]
     start, end = int(offsets[0]), int(offsets[len(rows)])
-    return rows.buffers()[2].to_pybytes()[start:end]
+    data: bytes = rows.buffers()[2].to_pybytes()
+    return data[start:end]
 
 
 def _table(df: pd.DataFrame, columns: list[str]) -> Any:

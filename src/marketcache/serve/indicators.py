@@ -80,7 +80,7 @@ def lookback(indicator: str, params: dict[str, float]) -> int:
     """TA-Lib's own lookback: bars before the first value it defines."""
     from talib import abstract
 
-    fn = abstract.Function(indicator.upper())
+    fn = abstract.Function(indicator.upper())  # type: ignore[attr-defined]
     fn.parameters = _talib_params(indicator, params)
     return int(fn.lookback)
 

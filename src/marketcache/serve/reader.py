@@ -229,7 +229,8 @@ def adjusted(
     the dividends' prior closes taken from the whole range (`_prior_closes`)."""
     import numpy as np
 
-    from marketcache.actions import PRICE_COLUMNS, _day, _days, split_factors
+    from marketcache.actions import _day, _days, split_factors
+    from marketcache.columns import PRICE_COLUMNS
 
     if mode == "none" or piece.empty or actions.empty:
         return piece

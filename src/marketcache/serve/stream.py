@@ -179,11 +179,16 @@ class Hub:
             bars = bars[bars["timestamp"] > watch.last]  # the live source may have sent some
         if len(bars) > MAX_BURST:
             skipped = bars.iloc[: len(bars) - MAX_BURST]
-            self._fan_out(watch, {"type": "gap", "symbol": sym, "interval": tf,
-                                  "from": _iso(skipped["timestamp"].iloc[0]),
-                                  "to": _iso(skipped["timestamp"].iloc[-1]),
-                                  "bars": len(skipped),
-                                  "hint": "read them from /api/v1/market-data/historical"})  # fmt: skip
+            gap = {
+                "type": "gap",
+                "symbol": sym,
+                "interval": tf,
+                "from": _iso(skipped["timestamp"].iloc[0]),
+                "to": _iso(skipped["timestamp"].iloc[-1]),
+                "bars": len(skipped),
+                "hint": "read them from /api/v1/market-data/historical",
+            }
+            self._fan_out(watch, gap)
             bars = bars.iloc[len(bars) - MAX_BURST :]
         for bar in bar_dicts(bars.reset_index(drop=True)):
             self._fan_out(watch, _bar_message(sym, tf, bar, closed=True))
@@ -233,7 +238,7 @@ def parse_message(text: str) -> tuple[str, list[Series]]:
     try:
         msg = json.loads(text)
     except ValueError:
-        raise ValueError("the message is not JSON: send {\"action\": \"subscribe\", …}") from None
+        raise ValueError('the message is not JSON: send {"action": "subscribe", …}') from None
     if not isinstance(msg, dict):
         raise ValueError("the message must be a JSON object")
     action = msg.get("action")
