@@ -24,6 +24,7 @@ bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_network.py
 	$(PY) benchmarks/bench_postgres.py
 	$(PY) benchmarks/bench_objects.py
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
