@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic bars live with the tests
 
 from conftest import make_bars  # noqa: E402
-
 from marketcache import UnifiedCache  # noqa: E402
 from marketcache.config import parse_settings  # noqa: E402
 from marketcache.serve.app import create_app  # noqa: E402
