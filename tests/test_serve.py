@@ -411,3 +411,57 @@ def test_a_bucket_cache_is_served_to_a_subscriber_from_another_machine(
                            check=True, timeout=120, env=env)  # fmt: skip
         got = [json.loads(ws.recv(60)) for _ in range(2)]
     assert [m["bar"]["timestamp"] for m in got] == ["2024-01-14T00:00:00Z", "2024-01-14T01:00:00Z"]
+
+
+class Follower:
+    """A stand-in for the live follower (issue 23) behind the `LiveSource` interface: it
+    follows BTCUSDT 1h, has a forming bar, and announces a closed one on demand."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+
+    def follows(self, symbol: str, timeframe: str) -> bool:
+        return (symbol, timeframe) == ("BTCUSDT", "1h")
+
+    def forming_bar(self, symbol: str, timeframe: str) -> Any:
+        from marketcache.serve.live import LiveBar
+
+        bar = {"timestamp": "2024-01-14T01:00:00", "open": 1.5, "high": 2.0, "low": 1.0,
+               "close": 1.75, "volume": 3.0}  # fmt: skip
+        return LiveBar(symbol, timeframe, bar, closed=False)
+
+    def on_closed(self, callback: Any) -> Any:
+        self.callbacks.append(callback)
+        return lambda: self.callbacks.remove(callback)
+
+
+def test_a_follower_plugs_in_its_forming_bar_and_closed_bars(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    from marketcache.serve.live import LiveBar
+
+    cache = fill(cache_on("csv.gz", tmp_path, None))
+    follower = Follower()
+    with served(cache, live=follower, poll_interval=0.2) as url:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            quote = http.get(f"{API}/quote/BTCUSDT", params={"interval": "1h"}).json()
+            assert quote["closed"] is True and quote["timestamp"] == "2024-01-13T23:00:00Z"
+            assert quote["forming"] == {"timestamp": "2024-01-14T01:00:00Z", "open": 1.5,
+                                        "high": 2.0, "low": 1.0, "close": 1.75, "volume": 3.0,
+                                        "closed": False}  # fmt: skip
+            other = http.get(f"{API}/quote/AAPL", params={"interval": "1d"}).json()
+            assert "forming" not in other
+        with connect(url.replace("http", "ws") + f"{API}/stream", open_timeout=30) as ws:
+            ws.send(json.dumps({"action": "subscribe", "symbols": ["BTCUSDT"], "interval": "1h"}))
+            assert json.loads(ws.recv(30))["type"] == "subscribed"
+            bar = {"timestamp": "2024-01-14T00:00:00", "open": 1.0, "high": 1.0, "low": 1.0,
+                   "close": 1.0, "volume": 1.0}  # fmt: skip
+            for callback in follower.callbacks:
+                callback(LiveBar("BTCUSDT", "1h", bar, closed=True))
+            pushed = json.loads(ws.recv(30))
+            assert pushed["type"] == "bar" and pushed["bar"]["timestamp"] == "2024-01-14T00:00:00Z"
+            # the follower then commits it: the watcher sees the commit and does not send it again
+            cache.put(pd.DataFrame([{**bar, "timestamp": pd.Timestamp(bar["timestamp"])}]),
+                      "BTCUSDT", "1h")  # fmt: skip
+            with pytest.raises(TimeoutError):
+                ws.recv(1.5)
