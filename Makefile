@@ -26,6 +26,7 @@ bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_postgres.py
 	$(PY) benchmarks/bench_objects.py
 	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

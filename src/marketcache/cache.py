@@ -276,11 +276,14 @@ class UnifiedCache:
         end: Any = None,
         *,
         adjust: str = "none",
-    ) -> pd.DataFrame:
+        output_format: str = "pandas",
+    ) -> Any:
         """Bars in [start, end) across years, sorted, with a `timestamp` column.
 
         `adjust`: "none" as stored (as traded); "splits" divides prices and multiplies volume
         by the splits after each bar; "all" also applies dividends (back-adjusted total return).
+        `output_format`: "pandas" (a DataFrame, the default), "arrow" (a pyarrow Table) or
+        "polars" (a polars DataFrame); see `outputs.py` for the Arrow schema.
         """
         import numpy as np
         import pandas as pd
@@ -288,7 +291,9 @@ class UnifiedCache:
         from marketcache.actions import adjust as adjusted
         from marketcache.frames import empty_frame
         from marketcache.models import parse_date
+        from marketcache.outputs import check_output_format, convert
 
+        check_output_format(output_format)
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         if adjust not in ADJUST_MODES:
             raise UsageError(f"adjust={adjust!r}: use one of {', '.join(ADJUST_MODES)}")
@@ -303,7 +308,7 @@ class UnifiedCache:
         ]
         frames = [rows for _, rows in filter(None, found)]  # a year removed meanwhile is gone
         if not frames:
-            return empty_frame()
+            return convert(empty_frame(), output_format)
         df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         if lo is not None or hi is not None:
             ts, mask = df["timestamp"], np.ones(len(df), dtype=bool)
@@ -312,7 +317,49 @@ class UnifiedCache:
             df = df[mask].reset_index(drop=True)
         if adjust != "none":
             df = adjusted(df, self.get_actions(sym), adjust).reset_index(drop=True)
-        return df
+        return convert(df, output_format)
+
+    def range_records(
+        self, symbol: str, timeframe: str, start: Any = None, end: Any = None
+    ) -> list[YearRecord]:
+        """The committed records of the years a `get` of [start, end) reads, in order. Their
+        `file_info.sha256` name exactly the bytes such a read decodes, so they can key a cache
+        of results or an HTTP ETag, and a change in them is a commit (records only: cheap)."""
+        from marketcache.models import parse_date
+
+        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
+        lo = parse_date(start, option="start") if start is not None else None
+        hi = parse_date(end, option="end") if end is not None else None
+        return [  # [start, end): an end on Jan 1 00:00 reads nothing of that year
+            self.backend.read_record(Key(sym, tf, y))
+            for y in self.backend.years(sym, tf)
+            if not ((lo is not None and y < lo.year) or (hi is not None and hi <= _jan1(y)))
+        ]
+
+    def read_committed(self, record: YearRecord) -> tuple[YearRecord, pd.DataFrame]:
+        """The rows `record` committed, with the record they were read as: when a newer commit
+        replaced the year after `record` was read, that commit's record and rows (never a mix).
+        CorruptFile when the year's bytes match neither."""
+        key = Key.of(record.symbol, record.timeframe, record.year)
+        try:
+            return record, self.backend.read_rows(key, record)
+        except CorruptFile:
+            now = self.backend.read_record(key)
+            if now.file_info.sha256 == record.file_info.sha256:
+                raise
+            return now, self.backend.read_rows(key, now)
+
+    def verify_committed(self, record: YearRecord) -> None:
+        """CorruptFile unless the year's data is what `record` committed (or what a newer
+        commit replaced it with); by checksum where the backend can, without decoding."""
+        key = Key.of(record.symbol, record.timeframe, record.year)
+        try:
+            self.backend.verify(key, record)
+        except CorruptFile:
+            now = self.backend.read_record(key)
+            if now.file_info.sha256 == record.file_info.sha256:
+                raise
+            self.backend.verify(key, now)
 
     def list_symbols(self) -> list[str]:
         return [s for s in self.backend.symbols() if self.backend.timeframes(s)]
@@ -446,6 +493,12 @@ class UnifiedCache:
             if layout
             else f"{self.backend.location} {key}"
         )
+
+
+def _jan1(year: int) -> pd.Timestamp:
+    import pandas as pd
+
+    return pd.Timestamp(year, 1, 1)
 
 
 def _all_timeframes(backend: StorageBackend, sym: str) -> list[str]:

@@ -127,6 +127,7 @@ class Options:
     rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
     lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
     quarantine_days: float = 30.0  # `cleanup` removes copies set aside longer ago than this
+    serve_cache_mb: float = 256.0  # `serve`: the in-memory result cache's bound
     # object storage: the fsspec options as JSON, kept secret (keys may be in it)
     storage_options: Secret = field(default_factory=lambda: Secret(""))
     max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
@@ -471,7 +472,7 @@ class _Parser:
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
              "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb",
-             "quarantine_days"),
+             "quarantine_days", "serve_cache_mb"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -518,6 +519,11 @@ class _Parser:
                 json.dumps(self.options_tree(storage, "settings.storage_options"))
             ),
             format=fmt,
+            serve_cache_mb=self.number(
+                body.get("serve_cache_mb", defaults.serve_cache_mb),
+                "settings.serve_cache_mb",
+                high=1_048_576,
+            ),
             fundamentals_max_age=max_age,
             fundamentals_keep=int(keep),
             min_score=self.number(

@@ -109,13 +109,18 @@ class DataManager:
         fetch_missing: bool = True,
         provider: str | None = None,
         strict: bool = True,
-    ) -> pd.DataFrame:
+        output_format: str = "pandas",
+    ) -> Any:
         """Bars of [start, end), fetching what the cache lacks first (unless `fetch_missing`
-        is False: then a pure read, and an unstored range gives an empty frame).
+        is False: then a pure read, and an unstored range gives an empty frame), as
+        `output_format` says: "pandas", "arrow" (a pyarrow Table) or "polars".
 
         A range that no provider could serve raises `ProviderUnavailable` (`strict`, the
         default), or with `strict=False` gives what is cached with a `MarketCacheWarning`
         naming the failed ranges. An unknown symbol and a held lock raise either way."""
+        from marketcache.outputs import check_output_format
+
+        check_output_format(output_format)  # before anything is fetched
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         if fetch_missing:
             failure = self._fill(sym, tf, start, end, provider)
@@ -123,7 +128,7 @@ class DataManager:
                 raise ProviderUnavailable(failure, symbol=sym)
             if failure is not None:
                 warnings.warn(f"{failure}; returning what is cached", MarketCacheWarning, 2)
-        return self.cache.get(sym, tf, start, end, adjust=adjust)
+        return self.cache.get(sym, tf, start, end, adjust=adjust, output_format=output_format)
 
     def _fill(self, sym: str, tf: str, start: Any, end: Any, provider: str | None) -> str | None:
         """Fetch what [start, end) lacks; the failure of the ranges no provider could serve
@@ -189,8 +194,13 @@ class DataManager:
         adjust: str = "none",
         fetch_missing: bool = True,
         strict: bool = True,
-    ) -> pd.DataFrame:
-        """One frame for several symbols, with a `symbol` column first."""
+        output_format: str = "pandas",
+    ) -> Any:
+        """One frame for several symbols, with a `symbol` column first (as `output_format`
+        says: "pandas", "arrow" or "polars")."""
+        from marketcache.outputs import check_output_format, convert
+
+        check_output_format(output_format)
         frames = [
             self.get_ohlcv(
                 s,
@@ -203,8 +213,15 @@ class DataManager:
             ).assign(symbol=normalize_symbol(s))
             for s in symbols
         ]
-        out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return out[["symbol", *[c for c in out.columns if c != "symbol"]]] if len(frames) else out
+        if not frames and output_format == "pandas":
+            return pd.DataFrame()
+        if not frames:
+            from marketcache.frames import empty_frame
+
+            frames = [empty_frame().assign(symbol=pd.Series([], dtype=str))]
+        out = pd.concat(frames, ignore_index=True)
+        out = out[["symbol", *[c for c in out.columns if c != "symbol"]]]
+        return convert(out, output_format)
 
     def latest(self, symbols: list[str], timeframe: str) -> pd.DataFrame:
         """The last stored bar of each symbol (a read: nothing is fetched)."""

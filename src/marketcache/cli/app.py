@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     import typer
 
-    import marketcache.cli.data_commands  # noqa: F401 — registers copy and fundamentals
+    import marketcache.cli.data_commands
+    import marketcache.cli.serve_commands  # noqa: F401 — registers serve and get
     from marketcache.cli.commands import app
     from marketcache.cli.params import plain_coercion
 
