@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from marketcache.cli.commands import (
+from marketcache.cli.commands import app
+from marketcache.cli.options import (
     CacheDir,
     ConfigPath,
     JsonOut,
     Quiet,
     Verbose,
-    _context,
-    _not_cached,
-    app,
+    common,
+    context,
+    not_cached,
+    require_cache,
 )
 from marketcache.errors import Terminated, UsageError
 from marketcache.symbols import normalize_symbol
@@ -33,6 +36,7 @@ BY_SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "j
 
 @app.command()
 def serve(
+    invocation: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
     token: Annotated[
@@ -62,9 +66,10 @@ def serve(
             "this version yet; run `marketcache follow SYMBOL -t TF` beside serve: the bars it "
             "commits reach the stream"
         )
-    ctx = _context(cache_dir, config, False, quiet, verbose=verbose)
-    if not ctx.cache.backend.exists():
-        raise UsageError(f"--cache-dir {ctx.cache.root} does not exist: check the path")
+    options = common(invocation, cache_dir, config, False, quiet, verbose)
+    quiet = options.quiet
+    ctx = context(replace(options, as_json=False))
+    require_cache(ctx)
     sock = _bind(host, port)
     from marketcache.serve.app import create_app
     from marketcache.serve.server import Server
@@ -114,6 +119,7 @@ def _bind(host: str, port: int) -> Any:
 
 @app.command()
 def get(
+    invocation: typer.Context,
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. AAPL or BTC/USDT.")],
     timeframe: Annotated[str, typer.Argument(help="Timeframe, e.g. 1d.")],
     start: Annotated[str | None, typer.Option(help="From this date (inclusive).")] = None,
@@ -145,15 +151,17 @@ def get(
     from marketcache.serve.reader import RangeReader
     from marketcache.serve.results import ResultCache
 
-    fmt = _get_format(output_format, output, as_json)
-    ctx = _context(cache_dir, config, False, quiet, verbose=verbose)
+    options = common(invocation, cache_dir, config, as_json, quiet, verbose)
+    quiet = options.quiet
+    fmt = _get_format(output_format, output, options.as_json)
+    ctx = context(replace(options, as_json=False))
     sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
     lo = parse_date(start, option="--start") if start else None
     hi = parse_date(end, option="--end") if end else None
     if lo is not None and hi is not None and lo >= hi:
         raise UsageError(f"--start {lo} is not before --end {hi}")
     if tf not in ctx.cache.list_timeframes(sym):
-        raise _not_cached(ctx, sym, tf)
+        raise not_cached(ctx, sym, tf)
     mb = ctx.settings.options.serve_cache_mb
     reader = RangeReader(ctx.cache, ResultCache(int(mb * 1024 * 1024)))
     rows = tail if tail is not None else (TABLE_ROWS if fmt == "table" else None)
