@@ -26,6 +26,7 @@ from marketcache.timeframes import parse_timeframe
 
 KNOWN_PROVIDERS = ("binance", "yahoo", "alpha_vantage")
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
+DEFAULT_STREAM_URL = "wss://stream.binance.com:9443"  # `follow`: the kline WebSocket streams
 DEFAULT_BASE_URLS = {
     "binance": "https://api.binance.com",
     "yahoo": "https://query2.finance.yahoo.com",
@@ -83,6 +84,7 @@ class ProviderSettings:
     retry_budget: float = 60.0
     enabled: bool = True
     archive_url: str = ""  # binance: the public klines archive ("" = none)
+    stream_url: str = ""  # binance: the kline WebSocket streams (`marketcache follow`)
     rate_limit_store: str = ""  # a postgresql:// URL: the limit is shared by every machine
     archive_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10))
     max_answer_bytes: int = 64 * 2**20  # settings.max_answer_mb: a larger answer is refused
@@ -132,6 +134,7 @@ class Options:
     storage_options: Secret = field(default_factory=lambda: Secret(""))
     max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
     max_archive_member_mb: float = 64.0  # a Binance archive zip member larger than this too
+    poll_delay: float = 20.0  # `follow` of stocks/FX: seconds after a bar closes to poll it
 
 
 @dataclass(frozen=True)
@@ -344,14 +347,19 @@ class _Parser:
                 raise self.fail(key, f"unknown provider: use one of {', '.join(KNOWN_PROVIDERS)}")
             body = self.mapping(body or {}, key)
             allowed = ("base_url", "rate_limit", "reliability", "api_key", "timeout")
-            extra = ("archive_url", "archive_rate_limit") if name == "binance" else ()
+            extra = ("archive_url", "archive_rate_limit", "stream_url") if name == "binance" else ()
             self.unknown(body, (*allowed, "retry_budget", "enabled", *extra), key)
             base_url = self.text(body.get("base_url", DEFAULT_BASE_URLS[name]), f"{key}.base_url")
             if not re.match(r"^https?://[^\s/]+", base_url):
                 raise self.fail(f"{key}.base_url", f"'{base_url}' is not an http(s) URL")
             rate = self.rate(body.get("rate_limit"), f"{key}.rate_limit")
-            archive_url = ""
+            archive_url, stream_url = "", ""
             if name == "binance":
+                stream_url = self.text(body.get("stream_url", DEFAULT_STREAM_URL),
+                                       f"{key}.stream_url").rstrip("/")  # fmt: skip
+                if not re.match(r"^wss?://[^\s/]+$", stream_url):
+                    raise self.fail(f"{key}.stream_url", f"'{stream_url}' is not a ws(s):// URL "
+                                    "(scheme, host and port only)")  # fmt: skip
                 archive_url = self.text(body.get("archive_url", DEFAULT_ARCHIVE_URL),
                                         f"{key}.archive_url").rstrip("/")  # fmt: skip
                 if archive_url and not re.match(r"^https?://[^\s/]+", archive_url):
@@ -376,6 +384,7 @@ class _Parser:
                 ),
                 enabled=enabled,
                 archive_url=archive_url,
+                stream_url=stream_url,
                 archive_rate_limit=self.rate(
                     body.get("archive_rate_limit") or {"per_second": 10},
                     f"{key}.archive_rate_limit",
@@ -383,9 +392,15 @@ class _Parser:
             )
         for name in KNOWN_PROVIDERS:
             archive = DEFAULT_ARCHIVE_URL if name == "binance" else ""
+            streams = DEFAULT_STREAM_URL if name == "binance" else ""
             out.setdefault(
                 name,
-                ProviderSettings(name=name, base_url=DEFAULT_BASE_URLS[name], archive_url=archive),
+                ProviderSettings(
+                    name=name,
+                    base_url=DEFAULT_BASE_URLS[name],
+                    archive_url=archive,
+                    stream_url=streams,
+                ),
             )
         return out
 
@@ -472,7 +487,7 @@ class _Parser:
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
              "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb",
-             "quarantine_days", "serve_cache_mb"),
+             "quarantine_days", "serve_cache_mb", "poll_delay"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -493,6 +508,9 @@ class _Parser:
             )
         storage = body.get("storage_options", {})
         return Options(
+            poll_delay=self.number(
+                body.get("poll_delay", defaults.poll_delay), "settings.poll_delay", high=3600
+            ),
             max_answer_mb=self.number(
                 body.get("max_answer_mb", defaults.max_answer_mb),
                 "settings.max_answer_mb",
