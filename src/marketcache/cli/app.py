@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import typer
 
     import marketcache.cli.data_commands
-    import marketcache.cli.serve_commands  # noqa: F401 — registers serve and get
+    import marketcache.cli.follow_commands
+    import marketcache.cli.serve_commands  # noqa: F401 — registers serve, get and follow
     from marketcache.cli.commands import app
     from marketcache.cli.params import plain_coercion
 

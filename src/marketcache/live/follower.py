@@ -1,0 +1,553 @@
+"""The follower: closed bars from a live source into the cache, none lost, doubled or partial.
+
+A `Follower` runs two threads: the source's (a Binance stream client for crypto, a poller for
+stocks/FX) and its own worker, which every `flush_every` seconds
+
+1. backfills, over REST through the populate runner, each series whose source (re)connected,
+   from `cache.last_stored(...)` up to the first bar the new connection sent (the bars that
+   closed while it was away: Binance replays nothing);
+2. commits each series' closed bars with one call (`_store`: the series lock is taken for that
+   call only, so a cron `populate` of the series interleaves) — a series still waiting for its
+   backfill keeps its bars buffered, so the store never holds a bar after a hole;
+3. folds the live tail into the years when due (`cache.fold_live`);
+4. writes the heartbeat `info` lists (`live/heartbeat.py`).
+
+The forming bar is kept in memory only. It implements `serve.live.LiveSource`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from marketcache.errors import MarketCacheError, UsageError
+from marketcache.live.stream import StreamBar, StreamClient, StreamEvent
+from marketcache.serve.live import LiveBar
+from marketcache.symbols import AssetClass, normalize_symbol
+from marketcache.timeframes import parse_timeframe
+
+if TYPE_CHECKING:
+    from marketcache.cache import UnifiedCache
+    from marketcache.config import Settings
+    from marketcache.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+STREAM_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+FOLD_CHECK = 30.0  # seconds between asking the cache whether a tail fold is due
+Event = dict[str, Any]
+
+
+def _store(cache: UnifiedCache, symbol: str, timeframe: str, bars: pd.DataFrame) -> int:
+    """Commit closed bars durably, the series lock held for this call only; rows added."""
+    append = getattr(cache, "append_live", None)
+    if append is not None:
+        return int(append(symbol, timeframe, bars))
+    return cache.commit_range(bars, symbol, timeframe, "binance").rows_added
+
+
+def last_stored(cache: UnifiedCache, symbol: str, timeframe: str) -> pd.Timestamp | None:
+    """The open time of the series' last stored bar (its live tail included)."""
+    found = getattr(cache, "last_stored", None)
+    if found is not None:
+        return found(symbol, timeframe)  # type: ignore[no-any-return]
+    for year in reversed(cache.list_years(symbol, timeframe)):
+        rows = cache.read_year(symbol, timeframe, year)
+        if len(rows):
+            return pd.Timestamp(rows["timestamp"].iloc[-1])
+    return None
+
+
+def _ms(ts: pd.Timestamp) -> int:
+    return int(ts.value // 1_000_000)
+
+
+def _stamp(ms: int) -> pd.Timestamp:
+    return pd.Timestamp(ms, unit="ms")
+
+
+def _utc_text(ms: int | None) -> str | None:
+    return None if ms is None else _stamp(ms).isoformat()
+
+
+@dataclass
+class SeriesState:
+    """What the follower knows of one series."""
+
+    symbol: str
+    timeframe: str
+    step_ms: int
+    buffer: dict[int, StreamBar] = field(default_factory=dict)  # closed, not committed yet
+    forming: StreamBar | None = None
+    last_committed: int | None = None  # open ms of the last stored bar
+    seam: int | None = None  # first bar of the current connection: backfill up to it
+    needs_backfill: bool = True
+    backfill_failures: int = 0
+    next_backfill: float = 0.0
+    lag: float | None = None  # seconds from the close message to its commit, last flush
+    reconnects: int = 0
+    bars: int = 0  # closed bars committed by this follower (stream and backfill)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "last_bar": _utc_text(self.last_committed),
+            "lag": None if self.lag is None else round(self.lag, 3),
+            "reconnects": self.reconnects,
+            "bars": self.bars,
+            "backfilling": self.needs_backfill,
+        }
+
+
+def check_series(
+    settings: Settings, series: Iterable[tuple[str, str]]
+) -> list[tuple[str, str, AssetClass]]:
+    """Normalised (symbol, timeframe, asset class); UsageError for what cannot be followed."""
+    from marketcache.symbols import classify
+
+    out: list[tuple[str, str, AssetClass]] = []
+    for raw, tf_text in series:
+        sym = normalize_symbol(raw)
+        tf = parse_timeframe(tf_text)
+        conf = settings.symbol(sym)
+        asset = classify(sym, conf.type.value if conf.type else None)
+        if asset is AssetClass.CRYPTO and tf.name not in STREAM_TIMEFRAMES:
+            raise UsageError(
+                f"{sym} -t {tf.name}: Binance streams {', '.join(STREAM_TIMEFRAMES)} only"
+            )
+        if asset is not AssetClass.CRYPTO and not tf.is_intraday:
+            raise UsageError(
+                f"{sym} -t {tf.name}: follow polls intraday bars only (use populate for daily)"
+            )
+        if (sym, tf.name, asset) not in out:
+            out.append((sym, tf.name, asset))
+    if not out:
+        raise UsageError("follow needs at least one SYMBOL (or --symbols-file)")
+    kinds = {a is AssetClass.CRYPTO for _, _, a in out}
+    if len(kinds) > 1:
+        raise UsageError(
+            "cannot follow crypto and stock/FX series in one run (streams vs polling): "
+            "start one `follow` for each"
+        )
+    return out
+
+
+def probe_symbols(settings: Settings, series: list[tuple[str, str, AssetClass]]) -> None:
+    """Ask Binance once per crypto symbol for its newest kline: UsageError for a symbol it
+    does not list. A network failure is no verdict (the follower retries on its own)."""
+    import requests
+
+    from marketcache.selector import native_symbol
+
+    conf = settings.providers["binance"]
+    for sym in dict.fromkeys(s for s, _, a in series if a is AssetClass.CRYPTO):
+        native = native_symbol(sym, "binance", AssetClass.CRYPTO, settings)
+        params: dict[str, str | int] = {"symbol": native, "interval": "1m", "limit": 1}
+        try:
+            answer = requests.get(
+                f"{conf.base_url}/api/v3/klines",
+                params=params,
+                timeout=min(conf.timeout, 10.0),
+            )
+            body = answer.json() if answer.status_code == 400 else None
+        except (requests.RequestException, ValueError):
+            continue
+        if isinstance(body, dict) and body.get("code") == -1121:
+            raise UsageError(
+                f"{sym}: Binance does not list this symbol ({conf.base_url}): check its spelling"
+            )
+
+
+class Follower:
+    """Follow `series` [(symbol, timeframe)] into `cache` until `stop()` (see the module)."""
+
+    def __init__(
+        self,
+        cache: UnifiedCache,
+        config: Settings | None = None,
+        series: Iterable[tuple[str, str]] = (),
+        *,
+        flush_every: float = 2.0,
+        on_event: Callable[[Event], None] | None = None,
+        stale_after: float = 60.0,
+        max_age: float = 23.5 * 3600,
+        heartbeat_every: float = 5.0,
+        backfill_lookback: pd.Timedelta | str = "1D",
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        ping_interval: float | None = 20.0,
+        providers: dict[str, Provider] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.settings = config if config is not None else cache.settings
+        checked = check_series(self.settings, series)
+        self.crypto = checked[0][2] is AssetClass.CRYPTO
+        self.series: dict[tuple[str, str], SeriesState] = {
+            (s, tf): SeriesState(s, tf, parse_timeframe(tf).minutes * 60_000)
+            for s, tf, _ in checked
+        }
+        self.flush_every = max(0.01, float(flush_every))
+        self.on_event = on_event or (lambda event: None)
+        self.stale_after, self.max_age = stale_after, max_age
+        self.heartbeat_every = heartbeat_every
+        self.lookback = pd.Timedelta(backfill_lookback)
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.ping_interval = ping_interval
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started_at = pd.Timestamp.now("UTC").tz_localize(None)
+        self.reconnects = 0
+        self._providers = providers
+        self._lock = threading.RLock()
+        self._callbacks: list[Callable[[LiveBar], None]] = []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._source: Any = None
+        self._last_fold = 0.0
+        self._last_beat = 0.0
+        self.heartbeat: Any = None
+
+    # ---- life ----------------------------------------------------------------------------
+
+    def start(self) -> Follower:
+        from marketcache.live.heartbeat import Heartbeat
+
+        for state in self.series.values():
+            found = last_stored(self.cache, state.symbol, state.timeframe)
+            state.last_committed = None if found is None else _ms(found)
+        self.heartbeat = Heartbeat(self.cache.backend, self.id)
+        self._source = self._make_source()
+        self._worker = threading.Thread(target=self._work, name="marketcache-follow", daemon=True)
+        self._worker.start()
+        self._source.start()
+        return self
+
+    def _make_source(self) -> Any:
+        if self.crypto:
+            url = self.settings.providers["binance"].stream_url
+            return StreamClient(
+                url,
+                list(self.series),
+                self._on_bar,
+                on_connect=self._on_connect,
+                on_event=self._on_stream_event,
+                stale_after=self.stale_after,
+                max_age=self.max_age,
+                backoff_base=self.backoff_base,
+                backoff_cap=self.backoff_cap,
+                ping_interval=self.ping_interval,
+            )
+        from marketcache.live.poll import Poller
+
+        return Poller(self, list(self.series))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the source, flush what is closed, remove the heartbeat. Idempotent."""
+        if self._source is not None:
+            self._source.stop()
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+            self._worker = None
+
+    def __enter__(self) -> Follower:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until stopped (or `timeout`); whether it stopped."""
+        return self._stop.wait(timeout)
+
+    # ---- LiveSource ------------------------------------------------------------------------
+
+    def follows(self, symbol: str, timeframe: str) -> bool:
+        return self._key(symbol, timeframe) in self.series
+
+    def forming_bar(self, symbol: str, timeframe: str) -> LiveBar | None:
+        state = self.series.get(self._key(symbol, timeframe))
+        if state is None:
+            return None
+        with self._lock:
+            bar = state.forming
+            done = max([state.last_committed or -1, *state.buffer])
+        if bar is None or bar.open_ms <= done:
+            return None
+        return _live(state, bar, closed=False)
+
+    def on_closed(self, callback: Callable[[LiveBar], None]) -> Callable[[], None]:
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def cancel() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return cancel
+
+    def status(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.as_json() for s in self.series.values()]
+
+    @staticmethod
+    def _key(symbol: str, timeframe: str) -> tuple[str, str]:
+        try:
+            return normalize_symbol(symbol), parse_timeframe(timeframe).name
+        except MarketCacheError:
+            return symbol, timeframe
+
+    # ---- from the source (its thread) ------------------------------------------------------
+
+    def _on_connect(self, conn: int, series: list[tuple[str, str]]) -> None:
+        with self._lock:
+            for key in series:
+                state = self.series[key]
+                state.needs_backfill, state.seam, state.next_backfill = True, None, 0.0
+
+    def _on_bar(self, bar: StreamBar) -> None:
+        state = self.series.get((bar.symbol, bar.timeframe))
+        if state is None:
+            return
+        with self._lock:
+            if state.needs_backfill and state.seam is None:
+                state.seam = bar.open_ms
+                self._wake.set()
+            if not bar.closed:
+                state.forming = bar
+                return
+            if state.last_committed is None or bar.open_ms > state.last_committed:
+                state.buffer.setdefault(bar.open_ms, bar)
+            if state.forming is not None and state.forming.open_ms <= bar.open_ms:
+                state.forming = None
+
+    def _on_stream_event(self, event: StreamEvent) -> None:
+        if event.kind == "reconnect":
+            with self._lock:
+                self.reconnects += 1
+                for state in self.series.values():
+                    state.reconnects += 1
+        self._emit(event.kind, conn=event.conn, **event.detail)
+
+    def take_polled(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> None:
+        """The poller's closed bars (a `timestamp` column and OHLCV), through the same path."""
+        state = self.series[(symbol, timeframe)]
+        now = time.monotonic()
+        with self._lock:
+            stamps = pd.to_datetime(frame["timestamp"]).astype("datetime64[ns]")
+            opens = (stamps.astype("int64") // 1_000_000).tolist()
+            cols = [frame[c].astype(float).tolist() for c in ("open", "high", "low", "close")]
+            volume = frame["volume"].astype(float).fillna(0.0).tolist()
+            for i, ms in enumerate(opens):
+                if state.last_committed is None or ms > state.last_committed:
+                    o, h, lo, c = (col[i] for col in cols)
+                    bar = StreamBar(symbol, timeframe, ms, o, h, lo, c, volume[i], True,
+                                    ms + state.step_ms, 0, now)  # fmt: skip
+                    state.buffer.setdefault(ms, bar)
+            state.needs_backfill = False
+        self._wake.set()
+
+    # ---- the worker ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        next_flush = time.monotonic() + self.flush_every
+        try:
+            while not self._stop.is_set():
+                self._backfills()
+                now = time.monotonic()
+                if now >= next_flush:
+                    self._flush()
+                    next_flush = now + self.flush_every
+                self._housekeeping()
+                self._wake.wait(max(0.0, min(next_flush - time.monotonic(), 1.0)))
+                self._wake.clear()
+            self._backfills(final=True)
+            self._flush()
+            self._fold(force=False)
+        except Exception as exc:  # a bug must be told, not leave a silent follower
+            log.exception("follower worker failed")
+            self._emit("error", error=f"internal error {type(exc).__name__}: {exc}")
+            self._stop.set()
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.remove()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_fold >= FOLD_CHECK:
+            self._last_fold = now
+            self._fold(force=False)
+        if now - self._last_beat >= self.heartbeat_every:
+            self._last_beat = now
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            self.heartbeat.write(self._heartbeat_body())
+        except Exception as exc:  # a heartbeat is advice: never stop following for it
+            log.warning("heartbeat not written: %s", exc)
+
+    def _heartbeat_body(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": self.started_at.isoformat(),
+            "updated_at": pd.Timestamp.now("UTC").tz_localize(None).isoformat(),
+            "every": self.heartbeat_every,
+            "reconnects": self.reconnects,
+            "series": self.status(),
+        }
+
+    def _backfills(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        for state in list(self.series.values()):
+            with self._lock:
+                due = state.needs_backfill and state.seam is not None
+                due = due and (final or now >= state.next_backfill)
+                seam = state.seam
+            if due and seam is not None and not (self._stop.is_set() and not final):
+                self._backfill(state, seam)
+
+    def _backfill(self, state: SeriesState, seam: int) -> None:
+        """Fill [last stored + 1 bar, seam) over REST with the populate runner."""
+        from marketcache.jobs import Job, PopulateRequest
+        from marketcache.live.stream import backoff
+        from marketcache.populate import run_populate
+        from marketcache.providers.registry import build_providers
+
+        found = last_stored(self.cache, state.symbol, state.timeframe)
+        start = (
+            found + pd.Timedelta(milliseconds=state.step_ms)
+            if found is not None
+            else _stamp(seam) - self.lookback
+        )
+        end = _stamp(seam)
+        rows = 0
+        if start < end:
+            if self._providers is None:
+                self._providers = build_providers(self.settings, self.cache.state_dir)
+            request = PopulateRequest(symbols=[state.symbol], timeframes=state.timeframe)
+            job = Job(state.symbol, state.timeframe, start, end)
+            report = run_populate(self.cache, [job], request, providers=self._providers)
+            result = report.results[0] if report.results else None
+            if result is None or result.status in ("failed", "locked"):
+                why = "; ".join(result.errors) if result is not None else "no result"
+                with self._lock:
+                    state.backfill_failures += 1
+                    state.next_backfill = time.monotonic() + backoff(
+                        state.backfill_failures, base=self.backoff_base, cap=self.backoff_cap
+                    )
+                self._emit("error", symbol=state.symbol, timeframe=state.timeframe,
+                           error=f"backfill failed: {why}")  # fmt: skip
+                return
+            rows = result.rows_added
+        stored = last_stored(self.cache, state.symbol, state.timeframe)
+        with self._lock:
+            if state.seam == seam:  # no reconnect meanwhile
+                state.needs_backfill = False
+            state.backfill_failures = 0
+            if stored is not None:
+                state.last_committed = max(state.last_committed or -1, _ms(stored))
+                for ms in [m for m in state.buffer if m <= state.last_committed]:
+                    del state.buffer[ms]
+            state.bars += rows
+        self._emit("backfill", symbol=state.symbol, timeframe=state.timeframe, rows=rows,
+                   start=start.isoformat(), end=end.isoformat())  # fmt: skip
+        if rows:
+            self._tell_backfilled(state, start, end)
+
+    def _tell_backfilled(self, state: SeriesState, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        if not self._callbacks:
+            return
+        frame = self.cache.get(state.symbol, state.timeframe, start, end)
+        for row in frame.to_dict("records"):
+            self._tell(LiveBar(state.symbol, state.timeframe, row, True))
+
+    def _flush(self) -> None:
+        for state in list(self.series.values()):
+            with self._lock:
+                if state.needs_backfill or not state.buffer:
+                    continue
+                bars = [state.buffer[ms] for ms in sorted(state.buffer)]
+            frame = _frame(bars)
+            try:
+                added = _store(self.cache, state.symbol, state.timeframe, frame)
+            except MarketCacheError as exc:
+                self._emit("error", symbol=state.symbol, timeframe=state.timeframe,
+                           error=f"commit failed (kept, retried next flush): {exc}")  # fmt: skip
+                continue
+            done = time.monotonic()
+            with self._lock:
+                for bar in bars:
+                    state.buffer.pop(bar.open_ms, None)
+                state.last_committed = max(state.last_committed or -1, bars[-1].open_ms)
+                state.lag = done - bars[-1].received if bars[-1].received else None
+                state.bars += added
+            for bar in bars:
+                lag = round(done - bar.received, 3) if bar.received else None
+                self._emit("bar", symbol=state.symbol, timeframe=state.timeframe,
+                           timestamp=_stamp(bar.open_ms).isoformat(), open=bar.open,
+                           high=bar.high, low=bar.low, close=bar.close, volume=bar.volume,
+                           lag=lag)  # fmt: skip
+                self._tell(_live(state, bar, closed=True))
+
+    def _fold(self, *, force: bool) -> None:
+        fold = getattr(self.cache, "fold_live", None)
+        if fold is None:
+            return
+        for state in self.series.values():
+            try:
+                fold(state.symbol, state.timeframe, force=force)
+            except MarketCacheError as exc:
+                self._emit("error", symbol=state.symbol, timeframe=state.timeframe,
+                           error=f"fold failed (the tail is kept): {exc}")  # fmt: skip
+
+    def _tell(self, bar: LiveBar) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(bar)
+            except Exception:  # a subscriber's bug must not stop the follower
+                log.exception("on_closed callback failed")
+
+    def _emit(self, kind: str, **detail: Any) -> None:
+        event = {"event": kind, "at": pd.Timestamp.now("UTC").tz_localize(None).isoformat()}
+        event.update(detail)
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("on_event callback failed")
+
+
+def _live(state: SeriesState, bar: StreamBar, *, closed: bool) -> LiveBar:
+    row: dict[str, Any] = {"timestamp": _stamp(bar.open_ms), **bar.as_row()}
+    return LiveBar(state.symbol, state.timeframe, row, closed)
+
+
+def _frame(bars: list[StreamBar]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime([b.open_ms for b in bars], unit="ms").astype(
+                "datetime64[ns]"
+            ),
+            "open": [b.open for b in bars],
+            "high": [b.high for b in bars],
+            "low": [b.low for b in bars],
+            "close": [b.close for b in bars],
+            "volume": [b.volume for b in bars],
+        }
+    )
