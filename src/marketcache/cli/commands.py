@@ -174,9 +174,12 @@ def info(
         ctx.out.stale([f for f in found if f.stale], len(found))
         return 0
     if sym is None:
+        from marketcache.live.heartbeat import followers
+
         stats = ctx.cache.get_stats()
         if not stats["files"]:
             require_cache(ctx)
+        stats["followers"] = followers(ctx.cache.backend)
         ctx.out.stats(stats)
         return 0
     detail = cached_detail(ctx, sym, tf)

@@ -151,6 +151,12 @@ class Renderer:
              f"{score(stats['quality_mean'])} / {score(stats['quality_min'])}"),
             ("providers", ", ".join(stats["providers"]) or "-"),
         ]  # fmt: skip
+        for f in stats.get("followers") or []:
+            for s in f.get("series", []):
+                lag = "-" if s.get("lag") is None else f"{s['lag']}s"
+                rows.append((f"follower {f['id']}", f"{s['symbol']} {s['timeframe']} last bar "
+                             f"{s.get('last_bar') or '-'}, lag {lag}, reconnects "
+                             f"{s.get('reconnects', 0)}"))  # fmt: skip
         for name, value in rows:
             table.add_row(name, value)
         self.show(table)

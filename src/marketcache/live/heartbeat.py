@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from marketcache.storage.backend import StorageBackend
+if TYPE_CHECKING:
+    from marketcache.storage.backend import StorageBackend
 
 FOLDER = "follow"
 DOCUMENTS = "_FOLLOW"  # the per-symbol document area that holds them off a file cache
 STALE_AFTER = 3.0  # heartbeat intervals without an update: the follower is gone
-FORGET_AFTER = pd.Timedelta("1h")
+FORGET_AFTER = timedelta(hours=1)
 
 
 class Heartbeat:
@@ -69,14 +69,15 @@ def _bodies(backend: StorageBackend) -> list[tuple[str, bytes]]:
     return found
 
 
-def followers(backend: StorageBackend, now: pd.Timestamp | None = None) -> list[dict[str, Any]]:
-    """The live followers (heartbeat fresh), each with its series, last bar and lag."""
-    now = now if now is not None else pd.Timestamp.now("UTC").tz_localize(None)
+def followers(backend: StorageBackend, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The live followers (heartbeat fresh), each with its series, last bar and lag (light:
+    `info` imports it, and no pandas)."""
+    now = now if now is not None else datetime.now(UTC).replace(tzinfo=None)
     live = []
     for name, data in _bodies(backend):
         try:
             body = json.loads(data)
-            updated = pd.Timestamp(body["updated_at"])
+            updated = datetime.fromisoformat(body["updated_at"]).replace(tzinfo=None)
             every = float(body.get("every", 5.0))
         except (ValueError, KeyError, TypeError):
             continue
