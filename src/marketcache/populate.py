@@ -87,6 +87,7 @@ def run_populate(
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
     report.min_score = cache.settings.options.min_score
+    cache.backend.check_usable()  # a schema of another tool: exit 2 once, not every job 1
     runner = Runner(cache, pool, request, sink)
     try:  # derived timeframes after every base job: they read what those committed
         for phase in ([j for j in jobs if not j.derive_from], [j for j in jobs if j.derive_from]):
