@@ -371,8 +371,10 @@ def test_serve_refuses_follow_a_busy_port_and_a_missing_cache_in_one_line(
 
     fill(cache_on("csv.gz", tmp_path, None))
     cache = str(tmp_path / "data-cache")
-    r = cli("serve", "--cache-dir", cache, "--follow", "BTCUSDT", "-t", "1m")
+    r = cli("serve", "--cache-dir", cache, "-t", "1m")  # -t without --follow
     assert r.code == 2 and "--follow" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("serve", "--cache-dir", cache, "--follow", "BTCUSDT", "-t", "7m")
+    assert r.code == 2 and "7m" in r.err and len(r.err.strip().splitlines()) == 1
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)

@@ -65,6 +65,8 @@ class DataManager:
         self._providers: dict[str, Provider] | None = None
         self._asked: dict[tuple[str, str, str | None], _Asked] = {}  # per series and provider
         self._asked_lock = threading.Lock()
+        self._live: Any = None
+        self.live_options: dict[str, Any] = {}  # Follower options of the live calls
 
     def __repr__(self) -> str:
         from marketcache.storage.open import redact
@@ -82,7 +84,11 @@ class DataManager:
         return self._providers
 
     def close(self) -> None:
-        """Close the provider sessions (a later call builds new ones)."""
+        """Close the provider sessions (a later call builds new ones) and stop the followers
+        of `get_ohlcv(..., live=True)`."""
+        if self._live is not None:
+            self._live.close()
+            self._live = None
         for provider in (self._providers or {}).values():
             provider.close()
         self._providers = None
@@ -110,10 +116,15 @@ class DataManager:
         provider: str | None = None,
         strict: bool = True,
         output_format: str = "pandas",
+        live: bool = False,
     ) -> Any:
         """Bars of [start, end), fetching what the cache lacks first (unless `fetch_missing`
         is False: then a pure read, and an unstored range gives an empty frame), as
         `output_format` says: "pandas", "arrow" (a pyarrow Table) or "polars".
+
+        `live=True` (pandas only): also the bars closed since, and the bar still forming as
+        the last row, with a `closed` column (False only there). The series is then followed
+        by a follower in this process (a Binance stream, or polling) until `close()`.
 
         A range that no provider could serve raises `ProviderUnavailable` (`strict`, the
         default), or with `strict=False` gives what is cached with a `MarketCacheWarning`
@@ -122,13 +133,49 @@ class DataManager:
 
         check_output_format(output_format)  # before anything is fetched
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
+        if live and output_format != "pandas":
+            from marketcache.errors import UsageError
+
+            raise UsageError(f"live=True gives a pandas frame: output_format={output_format!r}")
         if fetch_missing:
             failure = self._fill(sym, tf, start, end, provider)
             if failure is not None and strict:
                 raise ProviderUnavailable(failure, symbol=sym)
             if failure is not None:
                 warnings.warn(f"{failure}; returning what is cached", MarketCacheWarning, 2)
+        if live:
+            return self._live_frames().frame(sym, tf, start, end, adjust=adjust)
         return self.cache.get(sym, tf, start, end, adjust=adjust, output_format=output_format)
+
+    # ---- live ------------------------------------------------------------------------------
+
+    def _live_frames(self) -> Any:
+        from marketcache.live.feed import LiveFrames
+
+        with self._asked_lock:
+            if self._live is None:
+                self._live = LiveFrames(self.cache, **self.live_options)
+            return self._live
+
+    def stream(self, symbols: str | list[str], timeframe: str, **options: Any) -> Any:
+        """A blocking iterator of closed bars (`LiveBar`: symbol, timeframe, bar, closed) as
+        they are committed to the cache; leaving the loop stops its follower. `options` go
+        to the `Follower` (e.g. flush_every=2.0)."""
+        from marketcache.live.feed import stream
+
+        return stream(self.cache, _series(symbols, timeframe),
+                      **{**self.live_options, **options})  # fmt: skip
+
+    def get_live_feed(
+        self, symbols: str | list[str], timeframe: str, on_bar: Any, **options: Any
+    ) -> Any:
+        """Follow the symbols in a background thread, calling `on_bar(LiveBar)` with each bar
+        once it is committed; `feed.stop()` returns promptly and leaves no thread."""
+        from marketcache.live.feed import LiveFeed
+
+        feed = LiveFeed(self.cache, _series(symbols, timeframe), on_bar,
+                        **{**self.live_options, **options})  # fmt: skip
+        return feed.start()
 
     def _fill(self, sym: str, tf: str, start: Any, end: Any, provider: str | None) -> str | None:
         """Fetch what [start, end) lacks; the failure of the ranges no provider could serve
@@ -289,3 +336,14 @@ class DataManager:
         return get_fundamentals(
             self.cache, self.providers, normalize_symbol(symbol), max_age=max_age, only=provider
         )
+
+
+def _series(symbols: str | list[str], timeframe: str) -> list[tuple[str, str]]:
+    names = [symbols] if isinstance(symbols, str) else list(symbols)
+    return [(s, t.name) for s in names for t in _timeframes(timeframe)]
+
+
+def _timeframes(text: str) -> list[Timeframe]:
+    from marketcache.timeframes import parse_timeframes
+
+    return parse_timeframes(text)

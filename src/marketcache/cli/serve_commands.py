@@ -49,7 +49,7 @@ def serve(
     ] = None,
     follow: Annotated[
         list[str] | None,
-        typer.Option("--follow", help="Also follow these symbols live (not in this version)."),
+        typer.Option("--follow", help="Also follow these symbols live (with -t)."),
     ] = None,
     timeframes: Annotated[
         str | None, typer.Option("--timeframes", "-t", help="With --follow: e.g. 1m.")
@@ -60,22 +60,22 @@ def serve(
     verbose: Verbose = False,
 ) -> int:
     """Serve the cache read-only over HTTP and WebSocket (see README, Serving the cache)."""
-    if follow or timeframes:
-        raise UsageError(
-            "--follow: serving live bars comes with the follower (marketcache follow), not in "
-            "this version yet; run `marketcache follow SYMBOL -t TF` beside serve: the bars it "
-            "commits reach the stream"
-        )
+    if timeframes and not follow:
+        raise UsageError("-t/--timeframes goes with --follow SYMBOL: name what to follow")
     options = common(invocation, cache_dir, config, False, quiet, verbose)
     quiet = options.quiet
     ctx = context(replace(options, as_json=False))
-    require_cache(ctx)
+    follower = _follower(ctx, follow or [], timeframes) if follow else None
+    if follower is None:
+        require_cache(ctx)
     sock = _bind(host, port)
     from marketcache.serve.app import create_app
     from marketcache.serve.server import Server
     from marketcache.serve.server import config as server_config
 
-    api = create_app(ctx.cache, token=token or None)
+    if follower is not None:
+        follower.start()
+    api = create_app(ctx.cache, token=token or None, live=follower)
     where = f"{ctx.cache.backend.name} {ctx.cache.backend.location}"
 
     def ready(url: str) -> None:
@@ -90,7 +90,21 @@ def serve(
         pass  # uvicorn shut down gracefully, then re-raised the signal it caught
     finally:
         sock.close()
+        if follower is not None:
+            follower.stop()  # flushes what closed, removes its heartbeat
     return 0
+
+
+def _follower(ctx: Any, symbols: list[str], timeframes: str | None) -> Any:
+    """An in-process follower of `--follow` × `-t` (checked before the port is taken)."""
+    from marketcache.live.follower import Follower, check_series, probe_symbols
+    from marketcache.timeframes import parse_timeframes
+
+    names = [s.strip() for item in symbols for s in item.split(",") if s.strip()]
+    tfs = [t.name for t in parse_timeframes(timeframes or "1m")]
+    checked = check_series(ctx.settings, [(s, tf) for s in names for tf in tfs])
+    probe_symbols(ctx.settings, checked)
+    return Follower(ctx.cache, ctx.settings, [(s, tf) for s, tf, _ in checked])
 
 
 def _bind(host: str, port: int) -> Any:

@@ -90,6 +90,7 @@ class SeriesState:
     forming: StreamBar | None = None
     last_committed: int | None = None  # open ms of the last stored bar
     seam: int | None = None  # first bar of the current connection: backfill up to it
+    first_seam: int | None = None  # the first connection's: subscribers hear from it on
     needs_backfill: bool = True
     backfill_failures: int = 0
     next_backfill: float = 0.0
@@ -208,6 +209,7 @@ class Follower:
         self.reconnects = 0
         self._providers = providers
         self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
         self._callbacks: list[Callable[[LiveBar], None]] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -324,6 +326,8 @@ class Follower:
         with self._lock:
             if state.needs_backfill and state.seam is None:
                 state.seam = bar.open_ms
+                if state.first_seam is None:
+                    state.first_seam = bar.open_ms
                 self._wake.set()
             if not bar.closed:
                 state.forming = bar
@@ -470,13 +474,26 @@ class Follower:
             self._tell_backfilled(state, start, end)
 
     def _tell_backfilled(self, state: SeriesState, start: pd.Timestamp, end: pd.Timestamp) -> None:
-        if not self._callbacks:
+        """Subscribers hear of the bars a reconnect backfilled (not of the history before
+        the first connection: that is what `get` is for)."""
+        if not self._callbacks or state.first_seam is None:
+            return
+        start = max(start, _stamp(state.first_seam))
+        if start >= end:
             return
         frame = self.cache.get(state.symbol, state.timeframe, start, end)
         for row in frame.to_dict("records"):
             self._tell(LiveBar(state.symbol, state.timeframe, row, True))
 
+    def flush_now(self) -> None:
+        """Commit what is closed now, from the caller's thread (get_ohlcv(live=True))."""
+        self._flush()
+
     def _flush(self) -> None:
+        with self._flush_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         for state in list(self.series.values()):
             with self._lock:
                 if state.needs_backfill or not state.buffer:
