@@ -201,3 +201,64 @@ def test_serve_follow_quotes_the_forming_bar_and_streams_closed_ones(market, tmp
     forming = quote["forming"]
     assert forming["closed"] is False and quote["closed"] is True
     assert forming["timestamp"] > quote["timestamp"]  # the stored last bar, then the forming
+
+
+@pytest.mark.parametrize("kind", ["csv.gz", "s3", "postgresql"])
+def test_heartbeats_on_every_backend_fresh_listed_stale_ignored_removed(kind, tmp_path, request):
+    from marketcache.live.heartbeat import Heartbeat, followers
+    from serving import cache_on
+
+    cache = cache_on(kind, tmp_path, request)
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    fresh, old = Heartbeat(cache.backend, "host-1-a"), Heartbeat(cache.backend, "host-2-b")
+    series = [{"symbol": "BTCUSDT", "timeframe": "1m", "last_bar": "2024-03-01T12:00:00"}]
+    fresh.write({"id": "host-1-a", "updated_at": now.isoformat(), "every": 5, "series": series})
+    old.write({"id": "host-2-b", "updated_at": (now - pd.Timedelta("2h")).isoformat(),
+               "every": 5, "series": series})  # fmt: skip
+    found = followers(cache.backend)
+    assert [f["id"] for f in found] == ["host-1-a"] and found[0]["series"] == series
+    assert [f["id"] for f in followers(cache.backend)] == ["host-1-a"]  # the dead one forgotten
+    fresh.remove()
+    assert followers(cache.backend) == []
+    assert cache.list_symbols() == []  # heartbeats are no symbol
+
+
+def test_stocks_are_polled_after_each_close_only_while_the_market_is_open(fake_yahoo, tmp_path):
+    import exchange_calendars as xcals
+
+    from conftest import make_bars
+    from fakes import config_for
+    from marketcache.live.follower import Follower
+
+    # a recent session before today (Yahoo keeps 60 days of 5m bars)
+    day = pd.Timestamp.now("UTC").tz_localize(None).normalize() - pd.Timedelta("1D")
+    session = xcals.get_calendar("XNYS").date_to_session(day, direction="previous")
+    opens = xcals.get_calendar("XNYS").session_open(session).tz_localize(None)
+    bars = make_bars("", 0, index=pd.date_range(opens, periods=78, freq="5min"))
+    fake_yahoo.add("AAPL", "5m", bars)
+    settings = parse_settings(config_for(yahoo=fake_yahoo) + "settings: {poll_delay: 20}\n")
+    cache = UnifiedCache(tmp_path / "cache", settings=settings, lock_wait=30)
+    now = [opens + pd.Timedelta(minutes=35, seconds=10)]  # the 6th bar closed 5:10 ago
+    follower = Follower(cache, settings, [("AAPL", "5m")], flush_every=0.1,
+                        backfill_lookback="1h", clock=lambda: now[0])  # fmt: skip
+    with follower:
+        deadline = time.monotonic() + 30
+        while len(cache.get("AAPL", "5m")) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = cache.get("AAPL", "5m")
+        assert got["timestamp"].tolist() == bars["timestamp"].iloc[:6].tolist()
+        asked = len(fake_yahoo.data_requests())
+        time.sleep(1.5)  # nothing new has closed: no request
+        assert len(fake_yahoo.data_requests()) == asked
+        now[0] = opens + pd.Timedelta(minutes=35, seconds=21)  # the 7th, 21 s after its close
+        while len(cache.get("AAPL", "5m")) < 7 and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        assert len(cache.get("AAPL", "5m")) == 7
+        now[0] = bars["timestamp"].iloc[-1] + pd.Timedelta(hours=1)  # after the close
+        while len(cache.get("AAPL", "5m")) < 78 and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+        assert len(cache.get("AAPL", "5m")) == 78  # the rest of the session, polled
+        asked = len(fake_yahoo.data_requests())
+        now[0] += pd.Timedelta(hours=5)  # night: nothing due
+        time.sleep(1.5)
+        assert len(fake_yahoo.data_requests()) == asked  # a closed market costs no request

@@ -616,9 +616,11 @@ def test_info_and_list_on_a_bucket_read_records_only(
         proxy.close()
     listings = lambda seen: [p for m, p in seen if "list-type" in p]  # noqa: E731
     records = lambda seen: [p for m, p in seen if p.endswith(".metadata.json")]  # noqa: E731
-    # the bucket check and cache.json, then: `info` the index object; `list` one listing
-    assert not records(counts[("info",)]) and not listings(counts[("info",)])
-    assert len(counts[("info",)]) == 3, counts[("info",)]
+    # the bucket check and cache.json, then: `info` the index object and one listing of the
+    # followers' heartbeats (`marketcache follow`); `list` one listing
+    beats = listings(counts[("info",)])
+    assert not records(counts[("info",)]) and len(beats) == 1 and "FOLLOW" in beats[0], beats
+    assert len(counts[("info",)]) == 4, counts[("info",)]
     assert not records(counts[("list",)]) and len(listings(counts[("list",)])) == 1
     assert len(counts[("list",)]) == 3, counts[("list",)]
     # one symbol: one listing and one GET per year record (4 + 2 years)

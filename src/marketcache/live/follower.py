@@ -188,6 +188,7 @@ class Follower:
         backoff_cap: float = 30.0,
         ping_interval: float | None = 20.0,
         providers: dict[str, Provider] | None = None,
+        clock: Callable[[], pd.Timestamp] | None = None,
     ) -> None:
         self.cache = cache
         self.settings = config if config is not None else cache.settings
@@ -208,6 +209,7 @@ class Follower:
         self.started_at = pd.Timestamp.now("UTC").tz_localize(None)
         self.reconnects = 0
         self._providers = providers
+        self.clock = clock  # the poller's UTC clock (stocks/FX); None: the system's
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._callbacks: list[Callable[[LiveBar], None]] = []
@@ -251,6 +253,8 @@ class Follower:
             )
         from marketcache.live.poll import Poller
 
+        if self.clock is not None:
+            return Poller(self, list(self.series), clock=self.clock)
         return Poller(self, list(self.series))
 
     def stop(self, timeout: float = 10.0) -> None:
