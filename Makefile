@@ -27,6 +27,7 @@ bench: setup               ## the speed benchmarks (print ratios)
 	$(PY) benchmarks/bench_objects.py
 	$(PY) benchmarks/bench_startup.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_live.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
