@@ -341,7 +341,7 @@ def validate(
     bad = [
         c
         for c in checks
-        if c.status in ("corrupt", "low-score")
+        if c.status in ("corrupt", "low-score", "incomplete")
         or c.lost
         or (c.score is not None and c.score < threshold)
     ]

@@ -187,7 +187,7 @@ class Renderer:
                     short(y["end"]),
                     ",".join(y["providers"]) or (y["provider"] or "-"),
                     score(y["quality"]),
-                    str(y["gaps"]),
+                    str(y["gaps"] + len(y["missing_ranges"])),  # holes in and around the data
                     size(y["size_bytes"]),
                 )
             table.add_row(
@@ -259,7 +259,7 @@ class Renderer:
             if c.status == "corrupt":
                 first = c.problems[0] if c.problems else c.path
                 self.error(f"{first}; run `marketcache validate --fix`")
-            elif c.lost:
+            elif c.lost or c.status == "incomplete":
                 self.error(f"{c.path}: {c.problems[-1]}")
         if self.as_json:
             self.emit({"min_score": threshold, "files": checks})
