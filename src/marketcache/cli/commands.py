@@ -272,7 +272,9 @@ def cleanup(
     else:
         actions = ctx.cache.cleanup_leftovers(dry_run=dry_run)
     ctx.out.cleanup(actions, dry_run=dry_run)
-    return 0
+    from marketcache.retention import cleanup_exit_code
+
+    return cleanup_exit_code(actions)
 
 
 @app.command()

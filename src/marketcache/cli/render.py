@@ -242,6 +242,9 @@ class Renderer:
         self.show(table)
 
     def cleanup(self, actions: list[Any], *, dry_run: bool) -> None:
+        for a in actions:
+            if a.action in ("skip-corrupt", "skip-locked"):
+                self.error(f"{a.path}: {a.reason}" if a.action == "skip-corrupt" else a.reason)
         if self.as_json:
             self.emit({"dry_run": dry_run, "actions": actions})
             return
