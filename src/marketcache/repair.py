@@ -46,7 +46,7 @@ class YearCheck:
     timeframe: str
     year: int
     path: str
-    status: str  # ok | low-score | corrupt | fixed | unverified
+    status: str  # ok | low-score | incomplete | corrupt | fixed | unverified | locked | gone
     score: float | None = None
     rows: int = 0
     lost: int = 0  # committed rows a repair could not recover (populate fetches them again)

@@ -258,10 +258,14 @@ class Renderer:
         self.show(table)
 
     def validation(self, checks: list[Any], threshold: float) -> None:
+        said: set[str] = set()
         for c in checks:
             if c.status == "corrupt":
                 first = c.problems[0] if c.problems else c.path
                 self.error(f"{first}; run `marketcache validate --fix`")
+            elif c.status == "locked" and c.problems and c.problems[0] not in said:
+                said.add(c.problems[0])  # once per series, not once per year
+                self.error(c.problems[0])
             elif c.lost or c.status == "incomplete":
                 self.error(f"{c.path}: {c.problems[-1]}")
         if self.as_json:
