@@ -468,3 +468,15 @@ def test_a_symbols_file_that_is_not_utf8_exits_2_naming_its_line(
     r = cli("populate", "--symbols-file", str(listed), "--dry-run", "--cache-dir", str(filled))
     assert r.code == 2, r.err
     assert f"--symbols-file {listed}: line 3 is not UTF-8 text" in one_error_line(r)
+
+
+def test_an_error_whose_text_holds_a_newline_is_one_line_that_keeps_every_part(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The one-line rule joins lines, it does not cut: a path with a newline (a paste gone
+    wrong) still ends in what to do."""
+    r = cli("info", "--cache-dir", str(tmp_path / "data\ncache"), "--json")
+    assert r.code == 2
+    line = one_error_line(r)
+    assert line.endswith("does not exist: check the path") and "data cache" in line, line
+    assert r.json()["error"] == line.removeprefix("error: ")
