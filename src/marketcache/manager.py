@@ -65,6 +65,7 @@ class DataManager:
         self._providers: dict[str, Provider] | None = None
         self._asked: dict[tuple[str, str, str | None], _Asked] = {}  # per series and provider
         self._asked_lock = threading.Lock()
+        self._warned: set[str] = set()  # warnings of the runs said once a DataManager
 
     def __repr__(self) -> str:
         from marketcache.storage.open import redact
@@ -153,7 +154,12 @@ class DataManager:
             asked = self._asked.get(key)
         if asked is not None and not self._may_have_closed(sym, tf, job.start, job.end, asked):
             return None
-        result = run_populate(self.cache, jobs, request, providers=self.providers).results[0]
+        report = run_populate(self.cache, jobs, request, providers=self.providers)
+        for warning in report.warnings:  # a provider left out, one run unthrottled: said once
+            if warning not in self._warned:
+                self._warned.add(warning)
+                warnings.warn(warning, MarketCacheWarning, 3)
+        result = report.results[0]
         if result.status == "locked":
             raise LockTimeout(result.errors[0])
         failed = result.status == "failed" or (result.status == "partial" and result.errors)
