@@ -181,7 +181,11 @@ def _check_year(
             source = source.assign(adj_close=adj_close(source, cache.get_actions(sym)))
         else:
             source = source.drop(columns="adj_close", errors="ignore")
-        cache.put(source, sym, tf, choice.provider)
+        from marketcache.gaps import Span
+
+        # the source answered for [lo, hi): the holes recorded there (a repair's loss, a
+        # failed range) are settled by its answer, as a populate of that range settles them
+        cache.commit_range(source, sym, tf, choice.provider, resolved=[Span(lo, hi)])
         cache.readjust(sym, tf)
         entry.fixed = True
     if (entry.fixed or not entry.differs) and lo <= pd.Timestamp(meta["start_date"]):
