@@ -17,7 +17,7 @@ import pytest
 
 from conftest import make_bars
 from marketcache import CorruptFile, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.storage.backend import Key
 
 FORMATS = ["csv.gz", "parquet", "postgresql", "s3-csv.gz", "s3-parquet"]

@@ -24,7 +24,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.errors import CorruptFile
 
 Cli = Callable[..., CliResult]

@@ -21,7 +21,7 @@ import pytest
 from conftest import RATE_PROBE, CliResult, busiest_second, make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from test_copy import _fill, _records
 
 Cli = Callable[..., CliResult]

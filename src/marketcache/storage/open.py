@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from marketcache.errors import UsageError
 
 if TYPE_CHECKING:
-    from marketcache.config import Settings
+    from marketcache.config.parser import Settings
     from marketcache.storage.backend import StorageBackend
 
 

@@ -36,8 +36,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from psycopg import sql
 
+from marketcache.core.records import YearRecord, check_columns, parse_json
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
-from marketcache.records import YearRecord, check_columns, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.layout import quarantine_mark
 from marketcache.storage.open import redact

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
+from marketcache.core.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
+from marketcache.core.validate import sound_rows
 from marketcache.errors import UsageError
-from marketcache.validate import sound_rows
 
 __all__ = ["BASE_COLUMNS", "OPTIONAL_COLUMNS"]
 SAME = 1e-9  # relative difference below which a re-fetched value is the stored one

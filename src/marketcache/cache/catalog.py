@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.records import YearRecord
+from marketcache.core.symbols import classify
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import CorruptFile
-from marketcache.records import YearRecord
 from marketcache.storage.backend import Key, StorageBackend
-from marketcache.symbols import classify
-from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
-    from marketcache.config import Settings
+    from marketcache.config.parser import Settings
 
 
 class Catalog:

@@ -15,11 +15,11 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.freshness import parse_age
 from marketcache.errors import ProviderError, SymbolNotFound, UsageError
-from marketcache.freshness import parse_age
 
 if TYPE_CHECKING:
-    from marketcache.cache import UnifiedCache
+    from marketcache.cache.facade import UnifiedCache
     from marketcache.providers.base import Provider
 
 FOLDER = "fundamentals/"

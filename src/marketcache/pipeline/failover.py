@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from marketcache.answers import Answers
-from marketcache.basis import Outcome
+from marketcache.core.gaps import Span
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError, ProviderUnreachable, RangeUnavailable, SymbolNotFound
-from marketcache.gaps import Span
-from marketcache.jobs import JobResult
+from marketcache.pipeline.answers import Answers
+from marketcache.pipeline.basis import Outcome
+from marketcache.pipeline.jobs import JobResult
+from marketcache.pipeline.selector import Choice
 from marketcache.providers.base import Provider
-from marketcache.selector import Choice
-from marketcache.timeframes import Timeframe
 
 
 class Failover:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.calendars import expected_bars
-from marketcache.config import Settings
-from marketcache.coverage import CoverageChange, apply
-from marketcache.frames import (
+from marketcache.config.parser import Settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.coverage import CoverageChange, apply
+from marketcache.core.frames import (
     columns_for,
     count_changed,
     drop_unchanged_last_row,
@@ -23,11 +23,11 @@ from marketcache.frames import (
     last_row,
     merge_frames,
 )
-from marketcache.quality import TailContext, ValidationCounts
-from marketcache.records import Coverage, FileInfo, YearRecord, merge_sources, now_stamp
+from marketcache.core.quality import TailContext, ValidationCounts
+from marketcache.core.records import Coverage, FileInfo, YearRecord, merge_sources, now_stamp
+from marketcache.core.timeframes import Timeframe
+from marketcache.core.validate import OHLCVValidator, unfilled_bars
 from marketcache.storage.backend import Key, StorageBackend
-from marketcache.timeframes import Timeframe
-from marketcache.validate import OHLCVValidator, unfilled_bars
 
 MAX_ERRORS = 20
 
@@ -234,7 +234,7 @@ class SeriesWriter:
         if prev is None:
             if not change.records_something:
                 return
-            from marketcache.frames import empty_frame
+            from marketcache.core.frames import empty_frame
 
             self.rewrite(key, None, empty_frame(), "none", change=change)
             return

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from marketcache.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
+from marketcache.core.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
+from marketcache.core.quality import TailContext, ValidationCounts, score_counts
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.errors import CorruptFile
-from marketcache.quality import TailContext, ValidationCounts, score_counts
-from marketcache.timeframes import TIMEFRAMES
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "symbol", "timeframe", "year", "file_info", "data_quality")
@@ -355,7 +355,7 @@ def merge_sources(
     when wholly covered); a span of the same provider that overlaps it, or is `adjacent`
     (no expected bar between), is joined. No bar is ever claimed by two providers.
     """
-    from marketcache.frames import iso
+    from marketcache.core.frames import iso
 
     out: list[dict[str, str]] = []
     for s in sources:

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from marketcache.actions import adj_close
+from marketcache.core.actions import adj_close
+from marketcache.core.gaps import Span
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError
-from marketcache.gaps import Span
-from marketcache.jobs import Job, JobResult
+from marketcache.pipeline.jobs import Job, JobResult
+from marketcache.pipeline.selector import Choice
 from marketcache.providers.base import Events
-from marketcache.selector import Choice
-from marketcache.timeframes import Timeframe
 
 if TYPE_CHECKING:
-    from marketcache.answers import Answers
-    from marketcache.populate import Runner
+    from marketcache.pipeline.answers import Answers
+    from marketcache.pipeline.populate import Runner
 
 # Re-asked bars that differ from the stored ones by more than this (relative, any price) mean
 # the two answers are not on one basis (a split applied to one side, another provider's

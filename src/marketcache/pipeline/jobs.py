@@ -11,12 +11,12 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from marketcache.config import Settings
+from marketcache.config.parser import Settings
+from marketcache.core.models import DateRange, parse_date, utcnow
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from marketcache.errors import UsageError
-from marketcache.models import DateRange, parse_date, utcnow
 from marketcache.providers.registry import canonical_name
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import Timeframe, parse_timeframe, parse_timeframes
 
 DEFAULT_LOOKBACK = "365d"
 
@@ -220,7 +220,7 @@ def _add(
     base: str | None,
 ) -> None:
     """The jobs of one symbol; with a base, the base job first and the others derived."""
-    from marketcache.derive import check_derivable
+    from marketcache.core.derive import check_derivable
 
     if base is not None:
         jobs.setdefault((sym, base), Job(sym, base, start, end))

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.calendars import expected_bars
-from marketcache.columns import BASE_COLUMNS, PRICE_COLUMNS
-from marketcache.quality import TailContext, ValidationCounts, score_counts
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
+from marketcache.core.calendars import expected_bars
+from marketcache.core.columns import BASE_COLUMNS, PRICE_COLUMNS
+from marketcache.core.quality import TailContext, ValidationCounts, score_counts
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
 
 REQUIRED_COLUMNS = tuple(BASE_COLUMNS)
 JUMP_THRESHOLDS = {AssetClass.STOCK: 0.20, AssetClass.CRYPTO: 0.50, AssetClass.FX: 0.10}

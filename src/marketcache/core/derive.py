@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from marketcache.calendars import ALWAYS_OPEN, FX_WEEK, expected_bars, session_opens
-from marketcache.timeframes import Timeframe
+from marketcache.core.calendars import ALWAYS_OPEN, FX_WEEK, expected_bars, session_opens
+from marketcache.core.timeframes import Timeframe
 
 INCOMPLETE = "base timeframe incomplete"
 
@@ -150,6 +150,6 @@ def _merge(
 
 
 def _empty() -> pd.DataFrame:
-    from marketcache.frames import empty_frame
+    from marketcache.core.frames import empty_frame
 
     return empty_frame()

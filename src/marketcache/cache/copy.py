@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from marketcache.cache import UnifiedCache
+from marketcache.cache.facade import UnifiedCache
+from marketcache.cache.series import ACTIONS_FILE
+from marketcache.core.records import FileInfo, YearRecord
 from marketcache.errors import CorruptFile, StorageError
-from marketcache.records import FileInfo, YearRecord
-from marketcache.series import ACTIONS_FILE
 from marketcache.storage.backend import Key
 
 COPIED_FROM = "copied_from_sha256"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from marketcache.timeframes import Timeframe
-from marketcache.validate import in_sorted
+from marketcache.core.timeframes import Timeframe
+from marketcache.core.validate import in_sorted
 
 MERGE_BARS = 100  # two holes closer than this many expected bars are fetched as one range
 CHUNK_BARS = 50_000  # a fetched range is committed at least this often (memory, crash loss)
@@ -153,7 +153,7 @@ def split_by_year(span: Span) -> list[Span]:
 def settled_before(calendar: str, timeframe: Timeframe, now: pd.Timestamp) -> pd.Timestamp:
     """Bars opening before this have had time to be published: an answer through them that
     lacks one means the bar is absent (a halt, a delisting, data that stops), not late."""
-    from marketcache.calendars import expected_bars
+    from marketcache.core.calendars import expected_bars
 
     by_time = timeframe.floor(now - LATE_TIME)  # every bar before it closed LATE_TIME ago
     # enough calendar to find the newest LATE_BARS bars across weekends and holidays

@@ -9,16 +9,16 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from marketcache.actions import CorporateActions, Dividend, Split, merge_actions
+from marketcache.core.actions import CorporateActions, Dividend, Split, merge_actions
+from marketcache.core.records import now_stamp
 from marketcache.errors import CorruptFile
-from marketcache.records import now_stamp
 from marketcache.storage.backend import Key, StorageBackend
 
 ACTIONS_FILE = "corporate_actions.json"
 
 if TYPE_CHECKING:
-    from marketcache.cache import SeriesState, UnifiedCache
-    from marketcache.records import YearRecord
+    from marketcache.cache.facade import SeriesState, UnifiedCache
+    from marketcache.core.records import YearRecord
 
 
 def series_state(
@@ -31,8 +31,8 @@ def series_state(
     import numpy as np
     import pandas as pd
 
-    from marketcache.cache import SeriesState
-    from marketcache.gaps import VerifiedEmpty
+    from marketcache.cache.facade import SeriesState
+    from marketcache.core.gaps import VerifiedEmpty
 
     state = SeriesState()
     stored = set(cache.backend.years(sym, tf))
@@ -92,8 +92,8 @@ def readjust(cache: UnifiedCache, sym: str, tf: str) -> list[int]:
     import numpy as np
     import pandas as pd
 
-    from marketcache.actions import adj_close
-    from marketcache.frames import SAME
+    from marketcache.core.actions import adj_close
+    from marketcache.core.frames import SAME
 
     if not cache.adjusts(sym, tf):
         return []

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError
 from marketcache.providers.base import FetchResult, Provider
-from marketcache.timeframes import Timeframe
 
 
 @dataclass

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.models import parse_date
 from marketcache.errors import CorruptFile, UsageError
-from marketcache.models import parse_date
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.cache import UnifiedCache
+    from marketcache.cache.facade import UnifiedCache
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
 
 ALWAYS_OPEN = "24/7"
 FX_WEEK = "24/5"

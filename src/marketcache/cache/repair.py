@@ -19,17 +19,17 @@ import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.frames import clean_frame, empty_frame
+from marketcache.core.records import YearRecord, now_stamp
+from marketcache.core.validate import ValidationResult
 from marketcache.errors import CorruptFile
-from marketcache.frames import clean_frame, empty_frame
-from marketcache.records import YearRecord, now_stamp
 from marketcache.storage.backend import Key
-from marketcache.validate import ValidationResult
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.gaps import Span
-    from marketcache.writes import SeriesWriter
+    from marketcache.cache.writes import SeriesWriter
+    from marketcache.core.gaps import Span
 
 LOST_IN_REPAIR = "lost in repair"
 REVERIFY = "reverify"  # the record key of a year whose kept rows await a check at the source
@@ -182,9 +182,9 @@ def _lost_spans(writer: SeriesWriter, record: YearRecord, kept: pd.DataFrame) ->
     import numpy as np
     import pandas as pd
 
-    from marketcache.calendars import expected_bars
-    from marketcache.gaps import Span
-    from marketcache.timeframes import Timeframe
+    from marketcache.core.calendars import expected_bars
+    from marketcache.core.gaps import Span
+    from marketcache.core.timeframes import Timeframe
 
     if not record.start_date or not record.end_date or not record.rows:
         return []
@@ -209,7 +209,7 @@ def _lost_spans(writer: SeriesWriter, record: YearRecord, kept: pd.DataFrame) ->
 
 def _lost_change(spans: list[Span]) -> Any:
     """The coverage change recording `spans` as missing, lost in repair (None: nothing)."""
-    from marketcache.coverage import CoverageChange
+    from marketcache.core.coverage import CoverageChange
 
     if not spans:
         return None
@@ -247,8 +247,8 @@ def _scored(
     writer: SeriesWriter, record: YearRecord | None, result: ValidationResult, df: pd.DataFrame
 ) -> ValidationResult:
     """`result` with the record's missing ranges counted into completeness."""
-    from marketcache.frames import iso
-    from marketcache.quality import score_counts
+    from marketcache.core.frames import iso
+    from marketcache.core.quality import score_counts
 
     probe = YearRecord(writer.symbol, writer.timeframe, 0)
     if record is not None:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from marketcache.columns import PRICE_COLUMNS
+from marketcache.core.columns import PRICE_COLUMNS
 
 if TYPE_CHECKING:  # the store side of this module stays light; the arithmetic imports them
     import numpy as np

@@ -15,23 +15,23 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from marketcache.actions import ADJUST_MODES, CorporateActions, Dividend, Split
-from marketcache.catalog import Catalog
-from marketcache.config import Settings, default_settings
+from marketcache.cache.catalog import Catalog
+from marketcache.cache.retention import CleanupAction
+from marketcache.config.parser import Settings, default_settings
+from marketcache.core.actions import ADJUST_MODES, CorporateActions, Dividend, Split
+from marketcache.core.records import YearRecord, now_stamp
+from marketcache.core.symbols import AssetClass, classify, normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import CorruptFile, UsageError
-from marketcache.records import YearRecord, now_stamp
-from marketcache.retention import CleanupAction
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.open import open_backend, redact
-from marketcache.symbols import AssetClass, classify, normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.repair import YearCheck
-    from marketcache.validate import OHLCVValidator
-    from marketcache.writes import SeriesWriter, YearWrite
+    from marketcache.cache.repair import YearCheck
+    from marketcache.cache.writes import SeriesWriter, YearWrite
+    from marketcache.core.validate import OHLCVValidator
 
 
 @dataclass
@@ -108,7 +108,7 @@ class UnifiedCache:
     # ---- symbols ---------------------------------------------------------------------------
 
     def profile(self, symbol: str) -> SymbolProfile:
-        from marketcache.calendars import calendar_for
+        from marketcache.core.calendars import calendar_for
 
         sym = normalize_symbol(symbol)
         conf = self.settings.symbol(sym)
@@ -116,7 +116,7 @@ class UnifiedCache:
         return SymbolProfile(sym, asset, calendar_for(sym, asset, conf.calendar))
 
     def validator(self, symbol: str, timeframe: str) -> OHLCVValidator:
-        from marketcache.validate import OHLCVValidator
+        from marketcache.core.validate import OHLCVValidator
 
         prof = self.profile(symbol)
         splits = {}
@@ -139,7 +139,7 @@ class UnifiedCache:
         )
 
     def writer(self, symbol: str, timeframe: str) -> SeriesWriter:
-        from marketcache.writes import SeriesWriter
+        from marketcache.cache.writes import SeriesWriter
 
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         return SeriesWriter(self.backend, self.settings, self.validator(sym, tf), sym, tf)
@@ -148,7 +148,7 @@ class UnifiedCache:
 
     def get_actions(self, symbol: str) -> CorporateActions:
         """Every split and dividend known for `symbol` (empty when none was ever seen)."""
-        from marketcache.series import read_actions
+        from marketcache.cache.series import read_actions
 
         return read_actions(self.backend, normalize_symbol(symbol))
 
@@ -163,7 +163,7 @@ class UnifiedCache:
     ) -> bool:
         """Merge newly seen actions into SYMBOL/corporate_actions.json (atomically); True when
         a price-adjusting fact changed, so stored `adj_close` must be redone."""
-        from marketcache.series import record_actions
+        from marketcache.cache.series import record_actions
 
         sym = normalize_symbol(symbol)
         with self.backend.lock(sym, "actions", wait=self.lock_wait):
@@ -171,7 +171,7 @@ class UnifiedCache:
 
     def readjust(self, symbol: str, timeframe: str) -> list[int]:
         """Recompute `adj_close` from the closes and the known actions (see `series.readjust`)."""
-        from marketcache.series import readjust
+        from marketcache.cache.series import readjust
 
         return readjust(self, normalize_symbol(symbol), parse_timeframe(timeframe).name)
 
@@ -200,8 +200,8 @@ class UnifiedCache:
         """Commit one fetched range with its coverage change, year by year (rows and ledger in
         one record each), and refresh the index once. `sources` says which source filled which
         part of the range when it did not all come from `provider`."""
-        from marketcache.coverage import by_year
-        from marketcache.frames import normalize_frame
+        from marketcache.core.coverage import by_year
+        from marketcache.core.frames import normalize_frame
 
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe)
         frame = normalize_frame(df, sessions=not tf.is_intraday)
@@ -235,7 +235,7 @@ class UnifiedCache:
         resolved: Iterable[Any] = (),
     ) -> None:
         """Record ranges answered empty (with when), still missing (with why), or filled."""
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         self.commit_range(
             empty_frame(),
@@ -259,7 +259,7 @@ class UnifiedCache:
     def read_year(self, symbol: str, timeframe: str, year: int) -> pd.DataFrame:
         """One year's rows as committed (no lock: a commit racing the read is read again);
         CorruptFile if they do not match the record; empty when the year is not stored."""
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         found = self.backend.read_year(Key.of(symbol, timeframe, year))
         return empty_frame() if found is None else found[1]
@@ -288,10 +288,10 @@ class UnifiedCache:
         import numpy as np
         import pandas as pd
 
-        from marketcache.actions import adjust as adjusted
-        from marketcache.frames import empty_frame
-        from marketcache.models import parse_date
-        from marketcache.outputs import check_output_format, convert
+        from marketcache.core.actions import adjust as adjusted
+        from marketcache.core.frames import empty_frame
+        from marketcache.core.models import parse_date
+        from marketcache.core.outputs import check_output_format, convert
 
         check_output_format(output_format)
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
@@ -325,7 +325,7 @@ class UnifiedCache:
         """The committed records of the years a `get` of [start, end) reads, in order. Their
         `file_info.sha256` name exactly the bytes such a read decodes, so they can key a cache
         of results or an HTTP ETag, and a change in them is a commit (records only: cheap)."""
-        from marketcache.models import parse_date
+        from marketcache.core.models import parse_date
 
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         lo = parse_date(start, option="start") if start is not None else None
@@ -432,7 +432,7 @@ class UnifiedCache:
         self, symbol: str, timeframe: str, year: int, *, min_score: float, fix: bool = False
     ) -> YearCheck:
         """validate's verdict on one year (see `repair`)."""
-        from marketcache.repair import YearCheck, check_year
+        from marketcache.cache.repair import YearCheck, check_year
 
         key = Key.of(symbol, timeframe, year)
         with self.lock(key.symbol, key.timeframe):
@@ -456,7 +456,7 @@ class UnifiedCache:
         now: pd.Timestamp | None = None,
     ) -> list[CleanupAction]:
         """Drop rows before a cutoff (`before`, or Jan 1 of the last `keep_years` years)."""
-        from marketcache.retention import apply_cutoff, cutoff
+        from marketcache.cache.retention import apply_cutoff, cutoff
 
         cut = cutoff(before=before, keep_years=keep_years, now=now)
         sym = normalize_symbol(symbol) if symbol else None
@@ -467,7 +467,7 @@ class UnifiedCache:
         self, symbol: str, timeframe: str, years: Iterable[int], expected: Any, *, repair: bool
     ) -> SeriesState:
         """What populate plans from (see `series.series_state`)."""
-        from marketcache.series import series_state
+        from marketcache.cache.series import series_state
 
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         return series_state(self, sym, tf, years, expected, repair=repair)

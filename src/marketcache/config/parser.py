@@ -17,12 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from marketcache.configfile import check_size, load_yaml, merge_over
+from marketcache.config.files import check_size, load_yaml, merge_over
+from marketcache.core.models import parse_date
+from marketcache.core.symbols import AssetClass, normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import ConfigError, MarketCacheError
-from marketcache.models import parse_date
-from marketcache.storage.files.codecs import CODECS
-from marketcache.symbols import AssetClass, normalize_symbol
-from marketcache.timeframes import parse_timeframe
+from marketcache.storage.codecs import CODECS
 
 KNOWN_PROVIDERS = ("binance", "yahoo", "alpha_vantage")
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
@@ -436,7 +436,7 @@ class _Parser:
                 elif k == "type":
                     kind = self.asset_class(v, f"{key}.type")
                 elif k == "calendar":
-                    from marketcache.calendars import is_known_calendar
+                    from marketcache.core.calendars import is_known_calendar
 
                     calendar = self.text(v, f"{key}.calendar")
                     if not is_known_calendar(calendar):

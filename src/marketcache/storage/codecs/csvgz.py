@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from isal import igzip, igzip_threaded
 
-from marketcache.columns import BASE_COLUMNS
-from marketcache.validate import sound_rows
+from marketcache.core.columns import BASE_COLUMNS
+from marketcache.core.validate import sound_rows
 
 COMPRESS_LEVEL = 2
 

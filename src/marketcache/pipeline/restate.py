@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.actions import adj_close
-from marketcache.cache import UnifiedCache
+from marketcache.cache.facade import UnifiedCache
+from marketcache.core.actions import adj_close
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import MarketCacheError, UsageError
+from marketcache.pipeline.selector import select
 from marketcache.providers.base import Provider
 from marketcache.providers.registry import build_providers
-from marketcache.selector import select
 from marketcache.storage.backend import Key
-from marketcache.timeframes import Timeframe
 
 RESTATED = 1e-6  # relative difference above which a value counts as restated
 
@@ -185,7 +185,7 @@ def _check_year(
         cache.readjust(sym, tf)
         entry.fixed = True
     if (entry.fixed or not entry.differs) and lo <= pd.Timestamp(meta["start_date"]):
-        from marketcache.repair import clear_reverify  # the whole year now matches its source
+        from marketcache.cache.repair import clear_reverify  # the whole year now matches its source
 
         with cache.lock(sym, tf):
             clear_reverify(cache.writer(sym, tf), Key.of(sym, tf, year))

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.frames import iso
-from marketcache.records import Coverage
+from marketcache.core.frames import iso
+from marketcache.core.records import Coverage
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.calendars import ALWAYS_OPEN, FX_WEEK, expected_bars, session_opens
-from marketcache.models import utcnow
-from marketcache.timeframes import Timeframe
+from marketcache.core.calendars import ALWAYS_OPEN, FX_WEEK, expected_bars, session_opens
+from marketcache.core.models import utcnow
+from marketcache.core.timeframes import Timeframe
 
 
 @dataclass

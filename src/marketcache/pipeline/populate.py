@@ -15,20 +15,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.answers import Answers
-from marketcache.basis import actions_window, check_seam, with_adj_close
-from marketcache.cache import UnifiedCache
-from marketcache.calendars import expected_bars
-from marketcache.derive import INCOMPLETE
+from marketcache.cache.facade import UnifiedCache
+from marketcache.core.calendars import expected_bars
+from marketcache.core.derive import INCOMPLETE
+from marketcache.core.gaps import FetchPlan, Span, plan_fetch, settled_before, unanswered
+from marketcache.core.models import utcnow
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     Conflict,
     LockTimeout,
     MarketCacheError,
     UsageError,
 )
-from marketcache.failover import Failover
-from marketcache.gaps import FetchPlan, Span, plan_fetch, settled_before, unanswered
-from marketcache.jobs import (
+from marketcache.pipeline.answers import Answers
+from marketcache.pipeline.basis import actions_window, check_seam, with_adj_close
+from marketcache.pipeline.failover import Failover
+from marketcache.pipeline.jobs import (
     Job,
     JobResult,
     NoProgress,
@@ -36,12 +39,9 @@ from marketcache.jobs import (
     PopulateRequest,
     ProgressSink,
 )
-from marketcache.models import utcnow
+from marketcache.pipeline.selector import Choice, select
 from marketcache.providers.base import Provider
 from marketcache.providers.registry import build_providers
-from marketcache.selector import Choice, select
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
 
 OVERLAP_BARS = {AssetClass.CRYPTO: 1, AssetClass.FX: 1, AssetClass.STOCK: 3}
 NO_SESSION = "the provider returned no bar for a session the calendar expects"
@@ -218,8 +218,8 @@ class Runner:
 
     def _say_what_is_left_out(self, job: Job) -> None:
         """A provider the rules name but that lacks its key is worth one warning a run."""
+        from marketcache.pipeline.selector import left_out
         from marketcache.providers.registry import missing_key
-        from marketcache.selector import left_out
 
         settings = self.cache.settings
         for name in left_out(job.symbol, job.timeframe, settings, self.capabilities, self.usable):
