@@ -391,7 +391,7 @@ def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> No
     shown = repr(remote) + repr(DataManager(remote))
     assert "s3cret" not in shown and "0ther" not in shown, shown
     assert "UnifiedCache('postgresql://me@127.0.0.1:9/db?sslmode=require" in shown, shown
-    from marketcache.storage.open import redact
+    from marketcache.storage.urls import redact
 
     assert redact("ftp://ann:pw@host/x") == "ftp://ann@host/x"
     assert redact("/srv/cache") == "/srv/cache"

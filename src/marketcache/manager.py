@@ -67,7 +67,7 @@ class DataManager:
         self._asked_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        from marketcache.storage.open import redact
+        from marketcache.storage.urls import redact
 
         return f"DataManager({redact(str(self.cache.root))!r})"
 

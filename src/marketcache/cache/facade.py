@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from marketcache.cache.catalog import Catalog
 from marketcache.cache.retention import CleanupAction
+from marketcache.cache.series import Series, SeriesState, SymbolProfile, profile_of, where
 from marketcache.config.parser import Settings, default_settings
 from marketcache.core.actions import ADJUST_MODES, CorporateActions, Dividend, Split
 from marketcache.core.records import YearRecord, now_stamp
-from marketcache.core.symbols import AssetClass, classify, normalize_symbol
+from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import CorruptFile, UsageError
 from marketcache.storage.backend import Key, StorageBackend
-from marketcache.storage.open import open_backend, redact
+from marketcache.storage.open import open_backend
+from marketcache.storage.urls import redact
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,22 +49,6 @@ class PutResult:
     @property
     def rows_updated(self) -> int:
         return sum(y.rows_updated for y in self.years)
-
-
-@dataclass
-class SeriesState:
-    """A series as populate plans from it (see `UnifiedCache.series_state`)."""
-
-    present: Any = None  # numpy datetime64[ns] array of stored bar times
-    verified_empty: list[Any] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class SymbolProfile:
-    symbol: str
-    asset_class: AssetClass
-    calendar: str
 
 
 class UnifiedCache:
@@ -107,42 +93,34 @@ class UnifiedCache:
 
     # ---- symbols ---------------------------------------------------------------------------
 
-    def profile(self, symbol: str) -> SymbolProfile:
-        from marketcache.core.calendars import calendar_for
+    def series(self, symbol: str, timeframe: str) -> Series:
+        """One series of this cache, its key normalised once: its lock, writer, validator,
+        records and actions (see `cache.series`)."""
+        return Series(
+            self.backend,
+            self.settings,
+            self.catalog,
+            normalize_symbol(symbol),
+            parse_timeframe(timeframe),
+            lock_wait=self.lock_wait,
+        )
 
-        sym = normalize_symbol(symbol)
-        conf = self.settings.symbol(sym)
-        asset = classify(sym, conf.type.value if conf.type else None)
-        return SymbolProfile(sym, asset, calendar_for(sym, asset, conf.calendar))
+    def profile(self, symbol: str) -> SymbolProfile:
+        return profile_of(self.settings, normalize_symbol(symbol))
 
     def validator(self, symbol: str, timeframe: str) -> OHLCVValidator:
-        from marketcache.core.validate import OHLCVValidator
-
-        prof = self.profile(symbol)
-        splits = {}
-        if prof.asset_class is not AssetClass.CRYPTO:
-            splits = {s.date: s.ratio for s in self.get_actions(prof.symbol).splits}
-        return OHLCVValidator(
-            parse_timeframe(timeframe), prof.calendar, prof.asset_class, splits=splits
-        )
+        return self.series(symbol, timeframe).validator()
 
     def adjusts(self, symbol: str, timeframe: str) -> bool:
         """Whether this series carries an `adj_close` (daily or longer, not crypto)."""
-        return not parse_timeframe(timeframe).is_intraday and (
-            self.profile(symbol).asset_class is not AssetClass.CRYPTO
-        )
+        return self.series(symbol, timeframe).adjusts
 
     def lock(self, symbol: str, timeframe: str) -> contextlib.AbstractContextManager[None]:
         """The per symbol × timeframe lock (re-entrant in this process)."""
-        return self.backend.lock(
-            normalize_symbol(symbol), parse_timeframe(timeframe).name, wait=self.lock_wait
-        )
+        return self.series(symbol, timeframe).lock()
 
     def writer(self, symbol: str, timeframe: str) -> SeriesWriter:
-        from marketcache.cache.writes import SeriesWriter
-
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
-        return SeriesWriter(self.backend, self.settings, self.validator(sym, tf), sym, tf)
+        return self.series(symbol, timeframe).writer()
 
     # ---- corporate actions -----------------------------------------------------------------
 
@@ -170,10 +148,8 @@ class UnifiedCache:
             return record_actions(self.backend, sym, splits, dividends, source, checked_through)
 
     def readjust(self, symbol: str, timeframe: str) -> list[int]:
-        """Recompute `adj_close` from the closes and the known actions (see `series.readjust`)."""
-        from marketcache.cache.series import readjust
-
-        return readjust(self, normalize_symbol(symbol), parse_timeframe(timeframe).name)
+        """Recompute `adj_close` from the closes and the known actions (see `Series.readjust`)."""
+        return self.series(symbol, timeframe).readjust()
 
     # ---- write -----------------------------------------------------------------------------
 
@@ -203,7 +179,8 @@ class UnifiedCache:
         from marketcache.core.coverage import by_year
         from marketcache.core.frames import normalize_frame
 
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe)
+        series = self.series(symbol, timeframe)
+        sym, tf = series.symbol, series.timeframe
         frame = normalize_frame(df, sessions=not tf.is_intraday)
         changes = by_year(
             verified_empty=verified_empty, missing=missing, resolved=resolved, now=now_stamp()
@@ -212,8 +189,8 @@ class UnifiedCache:
         years = frame["timestamp"].dt.year.to_numpy()
         if frame.empty and not changes:
             return result
-        with self.lock(sym, tf.name):
-            writer = self.writer(sym, tf.name)
+        with series.lock():
+            writer = series.writer()
             writer.sources = list(sources or [])
             for year in sorted({*map(int, set(years)), *changes}):
                 key, change = Key(sym, tf.name, year), changes.get(year)
@@ -401,17 +378,11 @@ class UnifiedCache:
     # ---- maintenance -----------------------------------------------------------------------
 
     def remove_stale_temp_files(self, symbol: str, timeframe: str) -> list[str]:
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
-        with self.lock(sym, tf):
-            return self.backend.housekeeping(sym, tf)
+        return self.series(symbol, timeframe).remove_stale_temp_files()
 
     def quarantine_year(self, symbol: str, timeframe: str, year: int) -> str | None:
         """Move a corrupt year aside (never delete it) so it can be fetched again."""
-        key = Key.of(symbol, timeframe, year)
-        with self.lock(key.symbol, key.timeframe):
-            aside = self.backend.quarantine(key)
-            self.catalog.refresh(key.symbol, key.timeframe)
-        return aside
+        return self.series(symbol, timeframe).quarantine(year)
 
     def years_on_disk(
         self, symbol: str | None = None, timeframe: str | None = None
@@ -434,13 +405,14 @@ class UnifiedCache:
         """validate's verdict on one year (see `repair`)."""
         from marketcache.cache.repair import YearCheck, check_year
 
-        key = Key.of(symbol, timeframe, year)
-        with self.lock(key.symbol, key.timeframe):
+        series = self.series(symbol, timeframe)
+        key = series.key(year)
+        with series.lock():
             if key.year not in self.backend.raw_years(*key.series):
                 # removed (by cleanup) after validate listed it: nothing to check, not corrupt
-                return YearCheck(*key.series, key.year, self.where(key), "gone")
+                return YearCheck(*key.series, key.year, series.where(key), "gone")
             check = check_year(
-                self.writer(*key.series), key, self.where(key), min_score=min_score, fix=fix
+                series.writer(), key, series.where(key), min_score=min_score, fix=fix
             )
             self.catalog.refresh(key.symbol, key.timeframe)
         return check
@@ -456,21 +428,21 @@ class UnifiedCache:
         now: pd.Timestamp | None = None,
     ) -> list[CleanupAction]:
         """Drop rows before a cutoff (`before`, or Jan 1 of the last `keep_years` years)."""
-        from marketcache.cache.retention import apply_cutoff, cutoff
+        from marketcache.cache.retention import cut_series, cutoff
 
         cut = cutoff(before=before, keep_years=keep_years, now=now)
         sym = normalize_symbol(symbol) if symbol else None
         tf = parse_timeframe(timeframe).name if timeframe else None
-        return apply_cutoff(self, cut, sym, tf, dry_run=dry_run)
+        actions: list[CleanupAction] = []
+        for series in sorted({k.series for k in self.backend.keys(sym, tf)}):
+            actions += cut_series(self.series(*series), cut, dry_run=dry_run)
+        return actions
 
     def series_state(
         self, symbol: str, timeframe: str, years: Iterable[int], expected: Any, *, repair: bool
     ) -> SeriesState:
-        """What populate plans from (see `series.series_state`)."""
-        from marketcache.cache.series import series_state
-
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
-        return series_state(self, sym, tf, years, expected, repair=repair)
+        """What populate plans from (see `Series.state`)."""
+        return self.series(symbol, timeframe).state(years, expected, repair=repair)
 
     def cleanup_leftovers(self, *, dry_run: bool = False) -> list[CleanupAction]:
         """Remove temp files, records without data, data without records and empty folders
@@ -487,12 +459,7 @@ class UnifiedCache:
 
     def where(self, key: Key) -> str:
         """A year's location for messages: its data file, or the backend and key."""
-        layout = getattr(self.backend, "layout", None)
-        return (
-            str(layout.data_path(*key.series, key.year))
-            if layout
-            else f"{self.backend.location} {key}"
-        )
+        return where(self.backend, key)
 
 
 def _jan1(year: int) -> pd.Timestamp:

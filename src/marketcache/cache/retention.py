@@ -1,4 +1,4 @@
-"""Retention: cutoffs → per-year delete | trim | keep (pure), applied by the facade.
+"""Retention: cutoffs → per-year delete | trim | keep (pure), applied one series at a time.
 
 `--before D` and `--keep-years N` (January 1st of the last N years, this one counted) give
 a cutoff; years wholly before it are deleted, the year holding it is trimmed.
@@ -15,7 +15,7 @@ from marketcache.errors import CorruptFile, UsageError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.cache.facade import UnifiedCache
+    from marketcache.cache.series import Series
 
 
 @dataclass
@@ -60,37 +60,24 @@ def decide(year: int, start_date: str | None, cut: pd.Timestamp) -> str:
     return "trim" if pd.Timestamp(start_date) < cut else "keep"
 
 
-def apply_cutoff(
-    cache: UnifiedCache,
-    cut: pd.Timestamp,
-    symbol: str | None,
-    timeframe: str | None,
-    *,
-    dry_run: bool,
-) -> list[CleanupAction]:
-    """Delete the years before `cut` and trim the year holding it, one series at a time under
-    its lock (held across the series' years, so a racing populate runs wholly before or after),
-    deciding from the records read under that lock. A dry run reads without a lock."""
-    actions: list[CleanupAction] = []
-    for sym, tf in sorted({k.series for k in cache.backend.keys(symbol, timeframe)}):
-        if dry_run:
-            actions += _cut_series(cache, cut, sym, tf, apply=False)
-            continue
-        with cache.lock(sym, tf):
-            done = _cut_series(cache, cut, sym, tf, apply=True)
-            if done:
-                cache.catalog.refresh(sym, tf)
-        actions += done
-    return actions
+def cut_series(series: Series, cut: pd.Timestamp, *, dry_run: bool) -> list[CleanupAction]:
+    """Delete the series' years before `cut` and trim the year holding it, under its lock (held
+    across the series' years, so a racing populate runs wholly before or after), deciding from
+    the records read under that lock. A dry run reads without a lock."""
+    if dry_run:
+        return _cut_series(series, cut, apply=False)
+    with series.lock():
+        done = _cut_series(series, cut, apply=True)
+        if done:
+            series.catalog.refresh(series.symbol, series.tf)
+    return done
 
 
-def _cut_series(
-    cache: UnifiedCache, cut: pd.Timestamp, sym: str, tf: str, *, apply: bool
-) -> list[CleanupAction]:
+def _cut_series(series: Series, cut: pd.Timestamp, *, apply: bool) -> list[CleanupAction]:
     """One series' cut; with `apply` the caller holds the series lock and it is done."""
     actions: list[CleanupAction] = []
-    backend = cache.backend
-    writer = cache.writer(sym, tf) if apply else None
+    backend, sym, tf = series.backend, series.symbol, series.tf
+    writer = series.writer() if apply else None
     for key in backend.keys(sym, tf):  # listed afresh: under the lock, what is there now
         if apply:
             backend.recover(key)
@@ -117,7 +104,7 @@ def _cut_series(
         why = f"before {cut.date()}" if verdict == "delete" else f"before {cut}"
         actions.append(
             CleanupAction(
-                cache.where(key),
+                series.where(key),
                 "delete-year" if gone else "trim-year",
                 sym,
                 tf,

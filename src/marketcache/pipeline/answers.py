@@ -14,13 +14,30 @@ run: a later run (or a later `DataManager` call) asks again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from marketcache.core.gaps import Span
 from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError
-from marketcache.providers.base import FetchResult, Provider
+from marketcache.pipeline.selector import Choice
+from marketcache.providers.base import Events, FetchResult, Provider
+
+
+@dataclass
+class Outcome:
+    """What the provider chain answered for one range (see `failover`)."""
+
+    frame: pd.DataFrame | None
+    provider: str
+    verified_empty: bool = False
+    reason: str = ""
+    choice: Choice | None = None
+    events: Events | None = None
+    refused: bool = False  # every provider said it does not know the symbol
+    incomplete: list[Span] = field(default_factory=list)  # derived buckets lacking base bars
+    sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] = field(default_factory=list)
 
 
 @dataclass

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,13 +18,14 @@ from marketcache.core.actions import adj_close
 from marketcache.core.gaps import Span
 from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError
+from marketcache.pipeline.answers import Outcome
 from marketcache.pipeline.jobs import Job, JobResult
-from marketcache.pipeline.selector import Choice
-from marketcache.providers.base import Events
+from marketcache.providers.base import Provider
 
 if TYPE_CHECKING:
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.cache.series import Series
     from marketcache.pipeline.answers import Answers
-    from marketcache.pipeline.populate import Runner
 
 # Re-asked bars that differ from the stored ones by more than this (relative, any price) mean
 # the two answers are not on one basis (a split applied to one side, another provider's
@@ -33,21 +33,8 @@ if TYPE_CHECKING:
 SEAM_TOLERANCE = 0.005
 
 
-@dataclass
-class Outcome:
-    frame: pd.DataFrame | None
-    provider: str
-    verified_empty: bool = False
-    reason: str = ""
-    choice: Choice | None = None
-    events: Events | None = None
-    refused: bool = False  # every provider said it does not know the symbol
-    incomplete: list[Span] = field(default_factory=list)  # derived buckets lacking base bars
-    sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] = field(default_factory=list)
-
-
 def actions_window(
-    runner: Runner, job: Job, tf: Timeframe, provider: str, span: Span, present: np.ndarray
+    series: Series, provider: str, reports_actions: bool, span: Span, present: np.ndarray
 ) -> pd.Timestamp:
     """Where to start asking a provider that reports corporate actions (Yahoo, daily).
 
@@ -56,12 +43,9 @@ def actions_window(
     known actions gap-free, so no dividend between two runs goes unseen — also after a
     night another provider filled. Daily answers are one request however long.
     """
-    if (
-        not runner.cache.adjusts(job.symbol, tf.name)
-        or not runner.providers[provider].reports_actions
-    ):
+    if not series.adjusts or not reports_actions:
         return span.start
-    checked = runner.cache.get_actions(job.symbol).checked.get(provider)
+    checked = series.actions().checked.get(provider)
     since = pd.Timestamp(checked) if checked else None
     if since is None and len(present):
         since = pd.Timestamp(np.min(present))
@@ -69,7 +53,8 @@ def actions_window(
 
 
 def check_seam(
-    runner: Runner,
+    cache: UnifiedCache,
+    provider: Provider,
     job: Job,
     tf: Timeframe,
     span: Span,
@@ -87,7 +72,7 @@ def check_seam(
     overlap = stamps[np.isin(stamps, np.asarray(present, dtype="datetime64[ns]"))]
     if not len(overlap):
         return outcome
-    stored = runner.cache.get(
+    stored = cache.get(
         job.symbol, job.timeframe, start=pd.Timestamp(overlap.min()),
         end=pd.Timestamp(overlap.max()) + pd.Timedelta(1, "ns"),
     )  # fmt: skip
@@ -99,7 +84,6 @@ def check_seam(
         " (another price basis)"
     )
     first = pd.Timestamp(np.min(present))
-    provider = runner.providers[outcome.choice.provider]
     sent = provider.sent()
     try:
         fetched = answers.fetch(
@@ -115,23 +99,21 @@ def check_seam(
     return Outcome(fetched.frame, outcome.provider, choice=outcome.choice, events=events)
 
 
-def with_adj_close(
-    runner: Runner, job: Job, tf: Timeframe, outcome: Outcome, result: JobResult
-) -> pd.DataFrame:
+def with_adj_close(series: Series, outcome: Outcome, result: JobResult) -> pd.DataFrame:
     """Record the answer's corporate actions and give the bars their `adj_close` from
     every action known (the provider's own adjusted close is not kept: it goes stale)."""
     assert outcome.frame is not None
     frame = outcome.frame
-    if not runner.cache.adjusts(job.symbol, tf.name):
+    if not series.adjusts:
         return frame.drop(columns="adj_close", errors="ignore")
     events = outcome.events
-    if events is not None and runner.cache.record_actions(
-        job.symbol, events.splits, events.dividends,
+    if events is not None and series.record_actions(
+        events.splits, events.dividends,
         source=outcome.provider, checked_through=events.checked_through,
     ):  # fmt: skip
         result.actions_changed = True
-        result.notes.append(f"{outcome.provider}: new corporate actions for {job.symbol}")
-    return frame.assign(adj_close=adj_close(frame, runner.cache.get_actions(job.symbol)))
+        result.notes.append(f"{outcome.provider}: new corporate actions for {series.symbol}")
+    return frame.assign(adj_close=adj_close(frame, series.actions()))
 
 
 def seam_difference(stored: pd.DataFrame, fetched: pd.DataFrame) -> tuple[float, str]:

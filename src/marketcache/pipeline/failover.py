@@ -17,8 +17,7 @@ import pandas as pd
 from marketcache.core.gaps import Span
 from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError, ProviderUnreachable, RangeUnavailable, SymbolNotFound
-from marketcache.pipeline.answers import Answers
-from marketcache.pipeline.basis import Outcome
+from marketcache.pipeline.answers import Answers, Outcome
 from marketcache.pipeline.jobs import JobResult
 from marketcache.pipeline.selector import Choice
 from marketcache.providers.base import Provider

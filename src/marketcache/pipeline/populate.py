@@ -16,19 +16,19 @@ import numpy as np
 import pandas as pd
 
 from marketcache.cache.facade import UnifiedCache
+from marketcache.cache.series import Series
 from marketcache.core.calendars import expected_bars
 from marketcache.core.derive import INCOMPLETE
 from marketcache.core.gaps import FetchPlan, Span, plan_fetch, settled_before, unanswered
 from marketcache.core.models import utcnow
 from marketcache.core.symbols import AssetClass
-from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     Conflict,
     LockTimeout,
     MarketCacheError,
     UsageError,
 )
-from marketcache.pipeline.answers import Answers
+from marketcache.pipeline.answers import Answers, Outcome
 from marketcache.pipeline.basis import actions_window, check_seam, with_adj_close
 from marketcache.pipeline.failover import Failover
 from marketcache.pipeline.jobs import (
@@ -180,7 +180,8 @@ class Runner:
         return result
 
     def _run(self, job: Job, result: JobResult) -> None:
-        cache, tf = self.cache, Timeframe(job.timeframe)
+        cache = self.cache
+        series = cache.series(job.symbol, job.timeframe)  # the one normalisation of the job
         chain = (
             self._derived(job)
             if job.derive_from
@@ -201,13 +202,13 @@ class Runner:
                 "rules, the provider capabilities and API keys"
             )
         if self.request.dry_run:  # reads only: no lock, no folder, no file
-            planned = self._plan(job, tf, chain, result, writes=False)
+            planned = self._plan(job, series, chain, result, writes=False)
             if planned is not None:
                 self._plan_only(planned[0], chain, result)
             return
         for attempt in (1, 2):
             try:
-                if not self._locked(job, tf, chain, result):
+                if not self._locked(job, series, chain, result):
                     return
                 break
             except Conflict as exc:  # object storage: another writer committed first
@@ -227,16 +228,16 @@ class Runner:
             if why:
                 self.warnings.setdefault(name, why)
 
-    def _locked(self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult) -> bool:
+    def _locked(self, job: Job, series: Series, chain: list[Choice], result: JobResult) -> bool:
         """Plan and fetch under the series lock; False when there was nothing to do."""
-        with self.cache.lock(job.symbol, job.timeframe):
-            planned = self._plan(job, tf, chain, result, writes=True)
+        with series.lock():
+            planned = self._plan(job, series, chain, result, writes=True)
             if planned is None:
                 return False
             plan, now, expected, present = planned
             self.sink.plan(f"{job.symbol} {job.timeframe}", _bars_in(plan.fetch, expected))
-            self._execute(job, tf, plan, chain, result, now, expected, present)
-            readjusted = self.cache.readjust(job.symbol, job.timeframe)
+            self._execute(job, series, plan, chain, result, now, expected, present)
+            readjusted = series.readjust()
             if readjusted:
                 redone = ", ".join(map(str, readjusted))
                 result.notes.append(f"adj_close recomputed for {redone} (corporate actions)")
@@ -256,16 +257,15 @@ class Runner:
         return [Choice(name, job.symbol)]
 
     def _plan(
-        self, job: Job, tf: Timeframe, chain: list[Choice], result: JobResult, *, writes: bool
+        self, job: Job, series: Series, chain: list[Choice], result: JobResult, *, writes: bool
     ) -> tuple[FetchPlan, pd.Timestamp, pd.DatetimeIndex, np.ndarray] | None:
         """What to fetch for `job` (None: nothing, the range ends before the open bar).
 
         With `writes` (under the lock) stale temp files go and corrupt years are moved aside
         first; without, corrupt years are only left out."""
-        cache = self.cache
-        profile = cache.profile(job.symbol)
+        cache, tf, profile = self.cache, series.timeframe, series.profile
         if writes:
-            for stale in cache.remove_stale_temp_files(job.symbol, job.timeframe):
+            for stale in series.remove_stale_temp_files():
                 result.notes.append(f"removed {stale}, left by an interrupted run")
         now = utcnow()
         end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
@@ -275,7 +275,7 @@ class Runner:
         wanted = Span(job.start, end)
         years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
         expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
-        state = cache.series_state(job.symbol, job.timeframe, years, expected, repair=writes)
+        state = series.state(years, expected, repair=writes)
         result.notes += state.notes
         present, verified = state.present, state.verified_empty
         plan = plan_fetch(
@@ -304,7 +304,7 @@ class Runner:
     def _execute(
         self,
         job: Job,
-        tf: Timeframe,
+        series: Series,
         plan: FetchPlan,
         chain: list[Choice],
         result: JobResult,
@@ -314,7 +314,7 @@ class Runner:
     ) -> None:
         failed = False
         failures: dict[str, list[Span]] = {}  # reason -> spans, reported once per reason
-        calendar = self.cache.profile(job.symbol).calendar
+        tf, calendar = series.timeframe, series.profile.calendar
         always_open = calendar == "24/7"  # a stretch without bars is one without trades
         sessions = not tf.is_intraday and not always_open
         settled = settled_before(calendar, tf, now)  # older bars an answer lacks are holes
@@ -325,14 +325,24 @@ class Runner:
                 raise Cancelled
             assert answers is not None
             asked = result.requests
-            start = self._window(job, tf, span, present, answers)
+            start = self._window(series, span, present, answers)
             outcome = self.failover.fetch(chain, tf, span, answers, result, start)
             if outcome.refused:  # an unknown symbol leaves nothing in the cache, only a report
                 result.status = "failed"
                 result.errors.append(f"no provider knows {job.symbol}: {outcome.reason}")
                 return
             if outcome.frame is not None and len(outcome.frame):
-                outcome = check_seam(self, job, tf, span, outcome, present, result, answers)
+                outcome = check_seam(
+                    self.cache,
+                    self._provider(outcome),
+                    job,
+                    tf,
+                    span,
+                    outcome,
+                    present,
+                    result,
+                    answers,
+                )
             self.sink.note(
                 f"{job.symbol} {job.timeframe}",
                 bars=0 if outcome.frame is None else len(outcome.frame),
@@ -341,7 +351,7 @@ class Runner:
             pending = outcome.incomplete  # derived buckets whose base bars are not all there
             result.gaps_left += [{**s.as_json(), "reason": INCOMPLETE} for s in pending]
             if outcome.frame is not None and len(outcome.frame):
-                frame = with_adj_close(self, job, tf, outcome, result)
+                frame = with_adj_close(series, outcome, result)
                 stamps = outcome.frame["timestamp"].to_numpy("datetime64[ns]")
                 holes, end = unanswered(span, expected, present, stamps, settled, newest)
                 holes = [h for h in holes if not _overlaps(h, pending)]
@@ -412,16 +422,20 @@ class Runner:
         result.status = _status(result, failed)
 
     def _window(
-        self, job: Job, tf: Timeframe, span: Span, present: np.ndarray, answers: Answers
+        self, series: Series, span: Span, present: np.ndarray, answers: Answers
     ) -> Callable[[str], pd.Timestamp]:
         """Where to start asking each provider of the chain for `span`."""
 
         def start(name: str) -> pd.Timestamp:
             if answers.holds(name, span.start):  # that answer told the actions up to now
                 return span.start
-            return actions_window(self, job, tf, name, span, present)
+            return actions_window(series, name, self.providers[name].reports_actions, span, present)
 
         return start
+
+    def _provider(self, outcome: Outcome) -> Provider:
+        assert outcome.choice is not None
+        return self.providers[outcome.choice.provider]
 
     def _summarise(self, job: Job, result: JobResult) -> None:
         scores = []

@@ -162,7 +162,7 @@ def _pool(url: str) -> Any:
             try:
                 _POOLS[url] = ConnectionPool(url, min_size=1, max_size=4, open=True, timeout=10)
             except Exception as exc:
-                from marketcache.storage.open import redact
+                from marketcache.storage.urls import redact
 
                 where = redact(url)
                 raise StorageError(f"cannot use the rate limit store at {where}: {exc}") from None
