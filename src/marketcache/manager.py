@@ -283,7 +283,7 @@ class DataManager:
     def get_fundamentals(
         self, symbol: str, max_age: str | None = None, *, provider: str | None = None
     ) -> dict[str, Any]:
-        """The combined fundamentals of `symbol` (see `fundamentals.py`)."""
+        """The combined fundamentals of `symbol` (see `pipeline/fundamentals.py`)."""
         from marketcache.pipeline.fundamentals import get_fundamentals
 
         return get_fundamentals(

@@ -260,7 +260,7 @@ class UnifiedCache:
         `adjust`: "none" as stored (as traded); "splits" divides prices and multiplies volume
         by the splits after each bar; "all" also applies dividends (back-adjusted total return).
         `output_format`: "pandas" (a DataFrame, the default), "arrow" (a pyarrow Table) or
-        "polars" (a polars DataFrame); see `outputs.py` for the Arrow schema.
+        "polars" (a polars DataFrame); see `core/outputs.py` for the Arrow schema.
         """
         import numpy as np
         import pandas as pd
