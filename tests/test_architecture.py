@@ -23,9 +23,9 @@ FRONT_DOORS = ("cli", "serve")
 OVERSIZE: dict[str, int] = {
     "storage/objects/backend.py": 624,
     "config/parser.py": 577,
-    "storage/postgres.py": 499,
+    "storage/postgres.py": 528,
     "cache/facade.py": 473,
-    "pipeline/populate.py": 483,
+    "pipeline/populate.py": 511,
     "serve/app.py": 453,
     "storage/files/backend.py": 451,
 }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from marketcache.core.models import parse_date
-from marketcache.errors import CorruptFile, UsageError
+from marketcache.errors import CorruptFile, LockTimeout, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,12 +21,18 @@ if TYPE_CHECKING:
 @dataclass
 class CleanupAction:
     path: str
-    action: str  # delete-year | trim-year | remove-leftover
+    action: str  # delete-year | trim-year | remove-leftover | skip-corrupt | skip-locked
     symbol: str = ""
     timeframe: str = ""
     year: int | None = None
     rows_removed: int = 0
     reason: str = ""
+
+
+def cleanup_exit_code(actions: list[CleanupAction]) -> int:
+    """4 when a series was busy past the lock wait, 3 when a corrupt year was left, else 0."""
+    done = {a.action for a in actions}
+    return 4 if "skip-locked" in done else 3 if "skip-corrupt" in done else 0
 
 
 def cutoff(
@@ -63,14 +69,26 @@ def decide(year: int, start_date: str | None, cut: pd.Timestamp) -> str:
 def cut_series(series: Series, cut: pd.Timestamp, *, dry_run: bool) -> list[CleanupAction]:
     """Delete the series' years before `cut` and trim the year holding it, under its lock (held
     across the series' years, so a racing populate runs wholly before or after), deciding from
-    the records read under that lock. A dry run reads without a lock."""
+    the records read under that lock. A dry run reads without a lock; a series held past
+    lock_wait is one `skip-locked` action (one busy series does not stop the others)."""
     if dry_run:
         return _cut_series(series, cut, apply=False)
-    with series.lock():
-        done = _cut_series(series, cut, apply=True)
-        if done:
-            series.catalog.refresh(series.symbol, series.tf)
+    sym, tf = series.symbol, series.tf
+    try:
+        with series.lock():
+            done = _cut_series(series, cut, apply=True)
+            if done:
+                series.catalog.refresh(sym, tf)
+    except LockTimeout as exc:
+        done = [CleanupAction(f"{sym} {tf}", "skip-locked", sym, tf, reason=str(exc))]
     return done
+
+
+def _corrupt(series: Series, key: Any, exc: CorruptFile) -> CleanupAction:
+    return CleanupAction(
+        series.where(key), "skip-corrupt", key.symbol, key.timeframe, key.year,
+        reason=f"{exc}: left as it is; run `marketcache validate --fix` first",
+    )  # fmt: skip
 
 
 def _cut_series(series: Series, cut: pd.Timestamp, *, apply: bool) -> list[CleanupAction]:
@@ -83,16 +101,18 @@ def _cut_series(series: Series, cut: pd.Timestamp, *, apply: bool) -> list[Clean
             backend.recover(key)
         try:
             rec = backend.read_record(key)
-        except CorruptFile:
+            verdict = decide(key.year, rec.start_date, cut)
+            found = backend.read_year(key) if verdict == "trim" else None
+        except CorruptFile as exc:  # said, never skipped in silence, and the others go on
+            if key.year <= cut.year:
+                actions.append(_corrupt(series, key, exc))
             continue
-        verdict = decide(key.year, rec.start_date, cut)
         if verdict == "keep":
             continue
         left = None
         if verdict == "delete":
             removed = rec.rows
         else:
-            found = backend.read_year(key)
             if found is None:
                 continue
             rec, df = found
