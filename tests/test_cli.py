@@ -464,3 +464,25 @@ def test_start_up_imports_only_what_the_command_needs(
         assert proc.stdout.strip(), "completion answered"
     if args == ["list", "--json"]:
         assert "rich" not in roots, "JSON needs no Rich"
+
+
+def test_a_symbols_file_that_is_not_utf8_exits_2_naming_its_line(
+    cli: Cli, filled: Path, tmp_path: Path
+) -> None:
+    listed = tmp_path / "symbols.txt"
+    listed.write_bytes(b"AAPL\n# a comment\n\xff\xfeM\x00S\x00F\x00T\x00\n")  # a UTF-16 paste
+    r = cli("populate", "--symbols-file", str(listed), "--dry-run", "--cache-dir", str(filled))
+    assert r.code == 2, r.err
+    assert f"--symbols-file {listed}: line 3 is not UTF-8 text" in one_error_line(r)
+
+
+def test_an_error_whose_text_holds_a_newline_is_one_line_that_keeps_every_part(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The one-line rule joins lines, it does not cut: a path with a newline (a paste gone
+    wrong) still ends in what to do."""
+    r = cli("info", "--cache-dir", str(tmp_path / "data\ncache"), "--json")
+    assert r.code == 2
+    line = one_error_line(r)
+    assert line.endswith("does not exist: check the path") and "data cache" in line, line
+    assert r.json()["error"] == line.removeprefix("error: ")

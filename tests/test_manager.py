@@ -261,3 +261,24 @@ def test_an_open_end_asks_again_after_the_next_bar_closes(
         got = dm.get_ohlcv("NOWUSDT", "1m", start=start)
         assert len(fake_binance.data_requests()) == before + 1, "the new bar is asked for"
         assert got["timestamp"].iloc[-1] >= minute.tz_localize(None) - pd.Timedelta(minutes=1)
+
+
+def test_fundamentals_without_the_alpha_vantage_key_say_it_is_left_out_once(
+    cli: Cli, fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Yahoo's fields alone, and one warning naming the variable — not a silent half answer
+    that looks as if Alpha Vantage had nothing."""
+    monkeypatch.delenv("ALPHAVANTAGE_API_KEY", raising=False)
+    fake_yahoo.summaries["MSFT"] = fake_yahoo.summaries["AAPL"]
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(yahoo=fake_yahoo, alpha_vantage=fake_av))
+    r = cli("fundamentals", "AAPL", "MSFT", "--cache-dir", str(tmp_path / "c"),
+            "--config", str(conf))  # fmt: skip
+    assert r.code == 0, r.err
+    warned = [line for line in r.err.splitlines() if "alpha_vantage is left out" in line]
+    assert len(warned) == 1 and "ALPHAVANTAGE_API_KEY is not set" in warned[0], r.err
+    assert fake_av.data_requests() == []
+    as_json = cli("fundamentals", "AAPL", "--json", "--max-age", "0",
+                  "--cache-dir", str(tmp_path / "c"), "--config", str(conf))  # fmt: skip
+    assert any("ALPHAVANTAGE_API_KEY" in w for w in as_json.json()["results"][0]["warnings"])

@@ -232,9 +232,13 @@ def test_alpha_vantage_quota_is_reported_not_retried(
     p = provider_class("alpha_vantage")(
         settings.providers["alpha_vantage"], tmp_path, sleep=sleeps.append
     )
-    with pytest.raises(QuotaExhausted, match="25 requests per day"):
+    with pytest.raises(QuotaExhausted, match="25 requests per day") as caught:
         p.fetch("MSFT", Timeframe("1m"), pd.Timestamp("2017-12-18"), pd.Timestamp("2017-12-19"))
     assert sleeps == [] and len(fake_av.data_requests()) == 1
+    said = str(caught.value)
+    assert fake_av.key not in said and "API key as ***" in said, "the key it quotes is not shown"
+    assert "next run after 00:00 UTC" in said and "rate_limit.per_day" in said
+    assert "\n" not in said
 
 
 def test_alpha_vantage_recorded_intraday_is_converted_to_utc_bar_opens(

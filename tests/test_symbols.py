@@ -107,6 +107,23 @@ def test_a_pair_written_with_a_slash_names_the_same_series(tmp_path: Path) -> No
     assert classify(normalize_symbol("BTC/EUR")) is AssetClass.CRYPTO
 
 
+@pytest.mark.parametrize(
+    ("given", "series", "kind"),
+    [("EUR/USD", "EURUSD=X", AssetClass.FX), ("usd/jpy", "USDJPY=X", AssetClass.FX),
+     ("ETH/BTC", "ETHBTC", AssetClass.CRYPTO), ("BTC/USD", "BTCUSD", AssetClass.CRYPTO)],
+)  # fmt: skip
+def test_a_slash_joins_only_what_is_a_pair(given: str, series: str, kind: AssetClass) -> None:
+    assert normalize_symbol(given) == series and classify(series) is kind
+
+
+def test_a_share_class_written_with_a_slash_is_refused_with_how_to_write_it(cli: Any) -> None:
+    """BRK/B is Berkshire's class B (BRK-B), not a ticker BRKB nor a crypto pair."""
+    with pytest.raises(UsageError, match=r"'BRK/B' is not a pair: write a share class as BRK-B"):
+        normalize_symbol("BRK/B")
+    r = cli("populate", "BRK/B", "--dry-run")
+    assert r.code == 2 and "BRK-B" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+
+
 def test_populate_of_a_slash_pair_asks_binance_for_the_pair_and_stores_one_series(
     cli: Any, fake_binance: FakeBinance, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from marketcache.core.records import YearRecord
 from marketcache.core.symbols import classify
 from marketcache.core.timeframes import parse_timeframe
-from marketcache.errors import CorruptFile
+from marketcache.errors import CorruptFile, LockTimeout, StorageError
 from marketcache.storage.backend import Key, StorageBackend
 
 if TYPE_CHECKING:
@@ -106,12 +106,28 @@ class Catalog:
     def rebuild(self) -> dict[str, Any]:
         """Recompute the whole index from the year records."""
         with self.backend.index_lock(wait=self.lock_wait):
-            symbols: dict[str, Any] = {}
-            quality: dict[str, Any] = {}
-            for sym in self.backend.symbols():
-                for tf in self.backend.timeframes(sym):
-                    self._set(symbols, quality, sym, tf)
+            symbols, quality = self._compute()
             self._write(symbols, quality)
+        return symbols
+
+    def _compute(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        symbols: dict[str, Any] = {}
+        quality: dict[str, Any] = {}
+        for sym in self.backend.symbols():
+            for tf in self.backend.timeframes(sym):
+                self._set(symbols, quality, sym, tf)
+        return symbols, quality
+
+    def _read_only_rebuild(self) -> dict[str, Any]:
+        """The index for a reader (`info`): computed from the records, stored only when that
+        costs no wait and is allowed — a read never waits for a writer's index lock, and a
+        read-only cache (a read-only mount, read-only object-storage keys) still answers."""
+        symbols, quality = self._compute()
+        try:
+            with self.backend.index_lock(wait=0):
+                self._write(symbols, quality)
+        except (LockTimeout, OSError, StorageError):
+            pass  # the next writer brings it up to date
         return symbols
 
     def _providers(self, symbols: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +158,7 @@ class Catalog:
             for entry in symbols.values()
             for tf_entry in entry.get("timeframes", {}).values()
         ):
-            symbols = self.rebuild() if self.backend.exists() else {}
+            symbols = self._read_only_rebuild() if self.backend.exists() else {}
         timeframes: set[str] = set()
         providers: set[str] = set()
         files = rows = size = raw = scored = 0

@@ -107,6 +107,8 @@ def fundamentals(
                 failed += 1
                 ctx.out.error(f"{sym}: {exc}")
                 reports.append({"symbol": sym, "fields": {}, "snapshots": [], "errors": [str(exc)]})
+    for warning in dict.fromkeys(w for r in reports for w in r.get("warnings", [])):
+        ctx.out.warn(warning)  # once a run, not once per symbol
     code = 1 if failed else 0
     ctx.out.fundamentals(reports, code)
     return code

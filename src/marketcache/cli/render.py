@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from marketcache.cli.cells import elapsed, field_value, flat, plain, score, short, size
 from marketcache.cli.progress import ProgressSink, progress_bar
+from marketcache.errors import one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -92,7 +93,7 @@ class Renderer:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            sys.stderr.write(f"warning: {message}\n")
+            sys.stderr.write(f"warning: {one_line(message)}\n")
 
     def csv_rows(self, rows: list[dict[str, Any]]) -> None:
         """Rows as CSV on stdout (lists joined with spaces), a header from the first row."""
@@ -108,7 +109,7 @@ class Renderer:
 
     def error(self, message: str) -> None:
         """One unwrapped line on stderr, whatever the terminal width (cron mail, grep)."""
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"error: {one_line(message)}\n")
         sys.stderr.flush()
 
     @contextmanager

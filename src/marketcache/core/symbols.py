@@ -46,7 +46,7 @@ def normalize_symbol(symbol: str) -> str:
         )
     pair = _PAIR.fullmatch(s)
     if pair:
-        return pair.group(1) + pair.group(2)
+        return _pair(symbol, pair.group(1), pair.group(2))
     if "/" in s or "\\" in s or ".." in s:
         raise UsageError(
             f"symbol '{symbol}' cannot be a ticker (path separators or '..'): give a ticker"
@@ -83,6 +83,27 @@ def decode_symbol(name: str) -> str | None:
         return symbol if encode_symbol(symbol) == name else None
     except (UnicodeError, ValueError, UsageError):
         return None
+
+
+_CURRENCIES = frozenset(
+    (*FIAT_QUOTES, *"CHF CAD NZD SEK NOK DKK HKD SGD CNY CNH INR MXN ZAR PLN KRW".split())
+)
+
+
+def _pair(given: str, base: str, quote: str) -> str:
+    """`BASE/QUOTE` as its series: a crypto pair joined (BTC/USDT → BTCUSDT, BTC/EUR →
+    BTCEUR), two currencies as Yahoo's FX ticker (EUR/USD → EURUSD=X). Anything else with a
+    slash (BRK/B, a share class) is refused with how to write it, not joined into another
+    ticker (BRKB)."""
+    if quote in CRYPTO_QUOTES or (quote in FIAT_QUOTES and base in _KNOWN_COINS):
+        return base + quote
+    if base in _CURRENCIES and quote in _CURRENCIES:
+        return f"{base}{quote}=X"
+    raise UsageError(
+        f"symbol '{given}' is not a pair: write a share class as {base}-{quote} (or"
+        f" {base}.{quote}), a crypto pair with its quote asset (e.g. {base}/USDT), an FX pair"
+        " as EUR/USD"
+    )
 
 
 def classify(symbol: str, override: str | None = None) -> AssetClass:

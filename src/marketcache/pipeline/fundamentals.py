@@ -70,7 +70,12 @@ def get_fundamentals(
             taken.append(_reuse(cache, symbol, name, known[0][1], report, stale=False))
             continue
         if not provider.available():
-            report["errors"].append(f"{name}: not usable (disabled or no API key)")
+            from marketcache.providers.registry import missing_key
+
+            why = missing_key(settings.providers[name]) if name in settings.providers else None
+            report["errors"].append(why or f"{name}: not usable (disabled or no API key)")
+            if why:  # a configured provider silently absent would look like "it has nothing"
+                report.setdefault("warnings", []).append(why)
             continue
         try:
             fields = provider.fundamentals(symbol)
