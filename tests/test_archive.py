@@ -11,7 +11,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import load_settings
+from marketcache.config.parser import load_settings
 
 Cli = Callable[..., CliResult]
 

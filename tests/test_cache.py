@@ -17,7 +17,7 @@ import pytest
 
 from conftest import make_bars
 from marketcache import CorruptFile, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.storage.backend import Key
 
 FORMATS = ["csv.gz", "parquet", "postgresql", "s3-csv.gz", "s3-parquet"]
@@ -453,7 +453,7 @@ def test_info_with_no_index_answers_at_once_while_a_writer_holds_the_index_lock(
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\nfrom marketcache import UnifiedCache\n"
-         "from marketcache.config import parse_settings\n"
+         "from marketcache.config.parser import parse_settings\n"
          f"c = UnifiedCache({str(root)!r}, settings=parse_settings(''))\n"
          "with c.backend.index_lock(wait=5):\n    print('held', flush=True); time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True,

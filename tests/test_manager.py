@@ -14,9 +14,9 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import SUMMARY_PATH, FakeAlphaVantage, FakeBinance, FakeYahoo, config_for
 from marketcache import DataManager, SymbolNotFound
-from marketcache.calendars import expected_bars
-from marketcache.config import parse_settings
-from marketcache.timeframes import Timeframe
+from marketcache.config.parser import parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.timeframes import Timeframe
 
 Cli = Callable[..., CliResult]
 
@@ -175,7 +175,7 @@ def test_fundamentals_refresh_keep_failover_and_unknown_symbols(
 
 
 def test_a_daily_stock_series_is_not_stale_over_a_weekend() -> None:
-    from marketcache.freshness import freshness
+    from marketcache.core.freshness import freshness
 
     friday = "2024-03-08T00:00:00"
     sunday = pd.Timestamp("2024-03-10 12:00")

@@ -21,7 +21,7 @@ import pytest
 from conftest import SYNCED_RATE_PROBE, CliResult, make_bars, most_within
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from test_copy import _fill, _records
 
 Cli = Callable[..., CliResult]

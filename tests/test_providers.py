@@ -17,7 +17,8 @@ import requests
 
 from conftest import SYNCED_RATE_PROBE, make_bars, most_within
 from fakes import HTML_ERROR, FakeAlphaVantage, FakeBinance, FakeServer, FakeYahoo, config_for
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     ProviderError,
     ProviderUnavailable,
@@ -31,7 +32,6 @@ from marketcache.providers.base import Provider
 from marketcache.providers.binance import map_binance_error
 from marketcache.providers.registry import provider_class
 from marketcache.providers.yahoo import map_yahoo_error
-from marketcache.timeframes import Timeframe
 
 
 @dataclass

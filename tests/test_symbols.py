@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 from conftest import make_bars
 from fakes import FakeBinance, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
-from marketcache.errors import UsageError
-from marketcache.storage.layout import CacheLayout
-from marketcache.symbols import (
+from marketcache.config.parser import parse_settings
+from marketcache.core.symbols import (
     AssetClass,
     classify,
     decode_symbol,
     encode_symbol,
     normalize_symbol,
 )
+from marketcache.errors import UsageError
+from marketcache.storage.layout import CacheLayout
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ def test_the_data_manager_accepts_dates_too(fake_binance: FakeBinance, tmp_path:
 
 
 def test_a_fiat_pair_written_with_a_slash_still_reaches_yahoo_as_a_pair() -> None:
-    from marketcache.selector import native_symbol
+    from marketcache.pipeline.selector import native_symbol
 
     sym = normalize_symbol("BTC/EUR")
     asset = classify(sym)

@@ -12,12 +12,12 @@ import pytest
 from conftest import make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.calendars import expected_bars
-from marketcache.config import parse_settings
-from marketcache.quality import WEIGHTS, ValidationCounts, score_counts
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
-from marketcache.validate import OHLCVValidator
+from marketcache.config.parser import parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.quality import WEIGHTS, ValidationCounts, score_counts
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
+from marketcache.core.validate import OHLCVValidator
 
 CRYPTO_1H = OHLCVValidator(Timeframe("1h"), "24/7", AssetClass.CRYPTO)
 

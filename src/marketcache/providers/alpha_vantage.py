@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,
@@ -28,8 +30,6 @@ from marketcache.providers.http import (
     map_requests_error,
     raise_for_status,
 )
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
 
 INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "60min"}
 DEFAULT_HOST = "https://www.alphavantage.co/query?"

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.config import ProviderSettings
+from marketcache.config.parser import ProviderSettings
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError, ProviderUnavailable, RangeUnavailable
 from marketcache.providers.bounded import MiB, describe_size
 from marketcache.providers.http import (
@@ -38,7 +39,6 @@ from marketcache.providers.http import (
     raise_for_status,
     with_retries,
 )
-from marketcache.timeframes import Timeframe
 
 ARCHIVE_TIMEFRAMES = frozenset(
     {"1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"}
