@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fake market lives with the tests
 
 from fake_market import FakeMarket, market_config  # noqa: E402
 from marketcache import UnifiedCache  # noqa: E402
-from marketcache.config import parse_settings  # noqa: E402
+from marketcache.config.parser import parse_settings  # noqa: E402
 
 START = "2024-03-01 12:00:00"
 UPDATE_EVERY = 2.0  # Binance's kline cadence (market seconds)

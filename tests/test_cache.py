@@ -17,7 +17,7 @@ import pytest
 
 from conftest import make_bars
 from marketcache import CorruptFile, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.storage.backend import Key
 
 FORMATS = ["csv.gz", "parquet", "postgresql", "s3-csv.gz", "s3-parquet"]
@@ -433,3 +433,39 @@ def test_cleanup_removes_quarantined_copies_older_than_quarantine_days(
     assert cli("cleanup", *where).code == 0
     assert {p.name for p in folder.glob("*.corrupt-*")} == {n for n, d in ages.items() if d < 7}
     assert len(cache.get("ABCUSDT", "1h")) == 50, "the live year is untouched"
+
+
+def test_info_with_no_index_answers_at_once_while_a_writer_holds_the_index_lock(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A read never waits for a writer: with the index gone and its lock held (a populate
+    committing), `info` computes the totals from the records instead of waiting
+    settings.lock_wait (600 s) for the lock to write the index."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "c"
+    cache = UnifiedCache(root, settings=parse_settings(""))
+    cache.put(make_bars("2024-01-01", 48), "ABCUSDT", "1h", provider="binance")
+    for name in ("symbols.json", "quality_scores.json", "providers.json"):
+        (root / "_metadata" / name).unlink()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom marketcache import UnifiedCache\n"
+         "from marketcache.config.parser import parse_settings\n"
+         f"c = UnifiedCache({str(root)!r}, settings=parse_settings(''))\n"
+         "with c.backend.index_lock(wait=5):\n    print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        r = cli("info", "--json", "--cache-dir", str(root))
+        took = time.monotonic() - began
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 0, r.err
+    assert r.json()["symbols"] == 1 and r.json()["rows"] == 48, r.out
+    assert took < 30, f"info waited {took:.0f} s for the index lock"

@@ -17,7 +17,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeAlphaVantage, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 
 Cli = Callable[..., CliResult]
 
@@ -233,7 +233,10 @@ def test_validate_detects_a_flipped_byte_and_missing_metadata(cli: Cli, filled: 
     fixed = cli("validate", "--fix", "--cache-dir", str(filled))
     assert fixed.code == 3, "a row after the damage could not be recovered: exit 3, say so"
     assert "run `marketcache populate AAPL -t 1d --start 2022-12-30 --end 2022-12-31`" in fixed.err
-    assert cli("validate", "--cache-dir", str(filled)).code == 0, "repaired: nothing more lost"
+    later = cli("validate", "--cache-dir", str(filled))  # repaired, but the lost bar is a hole
+    assert later.code == 3 and "incomplete" in later.out, later.out
+    assert later.err.count("\n") == 1 and "lost in a repair" in later.err, later.err
+    assert "run `marketcache populate AAPL -t 1d --start 2022-12-30 --end 2022-12-31`" in later.err
     assert (
         cli("info", "BTCUSDT", "1h", "--json", "--cache-dir", str(filled)).json()["timeframes"][
             "1h"
@@ -370,7 +373,7 @@ def test_fundamentals_show_numbers_and_dates_as_people_read_them_and_json_has_th
 def test_the_package_lists_its_names_without_importing_them() -> None:
     code = (
         "import sys, json, marketcache; names = dir(marketcache); "
-        "print(json.dumps([names, [m for m in ('pandas', 'marketcache.cache') if m in sys.modules]]))"
+        "print(json.dumps([names, [m for m in ('pandas', 'marketcache.cache.facade') if m in sys.modules]]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     names, imported = json.loads(out.stdout)
@@ -395,7 +398,7 @@ def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> No
     shown = repr(remote) + repr(DataManager(remote))
     assert "s3cret" not in shown and "0ther" not in shown, shown
     assert "UnifiedCache('postgresql://me@127.0.0.1:9/db?sslmode=require" in shown, shown
-    from marketcache.storage.open import redact
+    from marketcache.storage.urls import redact
 
     assert redact("ftp://ann:pw@host/x") == "ftp://ann@host/x"
     assert redact("/srv/cache") == "/srv/cache"
@@ -408,7 +411,13 @@ def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> No
 # Cython extension creates (yaml's C loader) are left aside.
 START_UP_ALLOWED = {"marketcache", "typer", "shellingham", "annotated_doc", "yaml", "rich",
                     "cython_runtime"}  # fmt: skip
-SHELL_ONLY = {"yaml", "rich", "marketcache.cache", "marketcache.config", "marketcache.catalog"}
+SHELL_ONLY = {
+    "yaml",
+    "rich",
+    "marketcache.cache.facade",
+    "marketcache.config.parser",
+    "marketcache.cache.catalog",
+}
 IMPORTED = (
     "import json, os, sys\n"
     "from marketcache.cli.app import main\n"
@@ -455,3 +464,25 @@ def test_start_up_imports_only_what_the_command_needs(
         assert proc.stdout.strip(), "completion answered"
     if args == ["list", "--json"]:
         assert "rich" not in roots, "JSON needs no Rich"
+
+
+def test_a_symbols_file_that_is_not_utf8_exits_2_naming_its_line(
+    cli: Cli, filled: Path, tmp_path: Path
+) -> None:
+    listed = tmp_path / "symbols.txt"
+    listed.write_bytes(b"AAPL\n# a comment\n\xff\xfeM\x00S\x00F\x00T\x00\n")  # a UTF-16 paste
+    r = cli("populate", "--symbols-file", str(listed), "--dry-run", "--cache-dir", str(filled))
+    assert r.code == 2, r.err
+    assert f"--symbols-file {listed}: line 3 is not UTF-8 text" in one_error_line(r)
+
+
+def test_an_error_whose_text_holds_a_newline_is_one_line_that_keeps_every_part(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The one-line rule joins lines, it does not cut: a path with a newline (a paste gone
+    wrong) still ends in what to do."""
+    r = cli("info", "--cache-dir", str(tmp_path / "data\ncache"), "--json")
+    assert r.code == 2
+    line = one_error_line(r)
+    assert line.endswith("does not exist: check the path") and "data cache" in line, line
+    assert r.json()["error"] == line.removeprefix("error: ")

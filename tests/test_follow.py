@@ -29,7 +29,7 @@ import pytest
 
 from fake_market import FakeMarket, market_config
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 
 START = "2024-03-01 12:00:30"
 SPEED = 120.0

@@ -21,10 +21,10 @@ import pytest
 
 from fake_market import FakeMarket, market_config
 from marketcache import DataManager, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
+from marketcache.core.timeframes import Timeframe
 from marketcache.live.poll import due_bars
 from marketcache.serve.live import LiveBar
-from marketcache.timeframes import Timeframe
 
 START = "2024-03-01 12:00:30"
 FAST = {"flush_every": 0.2, "stale_after": 1.0, "backfill_lookback": "30min"}

@@ -29,11 +29,11 @@ from marketcache.cli.options import (
     require_cache,
     scope,
 )
-from marketcache.errors import Terminated, UsageError
-from marketcache.models import parse_date
+from marketcache.core.models import parse_date
+from marketcache.errors import LockTimeout, Terminated, UsageError
 
 if TYPE_CHECKING:
-    from marketcache.repair import YearCheck
+    from marketcache.cache.repair import YearCheck
 
 app = typer.Typer(
     name="marketcache",
@@ -70,7 +70,7 @@ def root(
 
 def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | None) -> list[Any]:
     """How fresh every series in scope is (reads the newest record of each)."""
-    from marketcache.freshness import freshness, parse_age
+    from marketcache.core.freshness import freshness, parse_age
 
     age = parse_age(max_age) if max_age else None
     out = []
@@ -116,8 +116,8 @@ def populate(
     log_file: LogFile = None,
 ) -> int:
     """Fill the cache for each symbol x timeframe over [start, end)."""
-    from marketcache.jobs import PopulateReport, PopulateRequest, build_jobs
-    from marketcache.populate import run_populate
+    from marketcache.pipeline.jobs import PopulateReport, PopulateRequest, build_jobs
+    from marketcache.pipeline.populate import run_populate
 
     options = common(invocation, cache_dir, config, as_json, quiet, verbose)
     ctx = context(options, log_file=log_file)
@@ -275,7 +275,9 @@ def cleanup(
     else:
         actions = ctx.cache.cleanup_leftovers(dry_run=dry_run)
     ctx.out.cleanup(actions, dry_run=dry_run)
-    return 0
+    from marketcache.cache.retention import cleanup_exit_code
+
+    return cleanup_exit_code(actions)
 
 
 @app.command()
@@ -323,7 +325,7 @@ def validate(
     if (since or sample is not None) and not against_source:
         raise UsageError("--since and --sample go with --against-source")
     if against_source:
-        from marketcache.restate import check_against_source, pick_years
+        from marketcache.pipeline.restate import check_against_source, pick_years
 
         start = parse_date(since, option="--since") if since else None
         chosen = pick_years(targets, since=start, sample=sample)
@@ -335,16 +337,28 @@ def validate(
         late = [f for f in found if f.stale]
         ctx.out.stale(late, len(found), max_age=max_age)
         return 3 if late else 0
+    from marketcache.cache.repair import YearCheck
+
     checks: list[YearCheck] = []
+    busy: dict[tuple[str, str], str] = {}  # a series held past the wait: its other years too
     with ctx.out.progress(len(targets), label="validating", unit="years") as progress:
         for s, t, year in targets:
-            checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
+            if (s, t) not in busy:
+                try:
+                    checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
+                except LockTimeout as exc:  # one busy series does not stop the others
+                    busy[(s, t)] = str(exc)
+            if (s, t) in busy:
+                where, why = f"{s} {t} {year}", busy[(s, t)]
+                checks.append(YearCheck(s, t, year, where, "locked", problems=[why]))
             progress.advance(f"{s} {t} {year}")
     ctx.out.validation(checks, threshold)
+    if busy:
+        return 4
     bad = [
         c
         for c in checks
-        if c.status in ("corrupt", "low-score")
+        if c.status in ("corrupt", "low-score", "incomplete")
         or c.lost
         or (c.score is not None and c.score < threshold)
     ]

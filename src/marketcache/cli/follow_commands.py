@@ -64,9 +64,10 @@ def follow(
     """Follow live bars into the cache until stopped (see README, Following live bars)."""
     import pandas as pd
 
-    from marketcache.jobs import read_symbols_file
-    from marketcache.live.follower import Follower, check_series, probe_symbols
-    from marketcache.timeframes import parse_timeframes
+    from marketcache.core.timeframes import parse_timeframes
+    from marketcache.live.follower import Follower
+    from marketcache.live.series import check_series, probe_symbols
+    from marketcache.pipeline.jobs import read_symbols_file
 
     options = common(invocation, cache_dir, config, as_json, quiet, verbose)
     flush = seconds(flush_every, "--flush-every")

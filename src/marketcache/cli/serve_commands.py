@@ -24,9 +24,9 @@ from marketcache.cli.options import (
     not_cached,
     require_cache,
 )
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import Terminated, UsageError
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 TABLE_ROWS = 20  # bars a table shows without --tail
 GET_FORMATS = ("table", "csv", "json", "parquet", "arrow")
@@ -97,8 +97,9 @@ def serve(
 
 def _follower(ctx: Any, symbols: list[str], timeframes: str | None) -> Any:
     """An in-process follower of `--follow` × `-t` (checked before the port is taken)."""
-    from marketcache.live.follower import Follower, check_series, probe_symbols
-    from marketcache.timeframes import parse_timeframes
+    from marketcache.live.follower import Follower
+    from marketcache.live.series import check_series, probe_symbols
+    from marketcache.core.timeframes import parse_timeframes
 
     names = [s.strip() for item in symbols for s in item.split(",") if s.strip()]
     tfs = [t.name for t in parse_timeframes(timeframes or "1m")]
@@ -161,7 +162,7 @@ def get(
     verbose: Verbose = False,
 ) -> int:
     """Print or export the bars of [start, end): a table at a terminal, CSV off one."""
-    from marketcache.models import parse_date
+    from marketcache.core.models import parse_date
     from marketcache.serve.reader import RangeReader
     from marketcache.serve.results import ResultCache
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from marketcache.live.bars import LiveBar
 from marketcache.live.follower import Follower
-from marketcache.serve.live import LiveBar
 
 if TYPE_CHECKING:
-    from marketcache.cache import UnifiedCache
+    from marketcache.cache.facade import UnifiedCache
 
 _END = object()
 

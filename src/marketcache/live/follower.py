@@ -1,18 +1,13 @@
 """The follower: closed bars from a live source into the cache, none lost, doubled or partial.
 
-A `Follower` runs two threads: the source's (a Binance stream client for crypto, a poller for
-stocks/FX) and its own worker, which every `flush_every` seconds
-
-1. backfills, over REST through the populate runner, each series whose source (re)connected,
-   from `cache.last_stored(...)` up to the first bar the new connection sent (the bars that
-   closed while it was away: Binance replays nothing);
-2. commits each series' closed bars with one call (`_store`: the series lock is taken for that
-   call only, so a cron `populate` of the series interleaves) — a series still waiting for its
-   backfill keeps its bars buffered, so the store never holds a bar after a hole;
-3. folds the live tail into the years when due (`cache.fold_live`);
-4. writes the heartbeat `info` lists (`live/heartbeat.py`).
-
-The forming bar is kept in memory only. It implements `serve.live.LiveSource`.
+Two threads: the source's (Binance streams for crypto, a poller for stocks/FX) and a worker
+that, every `flush_every` seconds, (1) backfills over REST through the populate runner each
+series whose source (re)connected, from `cache.last_stored(...)` up to the first bar the new
+connection sent (Binance replays nothing); (2) commits each series' closed bars with one call
+(`_store`, the series lock taken for that call only, so a cron `populate` interleaves) — a
+series awaiting its backfill keeps its bars buffered, so no bar is stored after a hole; (3)
+folds the live tail when due; (4) writes the heartbeat `info` lists. The forming bar is kept
+in memory only. It implements `serve.live.LiveSource`.
 """
 
 from __future__ import annotations
@@ -24,25 +19,31 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from marketcache.errors import MarketCacheError, UsageError
+from marketcache.core.symbols import AssetClass, normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
+from marketcache.errors import MarketCacheError
+from marketcache.live.bars import LiveBar
+from marketcache.live.series import (
+    SeriesState,
+    check_series,
+    frame_of,
+    last_stored,
+    ms_of,
+    stamp_of,
+)
 from marketcache.live.stream import StreamBar, StreamClient, StreamEvent
-from marketcache.serve.live import LiveBar
-from marketcache.symbols import AssetClass, normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
-    from marketcache.cache import UnifiedCache
-    from marketcache.config import Settings
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.config.parser import Settings
     from marketcache.providers.base import Provider
 
 log = logging.getLogger(__name__)
 
-STREAM_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 FOLD_CHECK = 30.0  # seconds between asking the cache whether a tail fold is due
 Event = dict[str, Any]
 
@@ -53,120 +54,6 @@ def _store(cache: UnifiedCache, symbol: str, timeframe: str, bars: pd.DataFrame)
     if append is not None:
         return int(append(symbol, timeframe, bars))
     return cache.commit_range(bars, symbol, timeframe, "binance").rows_added
-
-
-def last_stored(cache: UnifiedCache, symbol: str, timeframe: str) -> pd.Timestamp | None:
-    """The open time of the series' last stored bar (its live tail included)."""
-    found = getattr(cache, "last_stored", None)
-    if found is not None:
-        return found(symbol, timeframe)  # type: ignore[no-any-return]
-    for year in reversed(cache.list_years(symbol, timeframe)):
-        rows = cache.read_year(symbol, timeframe, year)
-        if len(rows):
-            return pd.Timestamp(rows["timestamp"].iloc[-1])
-    return None
-
-
-def _ms(ts: pd.Timestamp) -> int:
-    return int(ts.value // 1_000_000)
-
-
-def _stamp(ms: int) -> pd.Timestamp:
-    return pd.Timestamp(ms, unit="ms")
-
-
-def _utc_text(ms: int | None) -> str | None:
-    return None if ms is None else _stamp(ms).isoformat()
-
-
-@dataclass
-class SeriesState:
-    """What the follower knows of one series."""
-
-    symbol: str
-    timeframe: str
-    step_ms: int
-    buffer: dict[int, StreamBar] = field(default_factory=dict)  # closed, not committed yet
-    forming: StreamBar | None = None
-    last_committed: int | None = None  # open ms of the last stored bar
-    seam: int | None = None  # first bar of the current connection: backfill up to it
-    first_seam: int | None = None  # the first connection's: subscribers hear from it on
-    needs_backfill: bool = True
-    backfill_failures: int = 0
-    next_backfill: float = 0.0
-    lag: float | None = None  # seconds from the close message to its commit, last flush
-    reconnects: int = 0
-    bars: int = 0  # closed bars committed by this follower (stream and backfill)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "timeframe": self.timeframe,
-            "last_bar": _utc_text(self.last_committed),
-            "lag": None if self.lag is None else round(self.lag, 3),
-            "reconnects": self.reconnects,
-            "bars": self.bars,
-            "backfilling": self.needs_backfill,
-        }
-
-
-def check_series(
-    settings: Settings, series: Iterable[tuple[str, str]]
-) -> list[tuple[str, str, AssetClass]]:
-    """Normalised (symbol, timeframe, asset class); UsageError for what cannot be followed."""
-    from marketcache.symbols import classify
-
-    out: list[tuple[str, str, AssetClass]] = []
-    for raw, tf_text in series:
-        sym = normalize_symbol(raw)
-        tf = parse_timeframe(tf_text)
-        conf = settings.symbol(sym)
-        asset = classify(sym, conf.type.value if conf.type else None)
-        if asset is AssetClass.CRYPTO and tf.name not in STREAM_TIMEFRAMES:
-            raise UsageError(
-                f"{sym} -t {tf.name}: Binance streams {', '.join(STREAM_TIMEFRAMES)} only"
-            )
-        if asset is not AssetClass.CRYPTO and not tf.is_intraday:
-            raise UsageError(
-                f"{sym} -t {tf.name}: follow polls intraday bars only (use populate for daily)"
-            )
-        if (sym, tf.name, asset) not in out:
-            out.append((sym, tf.name, asset))
-    if not out:
-        raise UsageError("follow needs at least one SYMBOL (or --symbols-file)")
-    kinds = {a is AssetClass.CRYPTO for _, _, a in out}
-    if len(kinds) > 1:
-        raise UsageError(
-            "cannot follow crypto and stock/FX series in one run (streams vs polling): "
-            "start one `follow` for each"
-        )
-    return out
-
-
-def probe_symbols(settings: Settings, series: list[tuple[str, str, AssetClass]]) -> None:
-    """Ask Binance once per crypto symbol for its newest kline: UsageError for a symbol it
-    does not list. A network failure is no verdict (the follower retries on its own)."""
-    import requests
-
-    from marketcache.selector import native_symbol
-
-    conf = settings.providers["binance"]
-    for sym in dict.fromkeys(s for s, _, a in series if a is AssetClass.CRYPTO):
-        native = native_symbol(sym, "binance", AssetClass.CRYPTO, settings)
-        params: dict[str, str | int] = {"symbol": native, "interval": "1m", "limit": 1}
-        try:
-            answer = requests.get(
-                f"{conf.base_url}/api/v3/klines",
-                params=params,
-                timeout=min(conf.timeout, 10.0),
-            )
-            body = answer.json() if answer.status_code == 400 else None
-        except (requests.RequestException, ValueError):
-            continue
-        if isinstance(body, dict) and body.get("code") == -1121:
-            raise UsageError(
-                f"{sym}: Binance does not list this symbol ({conf.base_url}): check its spelling"
-            )
 
 
 class Follower:
@@ -228,7 +115,7 @@ class Follower:
 
         for state in self.series.values():
             found = last_stored(self.cache, state.symbol, state.timeframe)
-            state.last_committed = None if found is None else _ms(found)
+            state.last_committed = None if found is None else ms_of(found)
         self.heartbeat = Heartbeat(self.cache.backend, self.id)
         self._source = self._make_source()
         self._worker = threading.Thread(target=self._work, name="marketcache-follow", daemon=True)
@@ -238,7 +125,9 @@ class Follower:
 
     def _make_source(self) -> Any:
         if self.crypto:
-            url = self.settings.providers["binance"].stream_url
+            from marketcache.live.stream import STREAM_URL
+
+            url = self.settings.providers["binance"].stream_url or STREAM_URL
             return StreamClient(
                 url,
                 list(self.series),
@@ -431,18 +320,18 @@ class Follower:
 
     def _backfill(self, state: SeriesState, seam: int) -> None:
         """Fill [last stored + 1 bar, seam) over REST with the populate runner."""
-        from marketcache.jobs import Job, PopulateRequest
         from marketcache.live.stream import backoff
-        from marketcache.populate import run_populate
+        from marketcache.pipeline.jobs import Job, PopulateRequest
+        from marketcache.pipeline.populate import run_populate
         from marketcache.providers.registry import build_providers
 
         found = last_stored(self.cache, state.symbol, state.timeframe)
         start = (
             found + pd.Timedelta(milliseconds=state.step_ms)
             if found is not None
-            else _stamp(seam) - self.lookback
+            else stamp_of(seam) - self.lookback
         )
-        end = _stamp(seam)
+        end = stamp_of(seam)
         rows = 0
         if start < end:
             if self._providers is None:
@@ -468,7 +357,7 @@ class Follower:
                 state.needs_backfill = False
             state.backfill_failures = 0
             if stored is not None:
-                state.last_committed = max(state.last_committed or -1, _ms(stored))
+                state.last_committed = max(state.last_committed or -1, ms_of(stored))
                 for ms in [m for m in state.buffer if m <= state.last_committed]:
                     del state.buffer[ms]
             state.bars += rows
@@ -482,7 +371,7 @@ class Follower:
         the first connection: that is what `get` is for)."""
         if not self._callbacks or state.first_seam is None:
             return
-        start = max(start, _stamp(state.first_seam))
+        start = max(start, stamp_of(state.first_seam))
         if start >= end:
             return
         frame = self.cache.get(state.symbol, state.timeframe, start, end)
@@ -503,7 +392,7 @@ class Follower:
                 if state.needs_backfill or not state.buffer:
                     continue
                 bars = [state.buffer[ms] for ms in sorted(state.buffer)]
-            frame = _frame(bars)
+            frame = frame_of(bars)
             try:
                 added = _store(self.cache, state.symbol, state.timeframe, frame)
             except MarketCacheError as exc:
@@ -520,7 +409,7 @@ class Follower:
             for bar in bars:
                 lag = round(done - bar.received, 3) if bar.received else None
                 self._emit("bar", symbol=state.symbol, timeframe=state.timeframe,
-                           timestamp=_stamp(bar.open_ms).isoformat(), open=bar.open,
+                           timestamp=stamp_of(bar.open_ms).isoformat(), open=bar.open,
                            high=bar.high, low=bar.low, close=bar.close, volume=bar.volume,
                            lag=lag)  # fmt: skip
                 self._tell(_live(state, bar, closed=True))
@@ -555,20 +444,5 @@ class Follower:
 
 
 def _live(state: SeriesState, bar: StreamBar, *, closed: bool) -> LiveBar:
-    row: dict[str, Any] = {"timestamp": _stamp(bar.open_ms), **bar.as_row()}
+    row: dict[str, Any] = {"timestamp": stamp_of(bar.open_ms), **bar.as_row()}
     return LiveBar(state.symbol, state.timeframe, row, closed)
-
-
-def _frame(bars: list[StreamBar]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "timestamp": pd.to_datetime([b.open_ms for b in bars], unit="ms").astype(
-                "datetime64[ns]"
-            ),
-            "open": [b.open for b in bars],
-            "high": [b.high for b in bars],
-            "low": [b.low for b in bars],
-            "close": [b.close for b in bars],
-            "volume": [b.volume for b in bars],
-        }
-    )

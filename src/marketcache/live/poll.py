@@ -12,15 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import MarketCacheError
-from marketcache.timeframes import Timeframe
-
-if TYPE_CHECKING:
-    from marketcache.live.follower import Follower
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +27,7 @@ def _delta(tf: Timeframe) -> pd.Timedelta:
 
 
 def utcnow() -> pd.Timestamp:
-    from marketcache.models import utcnow as now
+    from marketcache.core.models import utcnow as now
 
     return now()
 
@@ -45,7 +42,7 @@ def due_bars(
 ) -> pd.DatetimeIndex:
     """Open times of the bars after `after` that the market printed and that closed at least
     `delay` seconds before `now` (empty while the market is closed)."""
-    from marketcache.calendars import expected_bars
+    from marketcache.core.calendars import expected_bars
 
     settled = now - pd.Timedelta(seconds=delay) - _delta(tf)
     begin = after + _delta(tf) if after is not None else now - lookback
@@ -59,7 +56,7 @@ class Poller:
 
     def __init__(
         self,
-        follower: Follower,
+        follower: Any,  # the Follower (live/follower.py) that owns it and takes the bars
         series: list[tuple[str, str]],
         *,
         clock: Callable[[], pd.Timestamp] = utcnow,
@@ -101,8 +98,8 @@ class Poller:
 
     def poll(self, symbol: str, timeframe: str) -> int:
         """Ask for the due bars of one series; how many came back."""
+        from marketcache.pipeline.selector import select
         from marketcache.providers.registry import build_providers
-        from marketcache.selector import select
 
         now = self.clock()
         retry = self._retry.get((symbol, timeframe))

@@ -34,6 +34,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+STREAM_URL = "wss://stream.binance.com:9443"  # providers.binance.stream_url's default
 MAX_STREAMS = 200  # per connection (Binance allows 1024; fewer keeps a reconnect cheap)
 MAX_AGE = 23.5 * 3600  # renew before Binance's 24 h cut
 STALE_AFTER = 60.0

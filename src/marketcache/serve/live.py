@@ -1,28 +1,21 @@
-"""What `serve --follow` will plug in: a source of forming bars and of closed-bar events.
+"""What `serve --follow` plugs in: a source of forming bars and of closed-bar events.
 
-The live follower (issue 23, `marketcache follow`) implements `LiveSource`; `create_app(...,
-live=source)` then adds the forming bar to quotes of the series it follows and pushes its
-closed bars to WebSocket subscribers the moment they close, before the commit watcher would
-see them in the records (a bar is sent once, whichever finds it first). Without a source the
+The live follower (`live/follower.py`, as `marketcache follow` runs it) implements
+`LiveSource`; `create_app(..., live=source)` then adds the forming bar to quotes of the series
+it follows and pushes its closed bars to WebSocket subscribers as soon as they are committed,
+before the commit watcher would see them in the records (a bar is sent once, whichever finds
+it first). Without a source the
 API serves what is committed, which is everything any other writer stores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from marketcache.live.bars import LiveBar
 
-@dataclass(frozen=True)
-class LiveBar:
-    """A bar of a followed series: `bar` holds timestamp (UTC-naive pandas Timestamp or ISO
-    text) and open/high/low/close/volume; `closed` is False for the forming bar."""
-
-    symbol: str
-    timeframe: str
-    bar: dict[str, Any]
-    closed: bool
+__all__ = ["LiveBar", "LiveSource"]
 
 
 class LiveSource(Protocol):

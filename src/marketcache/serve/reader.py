@@ -25,9 +25,9 @@ from marketcache.serve.results import ResultCache, YearId
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.actions import CorporateActions
-    from marketcache.cache import UnifiedCache
-    from marketcache.records import YearRecord
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.core.actions import CorporateActions
+    from marketcache.core.records import YearRecord
 
 CHUNK_ROWS = 65_536  # rows per encoded chunk: a year of 1m is 8 chunks, never one body
 
@@ -74,8 +74,8 @@ class RangeReader:
         self, symbol: str, timeframe: str, start: Any, end: Any, adjust: str = "none"
     ) -> RangePlan:
         """The records of the years [start, end) touches (bounds already UTC-naive or None)."""
-        from marketcache.actions import ADJUST_MODES
-        from marketcache.columns import BASE_COLUMNS
+        from marketcache.core.actions import ADJUST_MODES
+        from marketcache.core.columns import BASE_COLUMNS
 
         if adjust not in ADJUST_MODES:
             raise UsageError(f"adjust={adjust!r}: use one of {', '.join(ADJUST_MODES)}")
@@ -150,7 +150,7 @@ class RangeReader:
         """The whole range as one frame (indicators and quotes need it contiguous)."""
         import pandas as pd
 
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         parts = list(self.chunks(plan, rows=1 << 62))
         if not parts:
@@ -162,7 +162,7 @@ class RangeReader:
         as far as needed: memory stays bounded by one year plus `count` bars."""
         import pandas as pd
 
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         years = self.cache.list_years(symbol, timeframe)
         parts: list[pd.DataFrame] = []
@@ -203,7 +203,7 @@ def _prior_closes(reader: RangeReader, plan: RangePlan) -> dict[str, float]:
     what `actions.dividend_factors` takes from the whole frame, found a year at a time."""
     import numpy as np
 
-    from marketcache.actions import _day, _days
+    from marketcache.core.actions import _day, _days
 
     assert plan.actions is not None
     found: dict[str, float] = {}
@@ -229,8 +229,8 @@ def adjusted(
     the dividends' prior closes taken from the whole range (`_prior_closes`)."""
     import numpy as np
 
-    from marketcache.actions import _day, _days, split_factors
-    from marketcache.columns import PRICE_COLUMNS
+    from marketcache.core.actions import _day, _days, split_factors
+    from marketcache.core.columns import PRICE_COLUMNS
 
     if mode == "none" or piece.empty or actions.empty:
         return piece

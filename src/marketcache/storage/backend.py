@@ -24,15 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import TIMEFRAMES, parse_timeframe
 from marketcache.errors import CorruptFile
 from marketcache.storage.lock import DEFAULT_WAIT
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import TIMEFRAMES, parse_timeframe
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.records import YearRecord
+    from marketcache.core.records import YearRecord
 
 READ_ATTEMPTS = 8  # a reader re-reads a year this often while writers commit it
 

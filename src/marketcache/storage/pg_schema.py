@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from marketcache.columns import VALUE_COLUMNS
+from marketcache.core.columns import VALUE_COLUMNS
 from marketcache.errors import CorruptFile, UsageError
 
 SCHEMA_VERSION = 2  # 2: the quarantine tables

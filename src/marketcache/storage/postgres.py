@@ -36,13 +36,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from psycopg import sql
 
+from marketcache.core.records import YearRecord, check_columns, parse_json
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
-from marketcache.records import YearRecord, check_columns, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.layout import quarantine_mark
-from marketcache.storage.open import redact
 from marketcache.storage.pg_rows import digest, parse_binary, to_csv, to_microseconds
 from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
+from marketcache.storage.urls import redact
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.records import YearRecord
+from marketcache.core.symbols import decode_symbol, normalize_symbol
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.errors import CorruptFile, StorageError
-from marketcache.records import YearRecord
 from marketcache.storage.atomic import append_durable, held_by_a_writer, write_atomic
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import decode_checked
-from marketcache.storage.files.codecs import Codec, codec, suffix
+from marketcache.storage.codecs import Codec, codec, suffix
 from marketcache.storage.layout import (
     DATA_SUFFIXES,
     LOCK_NAME,
@@ -39,8 +41,6 @@ from marketcache.storage.layout import (
 )
 from marketcache.storage.lock import DEFAULT_WAIT, hold
 from marketcache.storage.metadata import read_json, read_metadata, write_json, write_metadata
-from marketcache.symbols import decode_symbol, normalize_symbol
-from marketcache.timeframes import TIMEFRAMES
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -41,11 +41,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.records import YearRecord, parse_json
+from marketcache.core.symbols import decode_symbol, encode_symbol, normalize_symbol
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.errors import Conflict, CorruptFile, UsageError
-from marketcache.records import YearRecord, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import committed_bytes, decode_checked, matches
-from marketcache.storage.files.codecs import Codec, codec, suffix
+from marketcache.storage.codecs import Codec, codec, suffix
 from marketcache.storage.layout import (
     INDEX_DIR,
     META_SUFFIX,
@@ -56,8 +58,6 @@ from marketcache.storage.layout import (
 )
 from marketcache.storage.objects.lease import Leases
 from marketcache.storage.objects.store import Meta, open_store
-from marketcache.symbols import decode_symbol, encode_symbol, normalize_symbol
-from marketcache.timeframes import TIMEFRAMES
 
 if TYPE_CHECKING:
     import pandas as pd
