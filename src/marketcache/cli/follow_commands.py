@@ -17,7 +17,7 @@ import typer
 
 from marketcache.cli.commands import app
 from marketcache.cli.options import CacheDir, ConfigPath, JsonOut, Quiet, Verbose, common, context
-from marketcache.errors import Terminated, UsageError
+from marketcache.errors import MarketCacheError, Terminated, UsageError
 
 if TYPE_CHECKING:
     from marketcache.live.follower import Follower
@@ -106,6 +106,8 @@ def follow(
     finally:
         follower.stop()
         view.stop()
+    if follower.failed is not None:
+        raise MarketCacheError(f"follow stopped: {follower.failed} (committed bars are kept)")
     return 0
 
 

@@ -97,9 +97,9 @@ def serve(
 
 def _follower(ctx: Any, symbols: list[str], timeframes: str | None) -> Any:
     """An in-process follower of `--follow` × `-t` (checked before the port is taken)."""
+    from marketcache.core.timeframes import parse_timeframes
     from marketcache.live.follower import Follower
     from marketcache.live.series import check_series, probe_symbols
-    from marketcache.core.timeframes import parse_timeframes
 
     names = [s.strip() for item in symbols for s in item.split(",") if s.strip()]
     tfs = [t.name for t in parse_timeframes(timeframes or "1m")]

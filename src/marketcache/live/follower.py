@@ -107,6 +107,7 @@ class Follower:
         self._last_fold = 0.0
         self._last_beat = 0.0
         self.heartbeat: Any = None
+        self.failed: str | None = None  # why the worker stopped on its own (a bug)
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -275,7 +276,8 @@ class Follower:
             self._fold(force=False)
         except Exception as exc:  # a bug must be told, not leave a silent follower
             log.exception("follower worker failed")
-            self._emit("error", error=f"internal error {type(exc).__name__}: {exc}")
+            self.failed = f"internal error {type(exc).__name__}: {exc}"
+            self._emit("error", error=self.failed)
             self._stop.set()
         finally:
             if self.heartbeat is not None:
