@@ -213,6 +213,9 @@ class UnifiedCache:
         if frame.empty and not changes:
             return result
         with self.lock(sym, tf.name):
+            from marketcache.live.tail import fold_locked
+
+            fold_locked(self, sym, tf.name)  # the live tail first: its bars stay the newest
             writer = self.writer(sym, tf.name)
             writer.sources = list(sources or [])
             for year in sorted({*map(int, set(years)), *changes}):
@@ -224,6 +227,32 @@ class UnifiedCache:
                     writer.write_coverage(key, writer.previous(key), change)
             self.catalog.refresh(sym, tf.name)
         return result
+
+    # ---- live bars (live/tail.py) ---------------------------------------------------------
+
+    def append_live(self, symbol: str, timeframe: str, bars: pd.DataFrame) -> int:
+        """Store closed bars (a DatetimeIndex or `timestamp` column, UTC; open/high/low/close/
+        volume) durably in the series' live tail: when it returns they survive a crash or
+        SIGKILL. Takes the series lock for this call only. Bars already stored (in a year or
+        the tail) are skipped; the rows added. Every reader sees them from then on. A bar the
+        validator would refuse raises UsageError naming it, and nothing is stored."""
+        from marketcache.live.tail import append_live
+
+        return append_live(self, symbol, timeframe, bars)
+
+    def fold_live(self, symbol: str, timeframe: str, *, force: bool = False) -> int:
+        """Fold the live tail into its year(s) through the normal commit path, under the
+        series lock, when it holds `settings.live_fold_every` of bars (or `force`); the rows
+        folded."""
+        from marketcache.live.tail import fold_live
+
+        return fold_live(self, symbol, timeframe, force=force)
+
+    def last_stored(self, symbol: str, timeframe: str) -> pd.Timestamp | None:
+        """The open time of the last stored bar, the live tail included (None: none)."""
+        from marketcache.live.tail import last_stored
+
+        return last_stored(self, symbol, timeframe)
 
     def update_coverage(
         self,
@@ -290,6 +319,7 @@ class UnifiedCache:
 
         from marketcache.actions import adjust as adjusted
         from marketcache.frames import empty_frame
+        from marketcache.live.tail import clip, merge, read_tail
         from marketcache.models import parse_date
         from marketcache.outputs import check_output_format, convert
 
@@ -301,20 +331,26 @@ class UnifiedCache:
         hi = parse_date(end, option="end") if end is not None else None
         if lo is not None and hi is not None and lo >= hi:
             raise UsageError(f"start {lo} is not before end {hi}")
+        live = clip(read_tail(self, sym, tf), lo, hi)  # before the years: a fold moves bars on
         found = [
             self.backend.read_year(Key(sym, tf, y))
             for y in self.backend.years(sym, tf)
             if not ((lo is not None and y < lo.year) or (hi is not None and y > hi.year))
         ]
         frames = [rows for _, rows in filter(None, found)]  # a year removed meanwhile is gone
-        if not frames:
+        if not frames and live.empty:
             return convert(empty_frame(), output_format)
-        df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        df = (
+            (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
+            if frames
+            else empty_frame()
+        )
         if lo is not None or hi is not None:
             ts, mask = df["timestamp"], np.ones(len(df), dtype=bool)
             mask &= (ts >= lo).to_numpy() if lo is not None else True
             mask &= (ts < hi).to_numpy() if hi is not None else True
             df = df[mask].reset_index(drop=True)
+        df = merge(df, live)
         if adjust != "none":
             df = adjusted(df, self.get_actions(sym), adjust).reset_index(drop=True)
         return convert(df, output_format)
@@ -324,22 +360,31 @@ class UnifiedCache:
     ) -> list[YearRecord]:
         """The committed records of the years a `get` of [start, end) reads, in order. Their
         `file_info.sha256` name exactly the bytes such a read decodes, so they can key a cache
-        of results or an HTTP ETag, and a change in them is a commit (records only: cheap)."""
+        of results or an HTTP ETag, and a change in them is a commit (records only: cheap).
+        The live tail, when it holds bars in range, comes last as a `TailRecord` (year 0)
+        that carries its rows; rows of it that a year holds too are the year's."""
+        from marketcache.live.tail import tail_record
         from marketcache.models import parse_date
 
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
         lo = parse_date(start, option="start") if start is not None else None
         hi = parse_date(end, option="end") if end is not None else None
-        return [  # [start, end): an end on Jan 1 00:00 reads nothing of that year
+        live = tail_record(self, sym, tf, lo, hi)  # read before the years (see live/tail.py)
+        records = [  # [start, end): an end on Jan 1 00:00 reads nothing of that year
             self.backend.read_record(Key(sym, tf, y))
             for y in self.backend.years(sym, tf)
             if not ((lo is not None and y < lo.year) or (hi is not None and hi <= _jan1(y)))
         ]
+        return records if live is None else [*records, live]
 
     def read_committed(self, record: YearRecord) -> tuple[YearRecord, pd.DataFrame]:
         """The rows `record` committed, with the record they were read as: when a newer commit
         replaced the year after `record` was read, that commit's record and rows (never a mix).
-        CorruptFile when the year's bytes match neither."""
+        CorruptFile when the year's bytes match neither. A `TailRecord` gives its rows."""
+        from marketcache.live.tail import is_tail
+
+        if is_tail(record):
+            return record, record.frame  # type: ignore[attr-defined]
         key = Key.of(record.symbol, record.timeframe, record.year)
         try:
             return record, self.backend.read_rows(key, record)
@@ -352,6 +397,10 @@ class UnifiedCache:
     def verify_committed(self, record: YearRecord) -> None:
         """CorruptFile unless the year's data is what `record` committed (or what a newer
         commit replaced it with); by checksum where the backend can, without decoding."""
+        from marketcache.live.tail import is_tail
+
+        if is_tail(record):
+            return
         key = Key.of(record.symbol, record.timeframe, record.year)
         try:
             self.backend.verify(key, record)

@@ -114,6 +114,12 @@ class Dataset:
 
 
 FORMATS = tuple(CODECS)  # the file formats: the codec registry's names
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(text: str) -> float:
+    """'90s', '30m', '1h', '2d' in seconds (the form the config validates)."""
+    return float(int(text[:-1]) * _UNITS[text[-1]])
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,12 @@ class Options:
     storage_options: Secret = field(default_factory=lambda: Secret(""))
     max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
     max_archive_member_mb: float = 64.0  # a Binance archive zip member larger than this too
+    live_fold_every: str = "1h"  # a series' live tail is folded into its year this often
+
+    @property
+    def live_fold_seconds(self) -> float:
+        """`live_fold_every` in seconds."""
+        return duration_seconds(self.live_fold_every)
 
 
 @dataclass(frozen=True)
@@ -472,7 +484,7 @@ class _Parser:
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
              "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb",
-             "quarantine_days", "serve_cache_mb"),
+             "quarantine_days", "serve_cache_mb", "live_fold_every"),
             "settings",
         )  # fmt: skip
         defaults = Options()
@@ -491,8 +503,13 @@ class _Parser:
             raise self.fail(
                 "settings.rate_limit_store", "use a postgresql:// URL (or leave it out)"
             )
+        fold = self.text(body.get("live_fold_every", defaults.live_fold_every),
+                         "settings.live_fold_every").strip().lower()  # fmt: skip
+        if not re.fullmatch(r"\d+[smhd]", fold) or not duration_seconds(fold):
+            raise self.fail("settings.live_fold_every", f"'{fold}': use e.g. 1h, 30m, 1d")
         storage = body.get("storage_options", {})
         return Options(
+            live_fold_every=fold,
             max_answer_mb=self.number(
                 body.get("max_answer_mb", defaults.max_answer_mb),
                 "settings.max_answer_mb",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @dataclass
 class CleanupAction:
     path: str
-    action: str  # delete-year | trim-year | remove-leftover
+    action: str  # delete-year | trim-year | trim-tail | remove-leftover
     symbol: str = ""
     timeframe: str = ""
     year: int | None = None
@@ -132,4 +132,19 @@ def _cut_series(
             backend.delete(key)
         else:
             writer.rewrite(key, rec, left, rec.data_source)
-    return actions
+    return actions + _cut_tail(cache, cut, sym, tf, apply=apply)
+
+
+def _cut_tail(
+    cache: UnifiedCache, cut: pd.Timestamp, sym: str, tf: str, *, apply: bool
+) -> list[CleanupAction]:
+    """The live tail's bars before `cut` go too (with `apply`, the series lock is held)."""
+    tail = cache.backend.tail(sym, tf)
+    rows = tail.read()
+    old = (rows["timestamp"] < cut).to_numpy()
+    if not old.any():
+        return []
+    if apply:
+        tail.keep(rows[~old])
+    why = f"before {cut}"
+    return [CleanupAction(tail.where, "trim-tail", sym, tf, None, int(old.sum()), why)]

@@ -34,7 +34,7 @@ def series_state(
     from marketcache.cache import SeriesState
     from marketcache.gaps import VerifiedEmpty
 
-    state = SeriesState()
+    state, years = SeriesState(), list(years)
     stored = set(cache.backend.years(sym, tf))
     present: list[Any] = []
     for year in (y for y in years if y in stored):
@@ -57,7 +57,14 @@ def series_state(
             state.verified_empty.append(
                 VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
             )
-    state.present = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+    from marketcache.live.tail import read_tail
+
+    live = read_tail(cache, sym, tf)["timestamp"].to_numpy(dtype="datetime64[ns]")
+    if len(live):  # the live tail's bars are stored: not fetched again (a commit folds them)
+        wanted = np.isin(pd.DatetimeIndex(live).year, list(years))
+        present.append(live[wanted])
+    found = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+    state.present = np.unique(found) if len(live) else found
     return state
 
 

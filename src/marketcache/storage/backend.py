@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from marketcache.records import YearRecord
+    from marketcache.storage.tail import SeriesTail
 
 READ_ATTEMPTS = 8  # a reader re-reads a year this often while writers commit it
 
@@ -199,6 +200,13 @@ class StorageBackend:
     def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
         """The readable rows of a damaged year, a note, and where the original was kept."""
         return None, "this backend cannot salvage damaged data", ""
+
+    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
+        """The series' live tail (`storage/tail.py`): the closed bars stored since the last
+        fold into the years."""
+        from marketcache.errors import UsageError
+
+        raise UsageError(f"{self.location}: this backend keeps no live tail")
 
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         """Years with data or a record (validate looks at both)."""

@@ -4,6 +4,7 @@
     SCHEMA.ohlcv(symbol, timeframe, ts timestamptz, open, high, low, close, volume, adj_close)
     SCHEMA.year_records, SCHEMA.documents, SCHEMA.index_docs, view SCHEMA.bars
     SCHEMA.quarantine_ohlcv, SCHEMA.quarantine_records   (version 2)
+    SCHEMA.live_tail   the closed bars a follower stored since the last fold (version 3)
 
 Every identifier is quoted by psycopg (`sql.Identifier`).
 """
@@ -18,10 +19,10 @@ from psycopg import sql
 from marketcache.columns import VALUE_COLUMNS
 from marketcache.errors import CorruptFile, UsageError
 
-SCHEMA_VERSION = 2  # 2: the quarantine tables
+SCHEMA_VERSION = 3  # 2: the quarantine tables; 3: the live tail
 COLUMNS = VALUE_COLUMNS
 TABLES = ("schema_version", "ohlcv", "year_records", "documents", "index_docs", "bars",
-          "quarantine_ohlcv", "quarantine_records")  # fmt: skip
+          "quarantine_ohlcv", "quarantine_records", "live_tail")  # fmt: skip
 _NEEDED = {  # what reads and writes use, checked once per process: a column dropped by hand
     "ohlcv": ("symbol", "timeframe", "ts", *COLUMNS),  # is named, not an "unexpected" error
     "year_records": ("symbol", "timeframe", "year", "record"),
@@ -130,6 +131,18 @@ def _migrate_in(conn: Any, schema: str, location: str) -> bool:
               " timeframe text, ts timestamptz, {cols})", cols=cols)
         )  # fmt: skip
         conn.execute(q("CREATE INDEX ON {s}.quarantine_ohlcv (aside)"))
+    if not have or have < 3:
+        live = sql.SQL(", ").join(
+            sql.SQL("{} double precision NOT NULL").format(sql.Identifier(c))
+            for c in COLUMNS
+            if c != "adj_close"
+        )
+        conn.execute(
+            q("CREATE TABLE {s}.live_tail (symbol text NOT NULL, timeframe text NOT NULL,"
+              " ts timestamptz NOT NULL, {live}, PRIMARY KEY (symbol, timeframe, ts))",
+              live=live)
+        )  # fmt: skip
+    if not have or have < SCHEMA_VERSION:
         conn.execute(q("INSERT INTO {s}.schema_version (version) VALUES (%s)"), [SCHEMA_VERSION])
     return timescale
 

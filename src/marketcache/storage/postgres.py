@@ -10,6 +10,7 @@
     SCHEMA.quarantine_ohlcv, SCHEMA.quarantine_records   years set aside as corrupt, each
         under a unique `aside` name with when it was set aside (`cleanup` removes them after
         settings.quarantine_days)
+    SCHEMA.live_tail                       the live tail of each series (storage/pg_tail.py)
     SCHEMA.schema_version(version)         migrations applied by the tool
 
 A year is committed in one transaction (rows and record together); its record's sha256 is
@@ -46,6 +47,8 @@ from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from marketcache.storage.tail import SeriesTail
 
 
 class PostgresBackend(StorageBackend):
@@ -321,6 +324,12 @@ class PostgresBackend(StorageBackend):
             ),
             [*key.series, lo, hi],
         )
+
+    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
+        from marketcache.storage.pg_tail import TAIL_TABLE, PgTail
+
+        where = f"{self.location} {self.schema}.{TAIL_TABLE} {symbol} {timeframe}"
+        return PgTail(lambda: self.conn, self.schema, symbol, timeframe, self._sql_errors, where)
 
     # ---- quarantine ------------------------------------------------------------------------
 

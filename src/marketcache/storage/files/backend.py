@@ -45,6 +45,8 @@ from marketcache.timeframes import TIMEFRAMES
 if TYPE_CHECKING:
     import pandas as pd
 
+    from marketcache.storage.tail import SeriesTail
+
 CACHE_FILE = "cache.json"
 
 
@@ -208,6 +210,12 @@ class FileBackend(StorageBackend):
         """`timeframe` may also name a per-symbol document set ("actions")."""
         path = self.layout.lock_path(symbol, timeframe)
         return hold(path, wait=wait, what=f"{symbol} {timeframe}")
+
+    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
+        from marketcache.storage.files.tail import FileTail
+        from marketcache.storage.tail import TAIL_NAME
+
+        return FileTail(self.layout.timeframe_dir(symbol, timeframe) / TAIL_NAME)
 
     # ---- integrity -------------------------------------------------------------------------
 

@@ -62,6 +62,8 @@ from marketcache.timeframes import TIMEFRAMES
 if TYPE_CHECKING:
     import pandas as pd
 
+    from marketcache.storage.tail import SeriesTail
+
 CACHE_FILE = f"{INDEX_DIR}/cache.json"
 PENDING = "pending"  # the candidates (next records) a commit under way lists
 INDEX_LEASE = f"{INDEX_DIR}/locks/index.lease"
@@ -391,6 +393,17 @@ class ObjectBackend(StorageBackend):
     ) -> contextlib.AbstractContextManager[None]:
         return self.leases.hold(
             self._lease(symbol, timeframe), wait=wait, what=f"{symbol} {timeframe}"
+        )
+
+    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
+        from marketcache.storage.objects.tail import ObjectTail
+        from marketcache.storage.tail import TAIL_NAME
+
+        lease = self._lease(symbol, timeframe)
+        return ObjectTail(
+            self.store,
+            self._series(symbol, timeframe) + TAIL_NAME,
+            lambda: self.leases.check(lease),
         )
 
     # ---- recovery (the lease held) -----------------------------------------------------------
