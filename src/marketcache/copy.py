@@ -18,6 +18,7 @@ from marketcache.errors import CorruptFile, StorageError
 from marketcache.records import FileInfo, YearRecord
 from marketcache.series import ACTIONS_FILE
 from marketcache.storage.backend import Key
+from marketcache.symbols import normalize_symbol
 
 COPIED_FROM = "copied_from_sha256"
 
@@ -68,7 +69,11 @@ def copy_cache(
     a lock, each year as one commit made it."""
     report = CopyReport(src.backend.location, dest.backend.location, dest.backend.format)
     keys = src.backend.keys(symbol, timeframe)
-    for series in sorted({k.series for k in keys}):
+    sym = normalize_symbol(symbol) if symbol else None
+    live = {
+        (s, t) for s, t in src.backend.tail_series() if sym in (None, s) and timeframe in (None, t)
+    }
+    for series in sorted({k.series for k in keys} | live):
         copied = False
         with dest.lock(*series):
             for key in (k for k in keys if k.series == series):

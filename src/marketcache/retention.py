@@ -72,7 +72,12 @@ def apply_cutoff(
     its lock (held across the series' years, so a racing populate runs wholly before or after),
     deciding from the records read under that lock. A dry run reads without a lock."""
     actions: list[CleanupAction] = []
-    for sym, tf in sorted({k.series for k in cache.backend.keys(symbol, timeframe)}):
+    live = {
+        (s, t)
+        for s, t in cache.backend.tail_series()
+        if symbol in (None, s) and timeframe in (None, t)
+    }
+    for sym, tf in sorted({k.series for k in cache.backend.keys(symbol, timeframe)} | live):
         if dry_run:
             actions += _cut_series(cache, cut, sym, tf, apply=False)
             continue

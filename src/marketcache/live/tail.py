@@ -13,7 +13,8 @@ Invariants (the series lock is held by every writer of a tail):
 - every tail bar that no year holds is later than every bar the years hold: `append_live`
   commits a bar older than the years' last straight into its year (a hole filled), and every
   other commit of the series (`commit_range`: populate, put, read-throughs) folds the tail
-  first;
+  first; so while the tail holds bars, the years end at or before its last one (other
+  commands only shrink years or fill their holes);
 - a fold writes the years, then empties the tail: a crash in between leaves bars in both,
   equal, which readers and the next fold deduplicate (a year's row wins) — never lost, never
   doubled;
@@ -71,7 +72,12 @@ def append_live(cache: UnifiedCache, symbol: str, timeframe: str, bars: pd.DataF
         store = cache.backend.tail(sym, tf.name)
         tail = store.read()
         frame = frame[~_in(frame, tail)]
-        end = last_year_end(cache.backend, sym, tf.name)
+        if frame.empty:
+            return 0
+        # the years end at or before a non-empty tail's last bar (see the module's invariants):
+        # bars after it need no look at the years — the common case, one bar per flush
+        after_tail = len(tail) and frame["timestamp"].iloc[0] > tail["timestamp"].iloc[-1]
+        end = None if after_tail else last_year_end(cache.backend, sym, tf.name)
         older = (frame["timestamp"] <= end).to_numpy() if end is not None else None
         holes = frame[older] if older is not None else frame.iloc[:0]
         new = frame[~older] if older is not None else frame

@@ -208,6 +208,10 @@ class StorageBackend:
 
         raise UsageError(f"{self.location}: this backend keeps no live tail")
 
+    def tail_series(self) -> list[tuple[str, str]]:
+        """Every (symbol, timeframe) that has a live tail, sorted."""
+        return []
+
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         """Years with data or a record (validate looks at both)."""
         return self.years(symbol, timeframe)

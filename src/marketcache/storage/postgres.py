@@ -331,6 +331,16 @@ class PostgresBackend(StorageBackend):
         where = f"{self.location} {self.schema}.{TAIL_TABLE} {symbol} {timeframe}"
         return PgTail(lambda: self.conn, self.schema, symbol, timeframe, self._sql_errors, where)
 
+    def tail_series(self) -> list[tuple[str, str]]:
+        from marketcache.storage.pg_tail import TAIL_TABLE
+
+        with self._sql_errors(f"{self.location} {self.schema}.{TAIL_TABLE}"):
+            rows = self.conn.execute(
+                self._q("SELECT DISTINCT symbol, timeframe FROM {s}.{t} ORDER BY 1, 2",
+                        t=sql.Identifier(TAIL_TABLE))
+            ).fetchall()  # fmt: skip
+        return [(str(s), str(t)) for s, t in rows]
+
     # ---- quarantine ------------------------------------------------------------------------
 
     def quarantine(self, key: Key) -> str | None:

@@ -217,6 +217,16 @@ class FileBackend(StorageBackend):
 
         return FileTail(self.layout.timeframe_dir(symbol, timeframe) / TAIL_NAME)
 
+    def tail_series(self) -> list[tuple[str, str]]:
+        from marketcache.storage.tail import TAIL_NAME
+
+        return [
+            (sym, tf)
+            for sym in self.layout.symbols()
+            for tf in self.layout.timeframes(sym)
+            if (self.layout.timeframe_dir(sym, tf) / TAIL_NAME).is_file()
+        ]
+
     # ---- integrity -------------------------------------------------------------------------
 
     def verify(self, key: Key, record: YearRecord) -> None:

@@ -406,6 +406,18 @@ class ObjectBackend(StorageBackend):
             lambda: self.leases.check(lease),
         )
 
+    def tail_series(self) -> list[tuple[str, str]]:
+        from marketcache.storage.tail import TAIL_NAME
+
+        found = set()
+        for name in self.store.listing():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[2] == TAIL_NAME and parts[1] in TIMEFRAMES:
+                symbol = decode_symbol(parts[0])
+                if symbol is not None:
+                    found.add((symbol, parts[1]))
+        return sorted(found)
+
     # ---- recovery (the lease held) -----------------------------------------------------------
 
     def _promote(self, key: Key, etag: str, doc: dict[str, Any], data: bytes | None = None) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from marketcache.storage.objects.store import ObjectStore
+from marketcache.storage.objects.store import Meta, ObjectStore
 from marketcache.storage.tail import HEADER, SeriesTail, complete, decode_lines, encode_lines
 
 if TYPE_CHECKING:
@@ -23,18 +23,21 @@ class ObjectTail(SeriesTail):
     def __init__(self, store: ObjectStore, name: str, check_lease: Callable[[], None]) -> None:
         self.store, self.name, self.check_lease = store, name, check_lease
         self.where = f"{store.url}/{name}"
+        self._seen: list[tuple[bytes, Meta] | None] = []  # what the last `read` found, if any
 
     def read(self) -> pd.DataFrame:
         from marketcache.frames import empty_frame
 
         found = self.store.get(self.name)
+        self._seen = [found]
         return empty_frame() if found is None else decode_lines(found[0], self.where)
 
     def add(self, rows: pd.DataFrame) -> None:
+        """Rewrites the tail `read` found (read now if it was not): If-Match its etag."""
         lines = encode_lines(rows)
         if not lines:
             return
-        found = self.store.get(self.name)
+        found = self._seen.pop() if self._seen else self.store.get(self.name)
         body = complete(found[0]) if found is not None else b""
         self.check_lease()
         self.store.put(
@@ -45,6 +48,7 @@ class ObjectTail(SeriesTail):
         )
 
     def keep(self, rows: pd.DataFrame) -> None:
+        self._seen = []
         self.check_lease()
         if len(rows):
             self.store.put(self.name, HEADER + encode_lines(rows))
