@@ -188,19 +188,44 @@ def live_provider(cache: UnifiedCache, sym: str, tf: str) -> str:
 def closed_bars(bars: pd.DataFrame, sym: str, tf: Timeframe) -> pd.DataFrame:
     """`bars` as a canonical frame of the base columns; UsageError naming the first bar that
     the validator would refuse (not finite, price <= 0, volume < 0, high/low inconsistent) or
-    that is not on the timeframe's grid — nothing is stored then."""
+    that is not on the timeframe's grid — nothing is stored then. Numpy throughout: a
+    follower calls this for every series at every flush."""
+    import numpy as np
+    import pandas as pd
+
     from marketcache.columns import BASE_COLUMNS
     from marketcache.frames import iso, normalize_frame
+    from marketcache.storage.tail import frame_of
     from marketcache.validate import sound_rows
 
-    frame = normalize_frame(bars, sessions=not tf.is_intraday)
-    if len(frame) != len(bars):
+    if not isinstance(bars, pd.DataFrame):
+        raise UsageError(f"{sym} {tf.name}: live bars come as a pandas DataFrame")
+    if not tf.is_intraday:  # session dates of tz-aware daily stamps: the general path
+        bars = normalize_frame(bars, sessions=True)
+    raw = bars["timestamp"] if "timestamp" in bars.columns else bars.index
+    missing = [c for c in BASE_COLUMNS[1:] if c not in bars.columns]
+    if missing or not (isinstance(raw, pd.DatetimeIndex) or "timestamp" in bars.columns):
+        raise UsageError(
+            f"{sym} {tf.name}: live bars need a DatetimeIndex (or a timestamp column) and the"
+            f" columns {', '.join(BASE_COLUMNS[1:])}"
+        )
+    try:
+        stamps = pd.DatetimeIndex(raw)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{sym} {tf.name}: live bars need valid timestamps ({exc})") from None
+    if stamps.tz is not None:
+        stamps = stamps.tz_convert("UTC").tz_localize(None)
+    ts = stamps.to_numpy("datetime64[ns]")
+    block = np.column_stack(
+        [pd.to_numeric(bars[c], errors="coerce").to_numpy("float64") for c in BASE_COLUMNS[1:]]
+    ) if len(ts) else np.zeros((0, len(BASE_COLUMNS) - 1))  # fmt: skip
+    frame = frame_of(ts, block)
+    if len(frame) != len(ts) or np.isnat(ts).any():
         raise UsageError(f"{sym} {tf.name}: live bars need valid, unique timestamps")
-    frame = frame[BASE_COLUMNS]
     bad = ~sound_rows(frame)
     if tf.is_intraday:
-        stamps = frame["timestamp"]
-        bad |= (stamps != stamps.dt.floor(f"{tf.minutes}min")).to_numpy()
+        step = np.int64(tf.minutes * 60 * 10**9)
+        bad |= (frame["timestamp"].to_numpy("datetime64[ns]").astype(np.int64) % step) != 0
     if bad.any():
         first = frame[bad].iloc[0]
         values = ", ".join(f"{c}={first[c]!r}" for c in BASE_COLUMNS[1:])
@@ -208,7 +233,7 @@ def closed_bars(bars: pd.DataFrame, sym: str, tf: Timeframe) -> pd.DataFrame:
             f"{sym} {tf.name}: bar {iso(first['timestamp'])} is not a valid closed bar"
             f" ({values}); nothing was stored"
         )
-    return frame.reset_index(drop=True)
+    return frame
 
 
 # ---- reading ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from marketcache.columns import BASE_COLUMNS
-from marketcache.storage.tail import SeriesTail, canonical
+from marketcache.storage.tail import SeriesTail, frame_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,11 +63,8 @@ class PgTail(SeriesTail):
         if not rows:
             return empty_frame()
         stamps = pd.to_datetime([r[0] for r in rows], utc=True).tz_localize(None)
-        frame = pd.DataFrame({"timestamp": stamps.astype("datetime64[ns]")})
         block = np.asarray([r[1:] for r in rows], dtype="float64")
-        for i, col in enumerate(_VALUES):
-            frame[col] = block[:, i]
-        return canonical(frame)
+        return frame_of(stamps.to_numpy("datetime64[ns]"), block)
 
     def _params(self, rows: pd.DataFrame) -> list[list[Any]]:
         stamps = rows["timestamp"].dt.tz_localize("UTC").dt.to_pydatetime().tolist()

@@ -20,6 +20,7 @@ from marketcache.columns import BASE_COLUMNS
 from marketcache.errors import CorruptFile
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 TAIL_NAME = "live.tail.csv"
@@ -46,9 +47,14 @@ class SeriesTail:
 
 def encode_lines(rows: pd.DataFrame) -> bytes:
     """CSV lines of `rows` (no header): `repr` floats read back bit-identical."""
-    stamps = rows["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S").tolist()
+    import numpy as np
+
+    stamps = np.datetime_as_string(rows["timestamp"].to_numpy("datetime64[s]"), unit="s")
     values = rows[BASE_COLUMNS[1:]].to_numpy(dtype="float64").tolist()
-    lines = [",".join([ts, *map(repr, vals)]) for ts, vals in zip(stamps, values, strict=True)]
+    lines = [
+        ",".join([ts.replace("T", " "), *map(repr, vals)])
+        for ts, vals in zip(stamps.tolist(), values, strict=True)
+    ]
     return ("\n".join(lines) + "\n").encode("ascii") if lines else b""
 
 
@@ -61,7 +67,6 @@ def decode_lines(data: bytes, where: str) -> pd.DataFrame:
     """The bars of a tail's bytes (header first); a partial last line is ignored.
     CorruptFile naming `where` when a complete line is not a bar."""
     import numpy as np
-    import pandas as pd
 
     from marketcache.frames import empty_frame
 
@@ -76,30 +81,31 @@ def decode_lines(data: bytes, where: str) -> pd.DataFrame:
     for n, line in enumerate(lines, start=2):
         parts = line.split(",")
         try:
-            if len(parts) != len(BASE_COLUMNS):
+            if len(parts) != len(BASE_COLUMNS) or len(parts[0]) != 19:
                 raise ValueError(f"{len(parts)} fields")
             values.append([float(v) for v in parts[1:]])
             stamps.append(parts[0])
         except ValueError as exc:
             raise CorruptFile(where, f"live tail line {n} is not a bar ({exc})") from None
     try:
-        ts = pd.to_datetime(pd.Series(stamps, dtype=object), format="%Y-%m-%d %H:%M:%S")
+        ts = np.array(stamps, dtype="datetime64[s]")
     except ValueError as exc:
         raise CorruptFile(where, f"live tail holds a bad timestamp ({exc})") from None
-    frame = pd.DataFrame({"timestamp": ts.astype("datetime64[ns]")})
     block = np.asarray(values, dtype="float64").reshape(len(values), len(BASE_COLUMNS) - 1)
-    for i, col in enumerate(BASE_COLUMNS[1:]):
-        frame[col] = block[:, i]
-    return canonical(frame)
+    return frame_of(ts, block)
 
 
-def canonical(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sorted and unique by timestamp (the first copy of a bar wins: it was stored first)."""
+def frame_of(stamps: np.ndarray, block: np.ndarray) -> pd.DataFrame:
+    """A canonical frame from bar times and a (rows × open/high/low/close/volume) block:
+    sorted and unique by time (the first copy of a bar wins: it was stored first)."""
     import numpy as np
+    import pandas as pd
 
-    ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]")
-    if len(ts) > 1 and not (np.diff(ts.astype("int64")) > 0).all():
-        frame = frame.drop_duplicates("timestamp", keep="first").sort_values(
-            "timestamp", kind="stable"
-        )
-    return frame.reset_index(drop=True)
+    ts = stamps.astype("datetime64[ns]")
+    if len(ts) > 1 and not (np.diff(ts.astype(np.int64)) > 0).all():
+        _, first = np.unique(ts, return_index=True)  # sorted times, each one's first row
+        ts, block = ts[first], block[first]
+    data: dict[str, np.ndarray] = {"timestamp": ts}
+    for i, col in enumerate(BASE_COLUMNS[1:]):
+        data[col] = np.ascontiguousarray(block[:, i])
+    return pd.DataFrame(data)
