@@ -11,6 +11,7 @@
         under a unique `aside` name with when it was set aside (`cleanup` removes them after
         settings.quarantine_days)
     SCHEMA.live_tail                       the live tail of each series (storage/pg_tail.py)
+    SCHEMA.live_bars                       a view: bars and the live tail's bars not yet folded
     SCHEMA.schema_version(version)         migrations applied by the tool
 
 A year is committed in one transaction (rows and record together); its record's sha256 is
