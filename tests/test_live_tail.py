@@ -403,3 +403,29 @@ def test_the_tail_is_read_without_a_lock_while_a_writer_holds_it(tmp_path: Path)
         same_bars(reader.get(SYM, TF), BARS.iloc[:4])
         assert reader.last_stored(SYM, TF) == BARS["timestamp"].iloc[3]
     assert time.monotonic() - began < 5
+
+
+def test_appended_bars_reach_a_websocket_subscriber_once_and_a_fold_sends_none_again(
+    tmp_path: Path,
+) -> None:
+    from websockets.sync.client import connect
+
+    cache = UnifiedCache(tmp_path / "c", settings=parse_settings(""), lock_wait=5)
+    cache.commit_range(BARS.iloc[:10], SYM, TF, "binance")
+    one_by_one(cache, BARS.iloc[10:12])  # stored before the subscription: not sent
+    with (
+        served(cache, poll_interval=0.1) as url,
+        connect(url.replace("http", "ws") + f"{API}/stream", open_timeout=30) as ws,
+    ):
+        ws.send(json.dumps({"action": "subscribe", "symbols": [SYM], "interval": TF}))
+        assert json.loads(ws.recv(30))["type"] == "subscribed"
+        time.sleep(0.5)  # the watch has started
+        one_by_one(cache, BARS.iloc[12:15])
+        got = [json.loads(ws.recv(30)) for _ in range(3)]
+        assert [m["bar"]["close"] for m in got] == BARS["close"].iloc[12:15].tolist()
+        assert cache.fold_live(SYM, TF, force=True) == 5
+        one_by_one(cache, BARS.iloc[15:16])
+        last = json.loads(ws.recv(30))
+        assert last["bar"]["timestamp"] == "2024-03-01T00:15:00Z"
+        with pytest.raises(TimeoutError):
+            ws.recv(1.0)
