@@ -130,6 +130,10 @@ def test_info_and_list_read_metadata_only(cli: Cli, filled: Path) -> None:
         (("cleanup", "--symbol", "AAPL"), "need --before"),
         (("validate", "--min-score", "2"), "--min-score"),
         (("validate", "--min-score", "x"), "'--min-score': Input should be a valid number"),
+        (("validate", "--min-score", "nan"), "'--min-score': Input should be a finite number"),
+        (("validate", "--min-score", "-inf"), "'--min-score': Input should be a finite number"),
+        (("validate", "--min-score", "1e400"), "'--min-score': Input should be a finite number"),
+        (("populate", "AAPL", "--workers", "9" * 30), "'--workers'"),
         (("populate", "AAPL", "--workers", "0"), "greater than or equal to 1"),
         (("populate", "AAPL", "--workers", "two"), "'--workers': Input should be a valid integer"),
         (("info", "--bogus"), "No such option: --bogus"),
@@ -229,7 +233,10 @@ def test_validate_detects_a_flipped_byte_and_missing_metadata(cli: Cli, filled: 
     fixed = cli("validate", "--fix", "--cache-dir", str(filled))
     assert fixed.code == 3, "a row after the damage could not be recovered: exit 3, say so"
     assert "run `marketcache populate AAPL -t 1d --start 2022-12-30 --end 2022-12-31`" in fixed.err
-    assert cli("validate", "--cache-dir", str(filled)).code == 0, "repaired: nothing more lost"
+    later = cli("validate", "--cache-dir", str(filled))  # repaired, but the lost bar is a hole
+    assert later.code == 3 and "incomplete" in later.out, later.out
+    assert later.err.count("\n") == 1 and "lost in a repair" in later.err, later.err
+    assert "run `marketcache populate AAPL -t 1d --start 2022-12-30 --end 2022-12-31`" in later.err
     assert (
         cli("info", "BTCUSDT", "1h", "--json", "--cache-dir", str(filled)).json()["timeframes"][
             "1h"
@@ -451,3 +458,25 @@ def test_start_up_imports_only_what_the_command_needs(
         assert proc.stdout.strip(), "completion answered"
     if args == ["list", "--json"]:
         assert "rich" not in roots, "JSON needs no Rich"
+
+
+def test_a_symbols_file_that_is_not_utf8_exits_2_naming_its_line(
+    cli: Cli, filled: Path, tmp_path: Path
+) -> None:
+    listed = tmp_path / "symbols.txt"
+    listed.write_bytes(b"AAPL\n# a comment\n\xff\xfeM\x00S\x00F\x00T\x00\n")  # a UTF-16 paste
+    r = cli("populate", "--symbols-file", str(listed), "--dry-run", "--cache-dir", str(filled))
+    assert r.code == 2, r.err
+    assert f"--symbols-file {listed}: line 3 is not UTF-8 text" in one_error_line(r)
+
+
+def test_an_error_whose_text_holds_a_newline_is_one_line_that_keeps_every_part(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The one-line rule joins lines, it does not cut: a path with a newline (a paste gone
+    wrong) still ends in what to do."""
+    r = cli("info", "--cache-dir", str(tmp_path / "data\ncache"), "--json")
+    assert r.code == 2
+    line = one_error_line(r)
+    assert line.endswith("does not exist: check the path") and "data cache" in line, line
+    assert r.json()["error"] == line.removeprefix("error: ")

@@ -358,3 +358,26 @@ def test_every_adapter_goes_through_the_deadline(
     assert run.code == 1 and len(lines) == 1, run.err
     assert lines[0].startswith("error: HOST 1d: ") and f"{provider}: " in lines[0], lines[0]
     assert "timed out" in lines[0] and f"within {TIMEOUT:g} s" in lines[0], lines[0]
+
+
+def test_an_unreachable_shared_rate_limit_store_fails_the_run_at_once_naming_the_setting(
+    fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    """settings.rate_limit_store on a server that is down: one line naming the setting within
+    seconds (it took ~2 min of PoolTimeouts, each range and provider waiting 10 s), no request
+    sent unthrottled, nothing written."""
+    fake_binance.add("HOSTUSDT", "1d", make_bars("2024-01-01", 366, "1d"))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = f"postgresql://marketcache:s3cret@127.0.0.1:{port}/limits"
+    conf = binance_only(fake_binance.url, extra=f"settings: {{rate_limit_store: '{store}'}}\n")
+    run = populate(tmp_path, conf, *RANGE)
+    assert run.wall < 25, f"{run.wall:.1f} s"
+    assert run.code == 1 and len(run.err.strip().splitlines()) == 1, run.err
+    line = run.err.strip()
+    assert line.startswith("error: HOSTUSDT 1d: settings.rate_limit_store"), line
+    assert f"127.0.0.1:{port}/limits: cannot be reached" in line and "Traceback" not in line
+    assert "s3cret" not in run.err
+    assert fake_binance.data_requests() == [], "no request goes out without its limit"
+    assert not (tmp_path / "cache" / "HOSTUSDT").exists(), "a setting's fault: cache untouched"

@@ -241,7 +241,8 @@ def test_a_crafted_column_name_copied_into_postgresql_runs_no_sql(
         conn.execute("CREATE SCHEMA IF NOT EXISTS victim")
         conn.execute("CREATE TABLE IF NOT EXISTS victim.keep (x int)")
     schema = pg_url.rsplit("schema=", 1)[1]
-    assert cli("list", "--cache-dir", pg_url).code == 0  # the schema made, before the copy
+    assert cli("list", "--cache-dir", pg_url).code == 2  # a read does not make the schema
+    UnifiedCache(pg_url, settings=parse_settings("")).backend.conn.close()  # made, before the copy
     before = _outside(pg_server, schema)
     r = cli("copy", str(tmp_path / "a"), pg_url, "--json")
     assert _outside(pg_server, schema) == before, "nothing outside the schema changed"
@@ -438,3 +439,65 @@ def test_no_password_of_a_url_is_ever_shown_by_any_command(
         assert secret not in text, (
             f"{secret} shown: …{text[max(0, text.find(secret) - 300) :][:400]}"
         )
+
+
+def test_a_mistyped_schema_is_no_cache_and_is_not_created(
+    cli: Cli, pg_url: str, pg_server: str
+) -> None:
+    import psycopg
+
+    typo = pg_url.rsplit("schema=", 1)[0] + "schema=marketcahce_typo"
+    for args in (("list",), ("info",), ("validate",)):
+        r = cli(*args, "--cache-dir", typo)
+        assert r.code == 2, (args, r.err)
+        assert "unexpected" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        made = conn.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = 'marketcahce_typo'"
+        ).fetchone()
+    assert made is None  # a read never creates the schema it was pointed at
+
+
+@pytest.mark.parametrize(
+    ("ddl", "needle"),
+    [
+        (  # another tool's migrations table (Flyway-like: a text version)
+            [
+                "CREATE TABLE {s}.schema_version (version text, script text)",
+                "INSERT INTO {s}.schema_version VALUES ('1.0.3', 'V1__init.sql')",
+            ],
+            "schema_version that marketcache did not create",
+        ),
+        (  # a cache written by a newer marketcache
+            [
+                "CREATE TABLE {s}.schema_version (version int PRIMARY KEY)",
+                "CREATE TABLE {s}.ohlcv (symbol text)",
+                "INSERT INTO {s}.schema_version VALUES (99)",
+            ],
+            "made by a newer marketcache (schema version 99",
+        ),
+    ],
+)
+def test_a_foreign_or_newer_schema_version_exits_2_and_is_left_alone(
+    cli: Cli, pg_url: str, pg_server: str, ddl: list[str], needle: str
+) -> None:
+    import psycopg
+
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        for statement in ddl:
+            conn.execute(statement.format(s=schema))
+    for args in (("list",), ("populate", "ABCUSDT", "-t", "1h", "--start", "2024-01-01")):
+        r = cli(*args, "--cache-dir", pg_url)
+        assert r.code == 2, (args, r.err)
+        assert needle in r.err and "unexpected" not in r.err, r.err
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                [schema],
+            )
+        }
+    assert "year_records" not in tables and "quarantine_ohlcv" not in tables

@@ -846,3 +846,67 @@ def test_race_matrix(
     trials = TRIALS[kind] * int(os.environ.get("RACE_TRIALS", "1"))
     problems = race_matrix(kind, base, market, tmp_path, env, trials, seed=sum(map(ord, kind)))
     assert not problems, "\n".join(problems)
+
+
+def test_cleanup_before_goes_on_past_a_held_series_and_a_corrupt_year_and_names_both(
+    tmp_path: Path,
+) -> None:
+    """One series held (a long populate), one year corrupt: cleanup --before still cuts every
+    other series, names what it left (one line each) and exits 4 (locked beats corrupt)."""
+    cache, conf = folder_cache(tmp_path, "csv.gz")
+    conf.write_text("settings: {lock_wait: 1}\n")
+    for sym in (SYM, "OKUSDT", "BADUSDT"):
+        cache.put(make_bars("2022-06-01", 24 * 30, seed=3), sym, TF, "binance")
+        cache.put(make_bars("2024-01-01", 24 * 30, seed=4), sym, TF, "binance")
+    bad = cache.layout.timeframe_dir("BADUSDT", TF) / "2022.metadata.json"
+    bad.write_text("{not json")
+    holder = Holder(cache.root)  # holds RACEUSDT 1h
+    try:
+        run = subprocess.run(
+            cli_args("cleanup", "--before", "2023-01-01", "--json",
+                     "--cache-dir", str(cache.root), "--config", str(conf)),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.commit_and_release(None, tmp_path)
+    assert run.returncode == 4, run.stderr
+    actions = {(a["symbol"], a["action"]) for a in json.loads(run.stdout)["actions"]}
+    assert actions == {
+        (SYM, "skip-locked"),
+        ("BADUSDT", "skip-corrupt"),
+        ("OKUSDT", "delete-year"),
+    }, actions
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in run.stderr, run.stderr
+    assert any(f"{SYM} {TF} is locked" in line for line in lines)
+    assert any("2022.metadata.json" in line and "validate --fix" in line for line in lines)
+    assert cache.list_years("OKUSDT", TF) == [2024]
+    assert cache.list_years(SYM, TF) == [2022, 2024], "the held series is left as it was"
+    assert bad.read_text() == "{not json", "the corrupt year is left for validate --fix"
+
+
+def test_validate_goes_on_past_a_held_series_waiting_once_and_exits_4(tmp_path: Path) -> None:
+    """A series held past lock_wait (a long populate) is reported locked, once, with all its
+    years; every other series is still checked; the wait is paid once, not once per year."""
+    cache, conf = folder_cache(tmp_path, "csv.gz")
+    conf.write_text("settings: {lock_wait: 2}\n")
+    for year in (2022, 2023, 2024):
+        cache.put(make_bars(f"{year}-03-01", 48, seed=year), SYM, TF, "binance")
+    cache.put(make_bars("2024-03-01", 48, seed=9), "OKUSDT", TF, "binance")
+    holder = Holder(cache.root)
+    try:
+        began = time.monotonic()
+        run = subprocess.run(
+            cli_args("validate", "--json", "--cache-dir", str(cache.root), "--config", str(conf)),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        waited = time.monotonic() - began
+    finally:
+        holder.commit_and_release(None, tmp_path)
+    assert run.returncode == 4, run.stderr
+    files = {(f["symbol"], f["year"]): f["status"] for f in json.loads(run.stdout)["files"]}
+    assert files == {(SYM, 2022): "locked", (SYM, 2023): "locked", (SYM, 2024): "locked",
+                     ("OKUSDT", 2024): "ok"}, files  # fmt: skip
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{SYM} {TF} is locked" in lines[0], run.stderr
+    assert waited < 2 * 2 + 20, "one wait for the held series, not one per year"

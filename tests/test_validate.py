@@ -339,3 +339,51 @@ def test_a_gzip_edited_by_hand_is_not_called_truncated_and_keeps_every_valid_row
     want = YEAR_BARS.assign(timestamp=YEAR_BARS["timestamp"].astype("datetime64[ns]"))
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert cli("validate", "--json").json()["files"][0]["status"] == "ok"
+
+
+def test_the_nightly_populate_without_start_fills_what_a_repair_lost(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cron job runs `populate` of its datasets, whose window (December) starts after the
+    hole `validate --fix` left mid-year: it asks again from the first lost bar anyway, and
+    the year ends whole, `ok`, with no missing range."""
+    fake_binance.add("ABCUSDT", "1h", YEAR_BARS)
+    root = tmp_path / "data-cache"
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(
+        config_for(binance=fake_binance)
+        + "datasets:\n  - {symbols: [ABCUSDT], timeframes: [1h], start: '2023-12-01',"
+        " end: '2024-01-01'}\n"
+    )
+    monkeypatch.setenv("MARKETCACHE_CONFIG", str(conf))
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(root))
+    first = cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-01-01", "--end", "2024-01-01")
+    assert first.code == 0, first.err
+    _damage_file(root, ".csv.gz")
+    fixed = cli("validate", "--fix", "--json")
+    assert fixed.code == 3, fixed.err
+    ranges = fixed.json()["files"][0]["missing_ranges"]
+    assert ranges and pd.Timestamp(ranges[0]["start"]) < pd.Timestamp("2023-12-01")
+    cache = UnifiedCache(str(root), settings=parse_settings(conf.read_text()))
+    lost = 24 * 365 - len(cache.get("ABCUSDT", "1h"))
+    assert lost > 0
+    later = cli("validate", "--json")  # the next day: the year is not whole, and says so
+    assert later.code == 3, later.err
+    year = later.json()["files"][0]
+    assert year["status"] == "incomplete" and year["missing_ranges"] == ranges, year
+    assert year["hint"] == fixed.json()["files"][0]["hint"] and year["hint"] in later.err
+    assert "lost in a repair" in later.err.splitlines()[-1]
+    shown = cli("info", "ABCUSDT", "1h", "--json").json()["timeframes"]["1h"]["years"][0]
+    assert shown["missing_ranges"] == ranges
+
+    nightly = cli("populate", "--json")
+    assert nightly.code == 0, nightly.err
+    result = nightly.json()["results"][0]
+    assert result["rows_added"] == lost, result
+    assert any("a repair lost" in n for n in result["notes"]), result["notes"]
+    want = YEAR_BARS.assign(timestamp=YEAR_BARS["timestamp"].astype("datetime64[ns]"))
+    pd.testing.assert_frame_equal(cache.get("ABCUSDT", "1h"), want, check_exact=True)
+    assert cache.metadata("ABCUSDT", "1h", 2023)["coverage"]["missing_ranges"] == []
+    again = cli("validate", "--json")
+    assert again.code == 0 and again.json()["files"][0]["status"] == "ok", again.out
+    assert cli("populate", "--json").json()["results"][0]["status"] == "up-to-date"

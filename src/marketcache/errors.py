@@ -152,3 +152,9 @@ class MarketCacheWarning(UserWarning):
 
 class Terminated(BaseException):
     """SIGTERM arrived (raised in the main thread by the CLI's signal handler)."""
+
+
+def one_line(message: object) -> str:
+    """A message of several lines (a driver's DETAIL, a provider's body) as one line: the
+    rule that every error is one line never drops what its later lines say."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())

@@ -165,6 +165,13 @@ def read_symbols_file(path: Path) -> list[str]:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--symbols-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raw = bytes(exc.object)
+        at, byte = raw[: exc.start].count(b"\n") + 1, raw[exc.start]
+        raise UsageError(
+            f"--symbols-file {path}: line {at} is not UTF-8 text (byte {byte:#04x}):"
+            " save it as UTF-8, one symbol a line"
+        ) from None
     out = []
     for line in text.removeprefix("\ufeff").splitlines():  # an editor's byte-order mark
         item = line.split("#", 1)[0].strip()

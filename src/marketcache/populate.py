@@ -87,6 +87,7 @@ def run_populate(
     report = report if report is not None else PopulateReport([])
     report.dry_run, report.started_at = request.dry_run, utcnow().isoformat()
     report.min_score = cache.settings.options.min_score
+    cache.backend.check_usable()  # a schema of another tool: exit 2 once, not every job 1
     runner = Runner(cache, pool, request, sink)
     try:  # derived timeframes after every base job: they read what those committed
         for phase in ([j for j in jobs if not j.derive_from], [j for j in jobs if j.derive_from]):
@@ -269,10 +270,15 @@ class Runner:
                 result.notes.append(f"removed {stale}, left by an interrupted run")
         now = utcnow()
         end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
-        if job.start >= end:
+        start = job.start
+        lost = self._lost_since(job)
+        if lost is not None and lost < start:
+            start = lost
+            result.notes.append(f"asks again from {lost} for the bars a repair lost")
+        if start >= end:
             result.status = "up-to-date"
             return None
-        wanted = Span(job.start, end)
+        wanted = Span(start, end)
         years = range(wanted.start.year, (end - pd.Timedelta(1, "ns")).year + 1)
         expected = expected_bars(profile.calendar, tf, wanted.start, wanted.end)
         state = cache.series_state(job.symbol, job.timeframe, years, expected, repair=writes)
@@ -291,6 +297,28 @@ class Runner:
             full_refresh=self.request.full_refresh,
         )
         return plan, now, expected, present
+
+    def _lost_since(self, job: Job) -> pd.Timestamp | None:
+        """The first bar a repair lost in this series (a missing range "lost in repair"):
+        a run without --start (a cron job, a dataset) asks again from there, so the holes
+        `validate --fix` left are filled by the nightly run, not only by the printed command.
+        With --start the user chose the window: None."""
+        from marketcache.repair import LOST_IN_REPAIR
+
+        if self.request.start is not None:
+            return None
+        starts: list[pd.Timestamp] = []
+        for year in self.cache.list_years(job.symbol, job.timeframe):
+            try:
+                record = self.cache.record(job.symbol, job.timeframe, year)
+            except MarketCacheError:
+                continue  # a damaged record: series_state reports and sets it aside
+            starts += [
+                pd.Timestamp(m["start"])
+                for m in record.coverage.missing_ranges
+                if m.get("reason") == LOST_IN_REPAIR
+            ]
+        return min(starts) if starts else None
 
     def _plan_only(self, plan: FetchPlan, chain: list[Choice], result: JobResult) -> None:
         result.status = "planned"

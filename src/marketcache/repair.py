@@ -46,7 +46,7 @@ class YearCheck:
     timeframe: str
     year: int
     path: str
-    status: str  # ok | low-score | corrupt | fixed | unverified
+    status: str  # ok | low-score | incomplete | corrupt | fixed | unverified | locked | gone
     score: float | None = None
     rows: int = 0
     lost: int = 0  # committed rows a repair could not recover (populate fetches them again)
@@ -146,6 +146,8 @@ def check_year(
         )  # the restore command stays the last word
         if check.status == "ok":
             check.status = "low-score"
+    if not fix and record is not None and check.status in ("ok", "low-score"):
+        _still_lost(check, key, record)
     if not fix and record is not None and REVERIFY in record.extra and check.status == "ok":
         check.status = "unverified"
         check.problems.append(
@@ -153,6 +155,29 @@ def check_year(
             f" checked against its source: {_reverify_command(key)}"
         )
     return check
+
+
+def _still_lost(check: YearCheck, key: Key, record: YearRecord) -> None:
+    """A year whose record still holds bars a repair lost is not whole, whatever its score:
+    `incomplete`, with those ranges and the `populate` command that fetches them (a plain
+    nightly `populate` of the series asks for them too)."""
+    import pandas as pd
+
+    from marketcache.gaps import Span
+
+    lost = [m for m in record.coverage.missing_ranges if m.get("reason") == LOST_IN_REPAIR]
+    if not lost:
+        return
+    spans = [Span(pd.Timestamp(m["start"]), pd.Timestamp(m["end"])) for m in lost]
+    check.missing_ranges = lost
+    check.hint = _populate_command(key, spans)
+    if check.status == "ok":
+        check.status = "incomplete"
+    since = min(str(m.get("recorded_at", "?")) for m in lost)
+    check.problems.append(
+        f"bars lost in a repair on {since[:10]} are still missing ({_ranges(spans)}):"
+        f" run `{check.hint}` to fetch them again"
+    )
 
 
 def _diagnosis(exc: CorruptFile, note: str, changed: bool) -> str:

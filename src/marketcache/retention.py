@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from marketcache.errors import CorruptFile, UsageError
+from marketcache.errors import CorruptFile, LockTimeout, UsageError
 from marketcache.models import parse_date
 
 if TYPE_CHECKING:
@@ -21,12 +21,20 @@ if TYPE_CHECKING:
 @dataclass
 class CleanupAction:
     path: str
-    action: str  # delete-year | trim-year | trim-tail | remove-leftover
+    action: (
+        str  # delete-year | trim-year | trim-tail | remove-leftover | skip-corrupt | skip-locked
+    )
     symbol: str = ""
     timeframe: str = ""
     year: int | None = None
     rows_removed: int = 0
     reason: str = ""
+
+
+def cleanup_exit_code(actions: list[CleanupAction]) -> int:
+    """4 when a series was busy past the lock wait, 3 when a corrupt year was left, else 0."""
+    done = {a.action for a in actions}
+    return 4 if "skip-locked" in done else 3 if "skip-corrupt" in done else 0
 
 
 def cutoff(
@@ -81,12 +89,22 @@ def apply_cutoff(
         if dry_run:
             actions += _cut_series(cache, cut, sym, tf, apply=False)
             continue
-        with cache.lock(sym, tf):
-            done = _cut_series(cache, cut, sym, tf, apply=True)
-            if done:
-                cache.catalog.refresh(sym, tf)
+        try:
+            with cache.lock(sym, tf):
+                done = _cut_series(cache, cut, sym, tf, apply=True)
+                if done:
+                    cache.catalog.refresh(sym, tf)
+        except LockTimeout as exc:  # one busy series does not stop the others
+            done = [CleanupAction(f"{sym} {tf}", "skip-locked", sym, tf, reason=str(exc))]
         actions += done
     return actions
+
+
+def _corrupt(cache: UnifiedCache, key: Any, exc: CorruptFile) -> CleanupAction:
+    return CleanupAction(
+        cache.where(key), "skip-corrupt", key.symbol, key.timeframe, key.year,
+        reason=f"{exc}: left as it is; run `marketcache validate --fix` first",
+    )  # fmt: skip
 
 
 def _cut_series(
@@ -101,16 +119,18 @@ def _cut_series(
             backend.recover(key)
         try:
             rec = backend.read_record(key)
-        except CorruptFile:
+            verdict = decide(key.year, rec.start_date, cut)
+            found = backend.read_year(key) if verdict == "trim" else None
+        except CorruptFile as exc:  # said, never skipped in silence, and the others go on
+            if key.year <= cut.year:
+                actions.append(_corrupt(cache, key, exc))
             continue
-        verdict = decide(key.year, rec.start_date, cut)
         if verdict == "keep":
             continue
         left = None
         if verdict == "delete":
             removed = rec.rows
         else:
-            found = backend.read_year(key)
             if found is None:
                 continue
             rec, df = found

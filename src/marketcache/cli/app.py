@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from marketcache.errors import MarketCacheError, Terminated
+from marketcache.errors import MarketCacheError, Terminated, one_line
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -117,7 +117,7 @@ def _thread_error(args: threading.ExceptHookArgs) -> None:
 
 
 def _fail(message: str, code: int, as_json: bool) -> int:
-    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    first = one_line(message) or "failed"  # the whole message, its lines joined: none lost
     sys.stderr.write(f"error: {first}\n")
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "exit_code": code, "error": first}) + "\n")

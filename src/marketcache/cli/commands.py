@@ -29,7 +29,7 @@ from marketcache.cli.options import (
     require_cache,
     scope,
 )
-from marketcache.errors import Terminated, UsageError
+from marketcache.errors import LockTimeout, Terminated, UsageError
 from marketcache.models import parse_date
 
 if TYPE_CHECKING:
@@ -272,7 +272,9 @@ def cleanup(
     else:
         actions = ctx.cache.cleanup_leftovers(dry_run=dry_run)
     ctx.out.cleanup(actions, dry_run=dry_run)
-    return 0
+    from marketcache.retention import cleanup_exit_code
+
+    return cleanup_exit_code(actions)
 
 
 @app.command()
@@ -332,16 +334,28 @@ def validate(
         late = [f for f in found if f.stale]
         ctx.out.stale(late, len(found), max_age=max_age)
         return 3 if late else 0
+    from marketcache.repair import YearCheck
+
     checks: list[YearCheck] = []
+    busy: dict[tuple[str, str], str] = {}  # a series held past the wait: its other years too
     with ctx.out.progress(len(targets), label="validating", unit="years") as progress:
         for s, t, year in targets:
-            checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
+            if (s, t) not in busy:
+                try:
+                    checks.append(ctx.cache.check_year(s, t, year, min_score=threshold, fix=fix))
+                except LockTimeout as exc:  # one busy series does not stop the others
+                    busy[(s, t)] = str(exc)
+            if (s, t) in busy:
+                where, why = f"{s} {t} {year}", busy[(s, t)]
+                checks.append(YearCheck(s, t, year, where, "locked", problems=[why]))
             progress.advance(f"{s} {t} {year}")
     ctx.out.validation(checks, threshold)
+    if busy:
+        return 4
     bad = [
         c
         for c in checks
-        if c.status in ("corrupt", "low-score")
+        if c.status in ("corrupt", "low-score", "incomplete")
         or c.lost
         or (c.score is not None and c.score < threshold)
     ]

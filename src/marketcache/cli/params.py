@@ -9,6 +9,7 @@ Input should be …", exit 2). Anything else — or a Typer without this hook �
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ def _number(kind: type, low: float | None, high: float | None) -> Callable[[Any]
                 if kind is int
                 else f"Input should be a valid {what}, unable to parse string as a {what}"
             ) from None
+        if kind is float and not math.isfinite(number):
+            raise ValueError(f"Input should be a finite number, not {value!r}")
         if low is not None and number < low:
             raise ValueError(f"Input should be greater than or equal to {low:g}")
         if high is not None and number > high:

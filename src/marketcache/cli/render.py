@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from marketcache.cli.cells import elapsed, field_value, flat, plain, score, short, size
 from marketcache.cli.progress import ProgressSink, progress_bar
+from marketcache.errors import one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -92,7 +93,7 @@ class Renderer:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            sys.stderr.write(f"warning: {message}\n")
+            sys.stderr.write(f"warning: {one_line(message)}\n")
 
     def csv_rows(self, rows: list[dict[str, Any]]) -> None:
         """Rows as CSV on stdout (lists joined with spaces), a header from the first row."""
@@ -108,7 +109,7 @@ class Renderer:
 
     def error(self, message: str) -> None:
         """One unwrapped line on stderr, whatever the terminal width (cron mail, grep)."""
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"error: {one_line(message)}\n")
         sys.stderr.flush()
 
     @contextmanager
@@ -187,7 +188,7 @@ class Renderer:
                     short(y["end"]),
                     ",".join(y["providers"]) or (y["provider"] or "-"),
                     score(y["quality"]),
-                    str(y["gaps"]),
+                    str(y["gaps"] + len(y["missing_ranges"])),  # holes in and around the data
                     size(y["size_bytes"]),
                 )
             table.add_row(
@@ -242,6 +243,9 @@ class Renderer:
         self.show(table)
 
     def cleanup(self, actions: list[Any], *, dry_run: bool) -> None:
+        for a in actions:
+            if a.action in ("skip-corrupt", "skip-locked"):
+                self.error(f"{a.path}: {a.reason}" if a.action == "skip-corrupt" else a.reason)
         if self.as_json:
             self.emit({"dry_run": dry_run, "actions": actions})
             return
@@ -255,11 +259,15 @@ class Renderer:
         self.show(table)
 
     def validation(self, checks: list[Any], threshold: float) -> None:
+        said: set[str] = set()
         for c in checks:
             if c.status == "corrupt":
                 first = c.problems[0] if c.problems else c.path
                 self.error(f"{first}; run `marketcache validate --fix`")
-            elif c.lost:
+            elif c.status == "locked" and c.problems and c.problems[0] not in said:
+                said.add(c.problems[0])  # once per series, not once per year
+                self.error(c.problems[0])
+            elif c.lost or c.status == "incomplete":
                 self.error(f"{c.path}: {c.problems[-1]}")
         if self.as_json:
             self.emit({"min_score": threshold, "files": checks})

@@ -112,7 +112,7 @@ def set_watch(watch: Watch | None) -> Watch | None:
 
 
 class _WatchedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override,unused-ignore]
         watch = current_watch()
         if watch is not None:
             watch.attach(self)
@@ -120,7 +120,7 @@ class _WatchedHTTPConnection(HTTPConnection):
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override,unused-ignore]
         watch = current_watch()
         if watch is not None:
             watch.attach(self)
@@ -154,7 +154,7 @@ class BoundedAdapter(HTTPAdapter):
         manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
         return manager
 
-    def send(  # type: ignore[override]
+    def send(  # type: ignore[override,unused-ignore]
         self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
         verify: Any = True, cert: Any = None, proxies: Any = None,
     ) -> requests.Response:  # fmt: skip

@@ -149,7 +149,8 @@ def make_session(
     return session_class(settings.timeout, max_bytes=settings.max_answer_bytes, **kwargs, **extra)
 
 
-_POOLS: dict[str, Any] = {}
+_POOLS: dict[str, Any] = {}  # a pool, or the StorageError of a store that could not be reached
+STORE_WAIT = 5.0  # seconds a shared rate-limit store has to answer
 _POOLS_LOCK = threading.Lock()
 
 
@@ -159,14 +160,26 @@ def _pool(url: str) -> Any:
 
     with _POOLS_LOCK:
         if url not in _POOLS:
+            pool = None
             try:
-                _POOLS[url] = ConnectionPool(url, min_size=1, max_size=4, open=True, timeout=10)
+                pool = ConnectionPool(url, min_size=1, max_size=4, open=True, timeout=10)
+                pool.wait(timeout=STORE_WAIT)  # reachable now, or said now: not a hang later
+                _POOLS[url] = pool
             except Exception as exc:
                 from marketcache.storage.open import redact
 
-                where = redact(url)
-                raise StorageError(f"cannot use the rate limit store at {where}: {exc}") from None
-        return _POOLS[url]
+                if pool is not None:
+                    pool.close(timeout=0)
+                why = "no connection" if type(exc).__name__ == "PoolTimeout" else exc
+                _POOLS[url] = StorageError(
+                    f"settings.rate_limit_store {redact(url)}: cannot be reached ({why} within"
+                    f" {STORE_WAIT:g}s): check that server, or leave the setting out to limit"
+                    " per machine"
+                )  # every provider of the run fails at once with this, not after a timeout
+        found = _POOLS[url]
+        if isinstance(found, StorageError):
+            raise found
+        return found
 
 
 def retry_after_seconds(headers: Any) -> float | None:

@@ -160,6 +160,12 @@ class StorageBackend:
 
     # ---- optional hooks ------------------------------------------------------------------
 
+    def check_usable(self) -> None:
+        """Raise (UsageError, CorruptFile) now when the whole cache cannot be used — a
+        PostgreSQL schema of another tool, a dropped column — so that a run stops once with
+        that one error instead of failing every job with it. No request where nothing can
+        be wrong before the first read (files, object storage)."""
+
     def symbols(self) -> list[str]:
         return sorted({k.symbol for k in self.keys()})
 

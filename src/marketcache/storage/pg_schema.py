@@ -76,6 +76,18 @@ def _migrate_in(conn: Any, schema: str, location: str) -> bool:
     have = None
     if "schema_version" in found:
         have = conn.execute(q("SELECT max(version) FROM {s}.schema_version")).fetchone()[0]
+        if have is not None and (not isinstance(have, int) or "ohlcv" not in found):
+            raise UsageError(  # another tool's migrations table under our name
+                f"--cache-dir {location}: schema {schema} holds a table schema_version that"
+                " marketcache did not create: name another schema (?schema=NAME) or move it"
+                " away"
+            )
+        if have is not None and have > SCHEMA_VERSION:
+            raise UsageError(
+                f"--cache-dir {location}: schema {schema} was made by a newer marketcache"
+                f" (schema version {have}, this one knows {SCHEMA_VERSION}): upgrade"
+                " marketcache (pip install -U marketcache)"
+            )
     foreign = sorted(found & set(TABLES) - {"schema_version"}) if not have else []
     if foreign:  # tables of another tool under our names: never write into them
         raise UsageError(

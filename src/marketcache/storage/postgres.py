@@ -140,7 +140,8 @@ class PostgresBackend(StorageBackend):
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "schema": self.schema}
         with contextlib.suppress(StorageError, UsageError):
-            _ = self.conn
+            if self._absent():
+                return out
             out["timescaledb"] = self.timescale
             if not self.timescale:
                 out["note"] = "timescaledb is not installed: ohlcv is partitioned by year"
@@ -149,19 +150,41 @@ class PostgresBackend(StorageBackend):
     # ---- listing and records ---------------------------------------------------------------
 
     def exists(self) -> bool:
-        """Whether the database answers; a schema it cannot use raises (named), as it is
-        there but not usable — not "does not exist"."""
+        """Whether the database answers and holds the schema (a read never creates it: a
+        mistyped `?schema=` is "no cache there", not a new empty schema); a schema it cannot
+        use raises (named), as it is there but not usable — not "does not exist"."""
         try:
             conn = getattr(self._local, "conn", None)
             if conn is None or conn.closed:
-                conn = self._local.conn = self._connect()
+                self._local.conn = self._connect()
         except (StorageError, UsageError):
             return False
-        if not self._ready:
-            self._migrate(conn)
-        return True
+        return not self._absent()
+
+    def check_usable(self) -> None:
+        self._absent()  # connects and, when the schema is there, checks and migrates it
+
+    def _absent(self) -> bool:
+        """True when the schema is not there yet (reads then find nothing and create
+        nothing); otherwise migrates it once, as every first use does."""
+        if self._ready:
+            return False
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = self._connect()
+        with self._sql_errors(self.location):
+            there = conn.execute(
+                "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                [self.schema],
+            ).fetchone()
+        if there is None:
+            return True
+        self._migrate(conn)
+        return False
 
     def keys(self, symbol: str | None = None, timeframe: str | None = None) -> list[Key]:
+        if self._absent():
+            return []
         query = self._q("SELECT symbol, timeframe, year FROM {s}.year_records WHERE true")
         args: list[Any] = []
         if symbol:
@@ -449,6 +472,8 @@ class PostgresBackend(StorageBackend):
     # ---- documents and the index ---------------------------------------------------------------
 
     def read_document(self, symbol: str, name: str) -> bytes | None:
+        if self._absent():
+            return None
         row = self.conn.execute(
             self._q("SELECT body FROM {s}.documents WHERE symbol = %s AND name = %s"),
             [symbol, name],
@@ -465,6 +490,8 @@ class PostgresBackend(StorageBackend):
         )
 
     def list_documents(self, symbol: str, prefix: str) -> list[str]:
+        if self._absent():
+            return []
         rows = self.conn.execute(
             self._q(
                 "SELECT name FROM {s}.documents WHERE symbol = %s"
@@ -481,6 +508,8 @@ class PostgresBackend(StorageBackend):
 
     def read_index(self, name: str) -> Any:
         """A derived index document, or None when missing or unreadable (it is rebuilt)."""
+        if self._absent():
+            return None
         row = self.conn.execute(
             self._q("SELECT body::text FROM {s}.index_docs WHERE name = %s"), [name]
         ).fetchone()
