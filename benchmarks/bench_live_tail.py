@@ -12,7 +12,7 @@
    span is a month on the file backends and a week on S3 (moto) and PostgreSQL, where each fold
    commits through the network round trips of the real protocol; say so below each figure.
 
-S3 is moto's server on 127.0.0.1 and PostgreSQL a server started here on a unix socket: the
+S3 is moto's server on 127.0.0.1 (a process of its own) and PostgreSQL a server started here on a unix socket: the
 figures show the protocol's costs (requests, lease settle, transactions) on this machine, not a
 cloud's latency. It reports, it does not fail on a target.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +51,40 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def moto_server() -> subprocess.Popen[bytes]:
+    """moto's S3 server in a process of its own (as S3 is a service of its own: in this
+    process it would share the interpreter lock with the 16 appending threads)."""
+    import os
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    return server
+
+
 class Place:
     """Where a fresh cache of one backend lives (servers started once)."""
 
@@ -62,9 +97,7 @@ class Place:
         self.n += 1
         if kind == "s3":
             if self.moto is None:
-                from bench_objects import start
-
-                self.moto = start()[0]
+                self.moto = moto_server()
             from bench_objects import bucket
 
             return bucket(f"live-bench-{self.n}")
@@ -83,10 +116,10 @@ class Place:
 
     def close(self) -> None:
         import shutil
-        import subprocess
 
         if self.moto is not None:
-            self.moto.stop()
+            self.moto.terminate()
+            self.moto.wait()
         if self.pg is not None:
             _, bindir, as_user, home = self.pg
             subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(home / "data"), "-m",

@@ -220,6 +220,7 @@ def test_a_tail_nobody_folds_stays_bounded(tmp_path: Path) -> None:
     one_by_one(cache, BARS.iloc[:25])  # 4 × 5 minutes: folded by the append itself
     assert len(cache.backend.tail(SYM, TF).read()) < 20
     same_bars(cache.get(SYM, TF), BARS.iloc[:25])
+    assert cache.get_stats()["rows"] == cache.record(SYM, TF, 2024).rows >= 20  # the index too
 
 
 def test_a_bar_folded_meanwhile_is_read_once_by_serve_and_get(live: UnifiedCache) -> None:

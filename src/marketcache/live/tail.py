@@ -85,9 +85,10 @@ def append_live(cache: UnifiedCache, symbol: str, timeframe: str, bars: pd.DataF
             holes = holes[~stored_in_years(cache, sym, tf.name, holes["timestamp"])]
             _commit(cache, sym, tf.name, holes)
         store.add(new)
+        folded = 0
         if len(new) and _span(tail, new, tf) >= OVERDUE * cache.settings.options.live_fold_seconds:
-            fold_locked(cache, sym, tf.name, store)  # nobody folds this tail: bound it
-        if len(holes):
+            folded = fold_locked(cache, sym, tf.name, store)  # nobody folds this tail: bound it
+        if len(holes) or folded:
             cache.catalog.refresh(sym, tf.name)
     return len(holes) + len(new)
 
