@@ -2,6 +2,7 @@
 
     python benchmarks/bench_live_tail.py                  # every backend, a few minutes
     python benchmarks/bench_live_tail.py --backend csv.gz # one of csv.gz parquet s3 postgresql
+    python benchmarks/bench_live_tail.py --backend csv.gz --days 365   # a whole year filled live
 
 1. Flushes of 200 series, one bar each, as a follower makes them (16 threads: series are
    independent, each append takes its own series lock): p50/p99 of `append_live`, and of the
@@ -208,7 +209,10 @@ def filled(place: Place, kind: str) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=BACKENDS, action="append")
+    parser.add_argument("--days", type=int, help="the span filled live (default: see above)")
     args = parser.parse_args()
+    if args.days:
+        SPAN.update(dict.fromkeys(SPAN, args.days))
     kinds = args.backend or list(BACKENDS)
     with tempfile.TemporaryDirectory(prefix="marketcache-livebench-") as tmp:
         place = Place(Path(tmp))

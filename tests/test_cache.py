@@ -433,3 +433,29 @@ def test_cleanup_removes_quarantined_copies_older_than_quarantine_days(
     assert cli("cleanup", *where).code == 0
     assert {p.name for p in folder.glob("*.corrupt-*")} == {n for n, d in ages.items() if d < 7}
     assert len(cache.get("ABCUSDT", "1h")) == 50, "the live year is untouched"
+
+
+def test_the_live_tail_keeps_the_contract(cache: UnifiedCache) -> None:
+    """On every backend × format: appended bars read at once, stored once, never listed as a
+    year nor taken for a leftover, and folded into the year a put of them makes."""
+    bars = make_bars("2024-05-01", 90, "1min")
+    cache.put(bars.iloc[:30], "BTCUSDT", "1m", provider="binance")
+    for i in range(30, 90, 15):
+        assert cache.append_live("BTCUSDT", "1m", bars.iloc[i : i + 15]) == 15
+    assert cache.append_live("BTCUSDT", "1m", bars.iloc[80:90]) == 0
+    got = cache.get("BTCUSDT", "1m")
+    assert len(got) == 90 and (got["close"].to_numpy() == bars["close"].to_numpy()).all()
+    assert cache.last_stored("BTCUSDT", "1m") == bars["timestamp"].iloc[-1]
+    assert (
+        cache.list_years("BTCUSDT", "1m") == [2024]
+        and cache.record("BTCUSDT", "1m", 2024).rows == 30
+    )
+    assert cache.cleanup_leftovers() == []
+    assert len(cache.get("BTCUSDT", "1m")) == 90
+    assert cache.fold_live("BTCUSDT", "1m", force=True) == 60
+    rec = cache.record("BTCUSDT", "1m", 2024)
+    assert rec.rows == 90 and rec.end_date == "2024-05-01T01:29:00"
+    cache.verify_year("BTCUSDT", "1m", 2024)
+    assert (
+        len(cache.get("BTCUSDT", "1m")) == 90 and cache.backend.tail("BTCUSDT", "1m").read().empty
+    )

@@ -76,7 +76,7 @@ def append_live(cache: UnifiedCache, symbol: str, timeframe: str, bars: pd.DataF
             return 0
         # the years end at or before a non-empty tail's last bar (see the module's invariants):
         # bars after it need no look at the years — the common case, one bar per flush
-        after_tail = len(tail) and frame["timestamp"].iloc[0] > tail["timestamp"].iloc[-1]
+        after_tail = bool(len(tail)) and frame["timestamp"].iloc[0] > tail["timestamp"].iloc[-1]
         end = None if after_tail else last_year_end(cache.backend, sym, tf.name)
         older = (frame["timestamp"] <= end).to_numpy() if end is not None else None
         holes = frame[older] if older is not None else frame.iloc[:0]
@@ -120,15 +120,16 @@ def fold_locked(
     tail = tail if tail is not None else store.read()
     if tail.empty:
         return 0
+    import numpy as np
+
     end = last_year_end(cache.backend, sym, tf)
     rows = tail
     if end is not None:
         older = (rows["timestamp"] <= end).to_numpy()
         if older.any():  # a fold a crash interrupted: what the years hold already stays
-            again = stored_in_years(cache, sym, tf, rows["timestamp"][older])
-            keep = older.copy()
-            keep[older] = ~again
-            rows = rows[keep | ~older]
+            fresh = np.ones(len(rows), dtype=bool)
+            fresh[older] = ~stored_in_years(cache, sym, tf, rows["timestamp"][older])
+            rows = rows[fresh]
     _commit(cache, sym, tf, rows)
     store.keep(tail.iloc[:0])
     return len(rows)
