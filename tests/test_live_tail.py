@@ -430,3 +430,22 @@ def test_appended_bars_reach_a_websocket_subscriber_once_and_a_fold_sends_none_a
         assert last["bar"]["timestamp"] == "2024-03-01T00:15:00Z"
         with pytest.raises(TimeoutError):
             ws.recv(1.0)
+
+
+def test_a_postgresql_cache_of_schema_version_2_gets_its_tail_table(pg_url: str) -> None:
+    import psycopg
+
+    cache = UnifiedCache(pg_url, settings=parse_settings(""))
+    cache.commit_range(BARS.iloc[:10], SYM, TF, "binance")
+    server, schema = pg_url.rsplit("&schema=", 1)
+    with psycopg.connect(server, autocommit=True) as conn:  # as the previous version left it
+        conn.execute(f"DROP VIEW {schema}.live_bars")
+        conn.execute(f"DROP TABLE {schema}.live_tail")
+        conn.execute(f"UPDATE {schema}.schema_version SET version = 2 WHERE version = 3")
+    cache.backend.close()
+    again = UnifiedCache(pg_url, settings=parse_settings(""))
+    assert again.append_live(SYM, TF, BARS.iloc[10:12]) == 2
+    same_bars(again.get(SYM, TF), BARS.iloc[:12])
+    with psycopg.connect(server, autocommit=True) as conn:
+        versions = conn.execute(f"SELECT version FROM {schema}.schema_version ORDER BY 1")
+        assert [v for (v,) in versions.fetchall()] == [2, 3]
