@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake Binance server lives with the tests
 
 from marketcache import UnifiedCache  # noqa: E402
-from marketcache.config import parse_settings  # noqa: E402
+from marketcache.config.parser import parse_settings  # noqa: E402
 
 ROWS = 525_600
 
@@ -254,7 +254,7 @@ def bench_populate(work: Path, years: int) -> dict[str, Any]:
     proc.start()
     url = q.get(timeout=300)
     try:
-        from marketcache.populate import PopulateRequest, build_jobs, run_populate
+        from marketcache.pipeline.populate import PopulateRequest, build_jobs, run_populate
 
         conf = (f"providers: {{binance: {{base_url: '{url}', rate_limit: {{per_second: 100000}},"
                 f" timeout: 30}}}}\n")  # fmt: skip

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from conftest import make_bars  # noqa: E402
 from marketcache import UnifiedCache  # noqa: E402
-from marketcache.config import parse_settings  # noqa: E402
+from marketcache.config.parser import parse_settings  # noqa: E402
+from marketcache.storage.tail import open_tail  # noqa: E402
 
 SERIES = 200
 FLUSHES = 4
@@ -190,7 +191,7 @@ def filled(place: Place, kind: str) -> dict[str, float]:
         live.fold_live("BTCUSDT", "1m")  # due: an hour of bars
         folds += time.perf_counter() - t
     filling = time.perf_counter() - began
-    assert live.backend.tail("BTCUSDT", "1m").read().empty
+    assert open_tail(live.backend, "BTCUSDT", "1m").read().empty
     got, want = live.get("BTCUSDT", "1m"), populated.get("BTCUSDT", "1m")
     assert len(got) == len(want) and (got.to_numpy() == want.to_numpy()).all()
     members = live.record("BTCUSDT", "1m", 2024).file_info.members

@@ -69,7 +69,7 @@ def bench_archive_choice(work: Path) -> list[tuple[str, str, str, str]]:
     """1h and 1d years: the old rule (every month from its zip and CHECKSUM) vs populate now."""
     import pandas as pd
 
-    from marketcache.config import load_settings
+    from marketcache.config.parser import load_settings
     from marketcache.providers.binance_archive import Archive, plan_files
 
     server = FakeBinance()

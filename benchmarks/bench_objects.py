@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_io import best, year_of_minutes  # noqa: E402
 
 from marketcache import UnifiedCache  # noqa: E402
-from marketcache.config import parse_settings  # noqa: E402
+from marketcache.config.parser import parse_settings  # noqa: E402
 
 DAY = 1440
 

@@ -52,9 +52,9 @@ def measure(work: Path) -> dict[str, Any]:
     from conftest import make_bars
     from fakes import FakeAlphaVantage, FakeYahoo, config_for
     from marketcache import DataManager
-    from marketcache.calendars import expected_bars
-    from marketcache.config import parse_settings
-    from marketcache.timeframes import Timeframe
+    from marketcache.config.parser import parse_settings
+    from marketcache.core.calendars import expected_bars
+    from marketcache.core.timeframes import Timeframe
 
     os.environ["ALPHAVANTAGE_API_KEY"] = "demo-key"
     today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the synthetic bars live with the test
 
 from conftest import make_bars  # noqa: E402
 from marketcache import UnifiedCache  # noqa: E402
-from marketcache.config import parse_settings  # noqa: E402
+from marketcache.config.parser import parse_settings  # noqa: E402
 from marketcache.serve.app import create_app  # noqa: E402
 from marketcache.serve.server import ServerThread  # noqa: E402
 

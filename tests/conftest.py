@@ -14,7 +14,7 @@ import pytest
 
 from marketcache import UnifiedCache
 from marketcache.cli.app import main
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # recorded payloads, see its README
 
@@ -193,9 +193,9 @@ def pg_url(pg_server: str, request: pytest.FixtureRequest) -> str:
 # these at once show whether a rate limit is shared between processes.
 RATE_PROBE = (
     "import sys; from pathlib import Path; import pandas as pd\n"
-    "from marketcache.config import load_settings\n"
+    "from marketcache.config.parser import load_settings\n"
     "from marketcache.providers.registry import provider_class\n"
-    "from marketcache.timeframes import Timeframe\n"
+    "from marketcache.core.timeframes import Timeframe\n"
     "s = load_settings(sys.argv[1])\n"
     "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
     "for _ in range(6):\n"
@@ -208,9 +208,9 @@ RATE_PROBE = (
 # instant however long a loaded machine takes to start each of them.
 SYNCED_RATE_PROBE = (
     "import sys, os, time; from pathlib import Path; import pandas as pd\n"
-    "from marketcache.config import load_settings\n"
+    "from marketcache.config.parser import load_settings\n"
     "from marketcache.providers.registry import provider_class\n"
-    "from marketcache.timeframes import Timeframe\n"
+    "from marketcache.core.timeframes import Timeframe\n"
     "s = load_settings(sys.argv[1])\n"
     "p = provider_class('binance')(s.providers['binance'], Path(sys.argv[2]))\n"
     "line = Path(sys.argv[3]); (line / f'ready-{os.getpid()}').touch()\n"

@@ -524,7 +524,7 @@ class FakeAlphaVantage(FakeServer):
             return _json(200, {"Error Message": "the parameter apikey is invalid or missing."})
         if self.quota_left is not None:
             if self.quota_left <= 0:
-                return _json(200, {"Information": "Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day."})  # fmt: skip
+                return _json(200, {"Information": f"We have detected your API key as {self.key} and our standard API rate limit is 25 requests per day. Please subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."})  # fmt: skip  # as the service answers (2024-): it quotes the key
             self.quota_left -= 1
         symbol = query.get("symbol", "")
         if query.get("function") == "OVERVIEW":  # an unknown symbol gets {}

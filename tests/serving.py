@@ -14,8 +14,8 @@ import pandas as pd
 
 from conftest import make_bars
 from marketcache import UnifiedCache
-from marketcache.actions import Dividend, Split
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
+from marketcache.core.actions import Dividend, Split
 
 API = "/api/v1/market-data"
 

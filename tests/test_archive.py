@@ -11,7 +11,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import load_settings
+from marketcache.config.parser import load_settings
 
 Cli = Callable[..., CliResult]
 
@@ -235,3 +235,21 @@ def test_a_wrong_archive_url_is_said_once(
     assert len(asked) == 2, "the zips of the first range (Jan, Feb) only: tried once each"
     notes = [n for res in r.json()["results"] for n in res["notes"] if "archive" in n]
     assert len(notes) == 1 and r.json()["warnings"] == [lines[0].removeprefix("warning: ")]
+
+
+def test_a_month_the_archive_lacks_is_asked_once_a_run_not_once_per_chunk(
+    cli: Cli, fake_binance: FakeBinance, tmp_path: Path
+) -> None:
+    """A 1m year is committed in chunks; a month file that is not published (404) is asked
+    once, its CHECKSUM never, and REST serves that month."""
+    served = make_bars("2024-01-01", 60 * 24 * 91, "1min", seed=6)  # Jan - Mar 2024
+    fake_binance.add("ABCUSDT", "1m", served)
+    fake_binance.archive_missing = {"ABCUSDT-1m-2024-02"}
+    args = ("ABCUSDT", "-t", "1m", "--start", "2024-01-01", "--end", "2024-04-01")
+    r = _populate(cli, fake_binance, tmp_path / "arch", True, *args)
+    asked = [p for p, _ in fake_binance.requests if "ABCUSDT-1m-2024-02" in p]
+    assert asked == [asked[0]] and asked[0].endswith(".zip"), asked
+    assert r.json()["results"][0]["rows_added"] == len(served)
+    feb = pd.Timestamp("2024-02-01").value // 10**6, pd.Timestamp("2024-03-01").value // 10**6
+    pages = [q for q in fake_binance.data_requests() if feb[0] <= int(q["startTime"]) < feb[1]]
+    assert 0 < len(pages) <= -(-60 * 24 * 29 // 1000) + 1, len(pages)

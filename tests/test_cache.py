@@ -17,7 +17,7 @@ import pytest
 
 from conftest import make_bars
 from marketcache import CorruptFile, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.storage.backend import Key
 
 FORMATS = ["csv.gz", "parquet", "postgresql", "s3-csv.gz", "s3-parquet"]
@@ -435,27 +435,37 @@ def test_cleanup_removes_quarantined_copies_older_than_quarantine_days(
     assert len(cache.get("ABCUSDT", "1h")) == 50, "the live year is untouched"
 
 
-def test_the_live_tail_keeps_the_contract(cache: UnifiedCache) -> None:
-    """On every backend × format: appended bars read at once, stored once, never listed as a
-    year nor taken for a leftover, and folded into the year a put of them makes."""
-    bars = make_bars("2024-05-01", 90, "1min")
-    cache.put(bars.iloc[:30], "BTCUSDT", "1m", provider="binance")
-    for i in range(30, 90, 15):
-        assert cache.append_live("BTCUSDT", "1m", bars.iloc[i : i + 15]) == 15
-    assert cache.append_live("BTCUSDT", "1m", bars.iloc[80:90]) == 0
-    got = cache.get("BTCUSDT", "1m")
-    assert len(got) == 90 and (got["close"].to_numpy() == bars["close"].to_numpy()).all()
-    assert cache.last_stored("BTCUSDT", "1m") == bars["timestamp"].iloc[-1]
-    assert (
-        cache.list_years("BTCUSDT", "1m") == [2024]
-        and cache.record("BTCUSDT", "1m", 2024).rows == 30
-    )
-    assert cache.cleanup_leftovers() == []
-    assert len(cache.get("BTCUSDT", "1m")) == 90
-    assert cache.fold_live("BTCUSDT", "1m", force=True) == 60
-    rec = cache.record("BTCUSDT", "1m", 2024)
-    assert rec.rows == 90 and rec.end_date == "2024-05-01T01:29:00"
-    cache.verify_year("BTCUSDT", "1m", 2024)
-    assert (
-        len(cache.get("BTCUSDT", "1m")) == 90 and cache.backend.tail("BTCUSDT", "1m").read().empty
-    )
+def test_info_with_no_index_answers_at_once_while_a_writer_holds_the_index_lock(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A read never waits for a writer: with the index gone and its lock held (a populate
+    committing), `info` computes the totals from the records instead of waiting
+    settings.lock_wait (600 s) for the lock to write the index."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "c"
+    cache = UnifiedCache(root, settings=parse_settings(""))
+    cache.put(make_bars("2024-01-01", 48), "ABCUSDT", "1h", provider="binance")
+    for name in ("symbols.json", "quality_scores.json", "providers.json"):
+        (root / "_metadata" / name).unlink()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom marketcache import UnifiedCache\n"
+         "from marketcache.config.parser import parse_settings\n"
+         f"c = UnifiedCache({str(root)!r}, settings=parse_settings(''))\n"
+         "with c.backend.index_lock(wait=5):\n    print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        r = cli("info", "--json", "--cache-dir", str(root))
+        took = time.monotonic() - began
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 0, r.err
+    assert r.json()["symbols"] == 1 and r.json()["rows"] == 48, r.out
+    assert took < 30, f"info waited {took:.0f} s for the index lock"

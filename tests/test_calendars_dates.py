@@ -3,11 +3,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from marketcache.calendars import calendar_for, expected_bars
+from marketcache.core.calendars import calendar_for, expected_bars
+from marketcache.core.models import DateRange, parse_date
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from marketcache.errors import UsageError
-from marketcache.models import DateRange, parse_date
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe, parse_timeframe, parse_timeframes
 
 
 def ts(s: str) -> pd.Timestamp:

@@ -17,7 +17,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeAlphaVantage, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 
 Cli = Callable[..., CliResult]
 
@@ -373,7 +373,7 @@ def test_fundamentals_show_numbers_and_dates_as_people_read_them_and_json_has_th
 def test_the_package_lists_its_names_without_importing_them() -> None:
     code = (
         "import sys, json, marketcache; names = dir(marketcache); "
-        "print(json.dumps([names, [m for m in ('pandas', 'marketcache.cache') if m in sys.modules]]))"
+        "print(json.dumps([names, [m for m in ('pandas', 'marketcache.cache.facade') if m in sys.modules]]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     names, imported = json.loads(out.stdout)
@@ -398,7 +398,7 @@ def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> No
     shown = repr(remote) + repr(DataManager(remote))
     assert "s3cret" not in shown and "0ther" not in shown, shown
     assert "UnifiedCache('postgresql://me@127.0.0.1:9/db?sslmode=require" in shown, shown
-    from marketcache.storage.open import redact
+    from marketcache.storage.urls import redact
 
     assert redact("ftp://ann:pw@host/x") == "ftp://ann@host/x"
     assert redact("/srv/cache") == "/srv/cache"
@@ -411,7 +411,13 @@ def test_the_facades_name_their_cache_and_never_a_password(tmp_path: Path) -> No
 # Cython extension creates (yaml's C loader) are left aside.
 START_UP_ALLOWED = {"marketcache", "typer", "shellingham", "annotated_doc", "yaml", "rich",
                     "cython_runtime"}  # fmt: skip
-SHELL_ONLY = {"yaml", "rich", "marketcache.cache", "marketcache.config", "marketcache.catalog"}
+SHELL_ONLY = {
+    "yaml",
+    "rich",
+    "marketcache.cache.facade",
+    "marketcache.config.parser",
+    "marketcache.cache.catalog",
+}
 IMPORTED = (
     "import json, os, sys\n"
     "from marketcache.cli.app import main\n"

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import busiest_second, make_bars
 from fakes import FakeAlphaVantage, FakeYahoo, config_for
-from marketcache.calendars import expected_bars
-from marketcache.config import default_config_text, load_settings, parse_settings
+from marketcache.config.parser import default_config_text, load_settings, parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ConfigError
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"  # nothing listens: a provider the test does not use

@@ -9,7 +9,7 @@ import pandas as pd
 
 from conftest import CliResult, make_bars
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 
 Cli = Callable[..., CliResult]
 STORAGE_FIELDS = ("format", "size_bytes", "raw_bytes", "sha256", "members", "copied_from_sha256")

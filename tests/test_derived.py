@@ -12,9 +12,9 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeAlphaVantage, FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.calendars import expected_bars
-from marketcache.config import load_settings
-from marketcache.timeframes import Timeframe
+from marketcache.config.parser import load_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.timeframes import Timeframe
 
 Cli = Callable[..., CliResult]
 

@@ -617,7 +617,7 @@ def test_populate_through_the_real_adapter_stores_the_closed_bars_and_not_the_fo
     market, cli, tmp_path: Path
 ):
     from marketcache import UnifiedCache
-    from marketcache.config import parse_settings
+    from marketcache.config.parser import parse_settings
 
     m = market(symbols=("BTCUSDT",))
     config = tmp_path / "providers.yaml"

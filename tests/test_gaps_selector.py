@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marketcache.calendars import expected_bars
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.gaps import Span, VerifiedEmpty, plan_fetch, split_by_year
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import UsageError
-from marketcache.gaps import Span, VerifiedEmpty, plan_fetch, split_by_year
+from marketcache.pipeline.selector import Choice, select
 from marketcache.providers.registry import build_providers
-from marketcache.selector import Choice, select
-from marketcache.timeframes import Timeframe
 
 H = Timeframe("1h")
 NOW = pd.Timestamp("2024-06-01")

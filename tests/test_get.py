@@ -18,7 +18,7 @@ import pytest
 
 from conftest import CliResult
 from marketcache import DataManager, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.errors import UsageError
 from serving import cache_on, fill, naive, parse, same
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.errors import CorruptFile
 
 Cli = Callable[..., CliResult]
@@ -271,7 +271,13 @@ def test_a_hostile_record_is_one_years_problem_on_every_backend(
     for cleanup in (("cleanup",), ("cleanup", "--before", "2023-12-01")):
         swept = cli(*cleanup, "--json", *args)
         _clean(swept)
-        assert swept.code == 0, (cleanup, swept.err)
+        # a corrupt year before the cutoff is left as it is and said (exit 3), never in silence
+        cut = len(cleanup) > 1
+        assert swept.code == (3 if corrupt and cut else 0), (cleanup, swept.err)
+        skipped = [a for a in swept.json()["actions"] if a["action"] == "skip-corrupt"]
+        assert [(a["symbol"], a["year"]) for a in skipped] == (
+            [(SYM, BAD_YEAR)] if corrupt and cut else []
+        )
     cache = place.cache()
     assert len(cache.get(SYM, TF, start="2024-01-01")) == 48
     assert len(cache.get(OTHER, TF)) == 96

@@ -31,7 +31,7 @@ import pytest
 from conftest import make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import load_settings
+from marketcache.config.parser import load_settings
 
 TIMEOUT = 2.0  # providers.binance.timeout in these tests: the deadline of each answer
 BUDGET = 3.0  # providers.binance.retry_budget

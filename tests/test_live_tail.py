@@ -22,12 +22,12 @@ import pytest
 from conftest import make_bars
 from fakes import FakeBinance, config_for
 from marketcache import DataManager, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.cache.tail import is_tail
+from marketcache.config.parser import parse_settings
 from marketcache.errors import ConfigError, UsageError
-from marketcache.live.tail import is_tail
 from marketcache.serve.reader import RangeReader
 from marketcache.serve.results import ResultCache
-from marketcache.storage.tail import TAIL_NAME
+from marketcache.storage.tail import TAIL_NAME, open_tail
 from serving import API, cache_on, served
 
 SYM, TF = "BTCUSDT", "1m"
@@ -148,7 +148,7 @@ def test_a_series_can_start_live_and_a_hole_before_the_years_last_goes_into_its_
     live.commit_range(gapped, SYM, TF, "binance")
     assert live.append_live(SYM, TF, BARS.iloc[30:31]) == 1  # the hole: into the year at once
     assert live.record(SYM, TF, 2024).rows == 60
-    assert live.backend.tail(SYM, TF).read().empty
+    assert open_tail(live.backend, SYM, TF).read().empty
     same_bars(live.get(SYM, TF), BARS.iloc[:60])
 
 
@@ -186,7 +186,7 @@ def test_a_fold_makes_the_year_a_populate_makes(
     one_by_one(live, BARS.iloc[60:180], size=10)
     assert live.fold_live(SYM, TF, force=True) == 120
     ref.commit_range(BARS.iloc[60:180], SYM, TF, "binance")
-    assert live.backend.tail(SYM, TF).read().empty
+    assert open_tail(live.backend, SYM, TF).read().empty
     same_bars(live.read_year(SYM, TF, 2024), ref.read_year(SYM, TF, 2024))
     fmt = live.backend.format
     mine = _comparable(live.metadata(SYM, TF, 2024), fmt)
@@ -205,7 +205,7 @@ def test_a_fold_is_due_after_live_fold_every_of_bars(tmp_path: Path) -> None:
     recent = make_bars(str(now - pd.Timedelta(minutes=8)), 5, "1min")
     one_by_one(cache, recent)
     assert cache.fold_live(SYM, TF) == 0  # 5 minutes of bars, the oldest 8 minutes old
-    assert len(cache.backend.tail(SYM, TF).read()) == 5
+    assert len(open_tail(cache.backend, SYM, TF).read()) == 5
     old = make_bars("2024-03-01", 12, "1min")
     cache2 = UnifiedCache(tmp_path / "d", settings=settings, lock_wait=5)
     one_by_one(cache2, old)
@@ -218,7 +218,7 @@ def test_a_tail_nobody_folds_stays_bounded(tmp_path: Path) -> None:
     settings = parse_settings("settings: {live_fold_every: 5m}")
     cache = UnifiedCache(tmp_path / "c", settings=settings, lock_wait=5)
     one_by_one(cache, BARS.iloc[:25])  # 4 × 5 minutes: folded by the append itself
-    assert len(cache.backend.tail(SYM, TF).read()) < 20
+    assert len(open_tail(cache.backend, SYM, TF).read()) < 20
     same_bars(cache.get(SYM, TF), BARS.iloc[:25])
     assert cache.get_stats()["rows"] == cache.record(SYM, TF, 2024).rows >= 20  # the index too
 
@@ -243,7 +243,7 @@ import sys
 sys.path.insert(0, sys.argv[2])
 from conftest import make_bars
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 settings = parse_settings("settings: {live_fold_every: 1d, lease_seconds: 3}")
 cache = UnifiedCache(sys.argv[1], settings=settings)
 bars = make_bars("2024-03-01", 240, "1min")
@@ -293,9 +293,10 @@ def test_a_torn_tail_line_is_ignored_and_cut_by_the_next_append(tmp_path: Path) 
 FOLD_KILLED = """
 import os, signal, sys
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 cache = UnifiedCache(sys.argv[1], settings=parse_settings(sys.argv[2]))
-tail = type(cache.backend.tail("BTCUSDT", "1m"))
+from marketcache.storage.tail import open_tail
+tail = type(open_tail(cache.backend, "BTCUSDT", "1m"))
 tail.keep = lambda self, rows: os.kill(os.getpid(), signal.SIGKILL)  # the instant after the year
 cache.fold_live("BTCUSDT", "1m", force=True)
 """
@@ -310,7 +311,7 @@ def test_a_fold_killed_between_the_year_and_the_tail_loses_and_doubles_nothing(
     run = subprocess.run([sys.executable, "-c", FOLD_KILLED, location(live), LEASE], timeout=120)
     assert run.returncode == -signal.SIGKILL
     assert live.record(SYM, TF, 2024).rows == 120  # the year was written
-    assert len(live.backend.tail(SYM, TF).read()) == 60  # the tail was not emptied
+    assert len(open_tail(live.backend, SYM, TF).read()) == 60  # the tail was not emptied
     same_bars(live.get(SYM, TF), BARS.iloc[:120])
     reader = RangeReader(live, ResultCache(64 << 20))
     same_bars(reader.frame(reader.plan(SYM, TF, None, None)), BARS.iloc[:120])
@@ -383,7 +384,7 @@ def test_list_validate_and_cleanup_leave_the_tail_alone_and_a_cutoff_trims_it(
 
 
 def test_copy_carries_the_tail(kind: str, live: UnifiedCache, tmp_path: Path) -> None:
-    from marketcache.copy import copy_cache
+    from marketcache.cache.copy import copy_cache
 
     live.commit_range(BARS.iloc[:60], SYM, TF, "binance")
     one_by_one(live, BARS.iloc[60:75])

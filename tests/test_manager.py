@@ -14,9 +14,9 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import SUMMARY_PATH, FakeAlphaVantage, FakeBinance, FakeYahoo, config_for
 from marketcache import DataManager, SymbolNotFound
-from marketcache.calendars import expected_bars
-from marketcache.config import parse_settings
-from marketcache.timeframes import Timeframe
+from marketcache.config.parser import parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.timeframes import Timeframe
 
 Cli = Callable[..., CliResult]
 
@@ -175,7 +175,7 @@ def test_fundamentals_refresh_keep_failover_and_unknown_symbols(
 
 
 def test_a_daily_stock_series_is_not_stale_over_a_weekend() -> None:
-    from marketcache.freshness import freshness
+    from marketcache.core.freshness import freshness
 
     friday = "2024-03-08T00:00:00"
     sunday = pd.Timestamp("2024-03-10 12:00")
@@ -261,3 +261,54 @@ def test_an_open_end_asks_again_after_the_next_bar_closes(
         got = dm.get_ohlcv("NOWUSDT", "1m", start=start)
         assert len(fake_binance.data_requests()) == before + 1, "the new bar is asked for"
         assert got["timestamp"].iloc[-1] >= minute.tz_localize(None) - pd.Timedelta(minutes=1)
+
+
+def test_fundamentals_without_the_alpha_vantage_key_say_it_is_left_out_once(
+    cli: Cli, fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Yahoo's fields alone, and one warning naming the variable — not a silent half answer
+    that looks as if Alpha Vantage had nothing."""
+    monkeypatch.delenv("ALPHAVANTAGE_API_KEY", raising=False)
+    fake_yahoo.summaries["MSFT"] = fake_yahoo.summaries["AAPL"]
+    conf = tmp_path / "p.yaml"
+    conf.write_text(config_for(yahoo=fake_yahoo, alpha_vantage=fake_av))
+    r = cli("fundamentals", "AAPL", "MSFT", "--cache-dir", str(tmp_path / "c"),
+            "--config", str(conf))  # fmt: skip
+    assert r.code == 0, r.err
+    warned = [line for line in r.err.splitlines() if "alpha_vantage is left out" in line]
+    assert len(warned) == 1 and "ALPHAVANTAGE_API_KEY is not set" in warned[0], r.err
+    assert fake_av.data_requests() == []
+    as_json = cli("fundamentals", "AAPL", "--json", "--max-age", "0",
+                  "--cache-dir", str(tmp_path / "c"), "--config", str(conf))  # fmt: skip
+    assert any("ALPHAVANTAGE_API_KEY" in w for w in as_json.json()["results"][0]["warnings"])
+
+
+def test_a_provider_left_out_for_its_key_is_a_warning_in_a_notebook_once(
+    fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """What `populate` prints as a warning, DataManager raises as a MarketCacheWarning (once
+    per DataManager, not on every call)."""
+    from marketcache import MarketCacheWarning
+
+    monkeypatch.delenv("ALPHAVANTAGE_API_KEY", raising=False)
+    year = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2024-03-01")
+    )
+    fake_yahoo.add("ABC", "1d", make_bars("", 0, index=year, seed=4))
+    settings = parse_settings(
+        config_for(yahoo=fake_yahoo, alpha_vantage=fake_av)
+        + "selection:\n  - {symbol_type: stock, providers: [yahoo, alpha_vantage]}\n"
+    )
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        with pytest.warns(MarketCacheWarning, match="ALPHAVANTAGE_API_KEY is not set") as caught:
+            got = dm.get_ohlcv("ABC", "1d", start="2024-01-01", end="2024-02-01")
+        assert len(got) == len(year[year < "2024-02-01"])
+        assert sum("alpha_vantage" in str(w.message) for w in caught) == 1
+        import warnings
+
+        with warnings.catch_warnings(record=True) as later:
+            warnings.simplefilter("always")
+            dm.get_ohlcv("ABC", "1d", start="2024-01-01", end="2024-03-01")
+        assert not [w for w in later if "alpha_vantage" in str(w.message)]

@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from conftest import CliResult, make_bars
 from fakes import FakeAlphaVantage, FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError
 from marketcache.providers.registry import provider_class
 from marketcache.storage.layout import TEMP_MARK
 from marketcache.storage.lock import hold
-from marketcache.timeframes import Timeframe
 
 Cli = Callable[..., CliResult]
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")

@@ -23,8 +23,8 @@ import pytest
 from conftest import CountingProxy, make_bars, s3_environment
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
-from marketcache.copy import COPIED_FROM
+from marketcache.cache.copy import COPIED_FROM
+from marketcache.config.parser import parse_settings
 from marketcache.errors import Conflict, LockTimeout
 from marketcache.storage.backend import Key
 from marketcache.storage.objects.backend import PENDING, ObjectBackend
@@ -238,7 +238,7 @@ def test_two_waiters_whose_creates_both_go_through_still_get_one_lease() -> None
 HOLDER = """
 import sys, time
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 import pandas as pd
 cache = UnifiedCache(sys.argv[1], settings=parse_settings("settings: {lease_seconds: 3}"), lock_wait=5)
 with cache.lock("ABCUSDT", "1h"):
@@ -300,7 +300,7 @@ import sys, time
 real = time.time
 time.time = lambda: real() + 3600  # this machine's clock runs an hour ahead
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.errors import LockTimeout
 cache = UnifiedCache(sys.argv[1], settings=parse_settings("settings: {lease_seconds: 2}"), lock_wait=3)
 try:
@@ -349,7 +349,7 @@ PAUSED_WRITER = """
 import sys
 import pandas as pd
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 cache = UnifiedCache(sys.argv[1], settings=parse_settings("settings: {lease_seconds: 2}"), lock_wait=5)
 bars = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=40, freq="1h"),
                      "open": 9.0, "high": 9.0, "low": 9.0, "close": 9.0, "volume": 9.0})

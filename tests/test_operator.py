@@ -21,7 +21,7 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeBinance, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 
 Cli = Callable[..., CliResult]
 DEFAULT_DATASETS = """datasets:

@@ -16,9 +16,9 @@ import pytest
 from conftest import CliResult, make_bars
 from fakes import FakeAlphaVantage, FakeBinance, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.calendars import expected_bars
-from marketcache.config import parse_settings
-from marketcache.timeframes import Timeframe
+from marketcache.config.parser import parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.timeframes import Timeframe
 
 Cli = Callable[..., CliResult]
 

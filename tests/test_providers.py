@@ -17,7 +17,8 @@ import requests
 
 from conftest import SYNCED_RATE_PROBE, make_bars, most_within
 from fakes import HTML_ERROR, FakeAlphaVantage, FakeBinance, FakeServer, FakeYahoo, config_for
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     ProviderError,
     ProviderUnavailable,
@@ -31,7 +32,6 @@ from marketcache.providers.base import Provider
 from marketcache.providers.binance import map_binance_error
 from marketcache.providers.registry import provider_class
 from marketcache.providers.yahoo import map_yahoo_error
-from marketcache.timeframes import Timeframe
 
 
 @dataclass
@@ -232,9 +232,13 @@ def test_alpha_vantage_quota_is_reported_not_retried(
     p = provider_class("alpha_vantage")(
         settings.providers["alpha_vantage"], tmp_path, sleep=sleeps.append
     )
-    with pytest.raises(QuotaExhausted, match="25 requests per day"):
+    with pytest.raises(QuotaExhausted, match="25 requests per day") as caught:
         p.fetch("MSFT", Timeframe("1m"), pd.Timestamp("2017-12-18"), pd.Timestamp("2017-12-19"))
     assert sleeps == [] and len(fake_av.data_requests()) == 1
+    said = str(caught.value)
+    assert fake_av.key not in said and "API key as ***" in said, "the key it quotes is not shown"
+    assert "next run after 00:00 UTC" in said and "rate_limit.per_day" in said
+    assert "\n" not in said
 
 
 def test_alpha_vantage_recorded_intraday_is_converted_to_utc_bar_opens(

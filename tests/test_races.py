@@ -25,7 +25,7 @@ import pytest
 from conftest import make_bars
 from fakes import FakeBinance, config_for
 from marketcache import CorruptFile, DataManager, UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from marketcache.storage.backend import Key
 
 SYM, TF = "RACEUSDT", "1h"
@@ -41,7 +41,7 @@ HOLDER = """
 import sys
 import pandas as pd
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 cache = UnifiedCache(sys.argv[1], settings=parse_settings(""))
 with cache.lock(sys.argv[2], sys.argv[3]):
     print("held", flush=True)
@@ -217,7 +217,7 @@ def test_plain_cleanup_racing_new_years_removes_none_of_them(tmp_path: Path, fmt
 REWRITER = """
 import sys, time
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 sys.path.insert(0, sys.argv[3])
 from conftest import make_bars
 cache = UnifiedCache(sys.argv[1], settings=parse_settings(""))
@@ -436,7 +436,7 @@ def check(frame):
 
 def reads(location, config, stop, out):
     from marketcache import DataManager, UnifiedCache
-    from marketcache.config import load_settings
+    from marketcache.config.parser import load_settings
 
     settings = load_settings(config)
     cache = UnifiedCache(location, settings=settings)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_bars, s3_environment
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
+from marketcache.config.parser import parse_settings
 from serving import API, cache_on, fill, parse, same, served
 
 FORMATS = ("json", "csv", "arrow", "parquet")

@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 from conftest import make_bars
 from fakes import FakeBinance, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.config import parse_settings
-from marketcache.errors import UsageError
-from marketcache.storage.layout import CacheLayout
-from marketcache.symbols import (
+from marketcache.config.parser import parse_settings
+from marketcache.core.symbols import (
     AssetClass,
     classify,
     decode_symbol,
     encode_symbol,
     normalize_symbol,
 )
+from marketcache.errors import UsageError
+from marketcache.storage.layout import CacheLayout
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,23 @@ def test_a_pair_written_with_a_slash_names_the_same_series(tmp_path: Path) -> No
     assert len(cache.get("BTC/USDT", "1h")) == len(cache.get("BTCUSDT", "1h")) == 48
     assert [p.name for p in (tmp_path / "c").iterdir() if p.name != "_metadata"] == ["BTCUSDT"]
     assert classify(normalize_symbol("BTC/EUR")) is AssetClass.CRYPTO
+
+
+@pytest.mark.parametrize(
+    ("given", "series", "kind"),
+    [("EUR/USD", "EURUSD=X", AssetClass.FX), ("usd/jpy", "USDJPY=X", AssetClass.FX),
+     ("ETH/BTC", "ETHBTC", AssetClass.CRYPTO), ("BTC/USD", "BTCUSD", AssetClass.CRYPTO)],
+)  # fmt: skip
+def test_a_slash_joins_only_what_is_a_pair(given: str, series: str, kind: AssetClass) -> None:
+    assert normalize_symbol(given) == series and classify(series) is kind
+
+
+def test_a_share_class_written_with_a_slash_is_refused_with_how_to_write_it(cli: Any) -> None:
+    """BRK/B is Berkshire's class B (BRK-B), not a ticker BRKB nor a crypto pair."""
+    with pytest.raises(UsageError, match=r"'BRK/B' is not a pair: write a share class as BRK-B"):
+        normalize_symbol("BRK/B")
+    r = cli("populate", "BRK/B", "--dry-run")
+    assert r.code == 2 and "BRK-B" in r.err and len(r.err.strip().splitlines()) == 1, r.err
 
 
 def test_populate_of_a_slash_pair_asks_binance_for_the_pair_and_stores_one_series(
@@ -205,7 +222,7 @@ def test_the_data_manager_accepts_dates_too(fake_binance: FakeBinance, tmp_path:
 
 
 def test_a_fiat_pair_written_with_a_slash_still_reaches_yahoo_as_a_pair() -> None:
-    from marketcache.selector import native_symbol
+    from marketcache.pipeline.selector import native_symbol
 
     sym = normalize_symbol("BTC/EUR")
     asset = classify(sym)

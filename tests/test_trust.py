@@ -16,11 +16,11 @@ import requests
 from conftest import CliResult, make_bars
 from fakes import FakeAlphaVantage, FakeBinance, FakeYahoo, config_for
 from marketcache import UnifiedCache
-from marketcache.calendars import expected_bars
-from marketcache.config import load_settings
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
-from marketcache.validate import OHLCVValidator
+from marketcache.config.parser import load_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
+from marketcache.core.validate import OHLCVValidator
 
 Cli = Callable[..., CliResult]
 

@@ -12,12 +12,12 @@ import pytest
 from conftest import make_bars
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
-from marketcache.calendars import expected_bars
-from marketcache.config import parse_settings
-from marketcache.quality import WEIGHTS, ValidationCounts, score_counts
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
-from marketcache.validate import OHLCVValidator
+from marketcache.config.parser import parse_settings
+from marketcache.core.calendars import expected_bars
+from marketcache.core.quality import WEIGHTS, ValidationCounts, score_counts
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
+from marketcache.core.validate import OHLCVValidator
 
 CRYPTO_1H = OHLCVValidator(Timeframe("1h"), "24/7", AssetClass.CRYPTO)
 
@@ -387,3 +387,37 @@ def test_the_nightly_populate_without_start_fills_what_a_repair_lost(
     again = cli("validate", "--json")
     assert again.code == 0 and again.json()["files"][0]["status"] == "ok", again.out
     assert cli("populate", "--json").json()["results"][0]["status"] == "up-to-date"
+
+
+def test_against_source_fix_settles_the_holes_a_repair_recorded(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-verification command alone (no populate first) restores the lost bar and clears
+    its "lost in repair" range: the year ends ok, not incomplete."""
+    import gzip
+    import shlex
+
+    fake_binance.add("ABCUSDT", "1h", YEAR_BARS)
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    monkeypatch.setenv("MARKETCACHE_CONFIG", str(conf))
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(tmp_path / "data-cache"))
+    assert cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-01-01", "--end",
+               "2024-01-01").code == 0  # fmt: skip
+    path = tmp_path / "data-cache" / "ABCUSDT" / "1h" / "2023.csv.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().split("\n")
+    bad = lines[100].split(",")
+    bad[4] = str(float(bad[2]) * 2)  # close above high: this row cannot be kept
+    lines[100] = ",".join(bad)
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    fixed = cli("validate", "--fix", "--json").json()["files"][0]
+    assert fixed["lost"] == 1 and fixed["missing_ranges"], fixed
+    command = next(r for r in fixed["repairs"] if "against-source" in r).split("`")[1]
+    source = cli(*shlex.split(command)[1:], "--json")
+    assert source.code == 0, source.out + source.err
+    cache = UnifiedCache(tmp_path / "data-cache", settings=parse_settings(""))
+    assert cache.metadata("ABCUSDT", "1h", 2023)["coverage"]["missing_ranges"] == []
+    want = YEAR_BARS.assign(timestamp=YEAR_BARS["timestamp"].astype("datetime64[ns]"))
+    pd.testing.assert_frame_equal(cache.get("ABCUSDT", "1h"), want, check_exact=True)
+    after = cli("validate", "--json")
+    assert after.code == 0 and after.json()["files"][0]["status"] == "ok", after.out

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "UnifiedCache": "marketcache.cache",
+    "UnifiedCache": "marketcache.cache.facade",
     "DataManager": "marketcache.manager",
-    "PutResult": "marketcache.cache",
-    "Settings": "marketcache.config",
-    "load_settings": "marketcache.config",
-    "OHLCVValidator": "marketcache.validate",
-    "ValidationResult": "marketcache.validate",
+    "PutResult": "marketcache.cache.facade",
+    "Settings": "marketcache.config.parser",
+    "load_settings": "marketcache.config.parser",
+    "OHLCVValidator": "marketcache.core.validate",
+    "ValidationResult": "marketcache.core.validate",
     **{
         name: "marketcache.errors"
         for name in (
@@ -31,8 +31,9 @@ _EXPORTS = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from marketcache.cache import PutResult, UnifiedCache
-    from marketcache.config import Settings, load_settings
+    from marketcache.cache.facade import PutResult, UnifiedCache
+    from marketcache.config.parser import Settings, load_settings
+    from marketcache.core.validate import OHLCVValidator, ValidationResult
     from marketcache.errors import (
         ConfigError,
         CorruptFile,
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
         ValidationFailed,
     )
     from marketcache.manager import DataManager
-    from marketcache.validate import OHLCVValidator, ValidationResult
 
 
 def __getattr__(name: str) -> Any:

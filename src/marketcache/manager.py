@@ -21,19 +21,19 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.cache import UnifiedCache
-from marketcache.config import Settings, default_settings, load_settings
+from marketcache.cache.facade import UnifiedCache
+from marketcache.config.parser import Settings, default_settings, load_settings
+from marketcache.core.freshness import freshness
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import Timeframe, parse_timeframe
 from marketcache.errors import (
     LockTimeout,
     MarketCacheWarning,
     ProviderUnavailable,
     SymbolNotFound,
 )
-from marketcache.freshness import freshness
-from marketcache.jobs import DEFAULT_LOOKBACK, PopulateRequest, build_jobs
+from marketcache.pipeline.jobs import DEFAULT_LOOKBACK, PopulateRequest, build_jobs
 from marketcache.providers.base import Provider
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import Timeframe, parse_timeframe
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,10 @@ class DataManager:
         self._providers: dict[str, Provider] | None = None
         self._asked: dict[tuple[str, str, str | None], _Asked] = {}  # per series and provider
         self._asked_lock = threading.Lock()
+        self._warned: set[str] = set()  # warnings of the runs said once a DataManager
 
     def __repr__(self) -> str:
-        from marketcache.storage.open import redact
+        from marketcache.storage.urls import redact
 
         return f"DataManager({redact(str(self.cache.root))!r})"
 
@@ -118,7 +119,7 @@ class DataManager:
         A range that no provider could serve raises `ProviderUnavailable` (`strict`, the
         default), or with `strict=False` gives what is cached with a `MarketCacheWarning`
         naming the failed ranges. An unknown symbol and a held lock raise either way."""
-        from marketcache.outputs import check_output_format
+        from marketcache.core.outputs import check_output_format
 
         check_output_format(output_format)  # before anything is fetched
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
@@ -133,8 +134,8 @@ class DataManager:
     def _fill(self, sym: str, tf: str, start: Any, end: Any, provider: str | None) -> str | None:
         """Fetch what [start, end) lacks; the failure of the ranges no provider could serve
         (None: every range was served or answered)."""
-        from marketcache.models import utcnow
-        from marketcache.populate import run_populate
+        from marketcache.core.models import utcnow
+        from marketcache.pipeline.populate import run_populate
 
         if start is None:
             years = self.cache.list_years(sym, tf)
@@ -153,7 +154,12 @@ class DataManager:
             asked = self._asked.get(key)
         if asked is not None and not self._may_have_closed(sym, tf, job.start, job.end, asked):
             return None
-        result = run_populate(self.cache, jobs, request, providers=self.providers).results[0]
+        report = run_populate(self.cache, jobs, request, providers=self.providers)
+        for warning in report.warnings:  # a provider left out, one run unthrottled: said once
+            if warning not in self._warned:
+                self._warned.add(warning)
+                warnings.warn(warning, MarketCacheWarning, 3)
+        result = report.results[0]
         if result.status == "locked":
             raise LockTimeout(result.errors[0])
         failed = result.status == "failed" or (result.status == "partial" and result.errors)
@@ -175,8 +181,8 @@ class DataManager:
     ) -> bool:
         """Whether [start, end) may hold a bar not asked for yet: it starts before what was
         asked, or a bar the calendar expects has closed since."""
-        from marketcache.calendars import expected_bars
-        from marketcache.models import utcnow
+        from marketcache.core.calendars import expected_bars
+        from marketcache.core.models import utcnow
 
         if start < asked.start:
             return True
@@ -198,7 +204,7 @@ class DataManager:
     ) -> Any:
         """One frame for several symbols, with a `symbol` column first (as `output_format`
         says: "pandas", "arrow" or "polars")."""
-        from marketcache.outputs import check_output_format, convert
+        from marketcache.core.outputs import check_output_format, convert
 
         check_output_format(output_format)
         frames = [
@@ -216,7 +222,7 @@ class DataManager:
         if not frames and output_format == "pandas":
             return pd.DataFrame()
         if not frames:
-            from marketcache.frames import empty_frame
+            from marketcache.core.frames import empty_frame
 
             frames = [empty_frame().assign(symbol=pd.Series([], dtype=str))]
         out = pd.concat(frames, ignore_index=True)
@@ -226,13 +232,13 @@ class DataManager:
     def latest(self, symbols: list[str], timeframe: str) -> pd.DataFrame:
         """The last stored bar of each symbol, the live tail included (a read: nothing is
         fetched)."""
-        from marketcache.live.tail import read_tail
+        from marketcache.cache.tail import read_tail
 
         rows = []
         tf = parse_timeframe(timeframe).name
         for s in symbols:
             sym = normalize_symbol(s)
-            live = read_tail(self.cache, sym, tf)  # before the years: folds move bars on
+            live = read_tail(self.cache.backend, sym, tf)  # before the years: folds move bars on
             years = self.cache.list_years(sym, tf)
             bars = self.cache.read_year(sym, tf, years[-1]) if years else live.iloc[:0]
             if len(live) and (
@@ -249,14 +255,16 @@ class DataManager:
     def availability(self) -> pd.DataFrame:
         """Per symbol × timeframe: first, last, rows, quality (the worst year), missing ranges,
         missing bars, and whether it is stale (behind the calendar by more than one bar)."""
-        from marketcache.frames import iso
-        from marketcache.live.tail import read_tail
+        from marketcache.cache.tail import read_tail
+        from marketcache.core.frames import iso
 
         rows = []
         for sym in self.cache.list_symbols():
             calendar = self.cache.profile(sym).calendar
             for tf in self.cache.list_timeframes(sym):
-                live = read_tail(self.cache, sym, tf)  # before the records: folds move bars on
+                live = read_tail(
+                    self.cache.backend, sym, tf
+                )  # before the records: folds move bars on
                 recs = [self.cache.record(sym, tf, y) for y in self.cache.list_years(sym, tf)]
                 stored = [r for r in recs if r.rows]
                 last = stored[-1].end_date if stored else None
@@ -297,8 +305,8 @@ class DataManager:
     def get_fundamentals(
         self, symbol: str, max_age: str | None = None, *, provider: str | None = None
     ) -> dict[str, Any]:
-        """The combined fundamentals of `symbol` (see `fundamentals.py`)."""
-        from marketcache.fundamentals import get_fundamentals
+        """The combined fundamentals of `symbol` (see `pipeline/fundamentals.py`)."""
+        from marketcache.pipeline.fundamentals import get_fundamentals
 
         return get_fundamentals(
             self.cache, self.providers, normalize_symbol(symbol), max_age=max_age, only=provider

@@ -29,11 +29,11 @@ from marketcache.cli.options import (
     require_cache,
     scope,
 )
+from marketcache.core.models import parse_date
 from marketcache.errors import LockTimeout, Terminated, UsageError
-from marketcache.models import parse_date
 
 if TYPE_CHECKING:
-    from marketcache.repair import YearCheck
+    from marketcache.cache.repair import YearCheck
 
 app = typer.Typer(
     name="marketcache",
@@ -70,7 +70,7 @@ def root(
 
 def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | None) -> list[Any]:
     """How fresh every series in scope is (reads the newest record of each)."""
-    from marketcache.freshness import freshness, parse_age
+    from marketcache.core.freshness import freshness, parse_age
 
     age = parse_age(max_age) if max_age else None
     out = []
@@ -116,8 +116,8 @@ def populate(
     log_file: LogFile = None,
 ) -> int:
     """Fill the cache for each symbol x timeframe over [start, end)."""
-    from marketcache.jobs import PopulateReport, PopulateRequest, build_jobs
-    from marketcache.populate import run_populate
+    from marketcache.pipeline.jobs import PopulateReport, PopulateRequest, build_jobs
+    from marketcache.pipeline.populate import run_populate
 
     options = common(invocation, cache_dir, config, as_json, quiet, verbose)
     ctx = context(options, log_file=log_file)
@@ -272,7 +272,7 @@ def cleanup(
     else:
         actions = ctx.cache.cleanup_leftovers(dry_run=dry_run)
     ctx.out.cleanup(actions, dry_run=dry_run)
-    from marketcache.retention import cleanup_exit_code
+    from marketcache.cache.retention import cleanup_exit_code
 
     return cleanup_exit_code(actions)
 
@@ -322,7 +322,7 @@ def validate(
     if (since or sample is not None) and not against_source:
         raise UsageError("--since and --sample go with --against-source")
     if against_source:
-        from marketcache.restate import check_against_source, pick_years
+        from marketcache.pipeline.restate import check_against_source, pick_years
 
         start = parse_date(since, option="--since") if since else None
         chosen = pick_years(targets, since=start, sample=sample)
@@ -334,7 +334,7 @@ def validate(
         late = [f for f in found if f.stale]
         ctx.out.stale(late, len(found), max_age=max_age)
         return 3 if late else 0
-    from marketcache.repair import YearCheck
+    from marketcache.cache.repair import YearCheck
 
     checks: list[YearCheck] = []
     busy: dict[tuple[str, str], str] = {}  # a series held past the wait: its other years too

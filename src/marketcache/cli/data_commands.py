@@ -19,8 +19,8 @@ from marketcache.cli.options import (
     scope,
 )
 from marketcache.cli.render import Renderer
+from marketcache.core.symbols import normalize_symbol
 from marketcache.errors import UsageError
-from marketcache.symbols import normalize_symbol
 
 
 @app.command()
@@ -43,9 +43,9 @@ def copy(
     a re-run copies only what changed."""
     from dataclasses import replace
 
-    from marketcache.cache import UnifiedCache
-    from marketcache.config import load_settings
-    from marketcache.copy import copy_cache
+    from marketcache.cache.copy import copy_cache
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.config.parser import load_settings
 
     options = common(invocation, None, config, as_json, quiet, verbose)
     configure_logging(quiet=options.quiet, verbose=options.verbose, log_file=None)
@@ -56,7 +56,7 @@ def copy(
     if not src.backend.exists():
         raise UsageError(f"copy: the source cache {src.backend.location} does not exist")
     if output_format is not None:
-        from marketcache.config import FORMATS
+        from marketcache.config.parser import FORMATS
 
         if output_format not in FORMATS:
             raise UsageError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
@@ -107,6 +107,8 @@ def fundamentals(
                 failed += 1
                 ctx.out.error(f"{sym}: {exc}")
                 reports.append({"symbol": sym, "fields": {}, "snapshots": [], "errors": [str(exc)]})
+    for warning in dict.fromkeys(w for r in reports for w in r.get("warnings", [])):
+        ctx.out.warn(warning)  # once a run, not once per symbol
     code = 1 if failed else 0
     ctx.out.fundamentals(reports, code)
     return code

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from marketcache.cli.render import Renderer
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import UsageError
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 if TYPE_CHECKING:
-    from marketcache.cache import UnifiedCache
-    from marketcache.config import Settings
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.config.parser import Settings
 
 # Every command takes these, after the command or before it (`marketcache --cache-dir X info`);
 # given in both places, the one after the command wins. MARKETCACHE_CACHE_DIR is read in
@@ -143,8 +143,8 @@ def context(
     if output_format not in ("table", "json", "csv"):
         raise UsageError(f"--format {output_format}: use table, json or csv")
     as_json = as_json or output_format == "json"
-    from marketcache.cache import UnifiedCache
-    from marketcache.config import load_settings
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.config.parser import load_settings
 
     out = Renderer(
         as_json=as_json,

@@ -24,9 +24,9 @@ from marketcache.cli.options import (
     not_cached,
     require_cache,
 )
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import Terminated, UsageError
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import parse_timeframe
 
 TABLE_ROWS = 20  # bars a table shows without --tail
 GET_FORMATS = ("table", "csv", "json", "parquet", "arrow")
@@ -147,7 +147,7 @@ def get(
     verbose: Verbose = False,
 ) -> int:
     """Print or export the bars of [start, end): a table at a terminal, CSV off one."""
-    from marketcache.models import parse_date
+    from marketcache.core.models import parse_date
     from marketcache.serve.reader import RangeReader
     from marketcache.serve.results import ResultCache
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,
@@ -28,8 +30,6 @@ from marketcache.providers.http import (
     map_requests_error,
     raise_for_status,
 )
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
 
 INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "60min"}
 DEFAULT_HOST = "https://www.alphavantage.co/query?"
@@ -165,13 +165,33 @@ def _client_class() -> type:
             for key in ("Note", "Information"):
                 if key in body:
                     raise QuotaExhausted(
-                        f"alpha_vantage quota or rate limit: {str(body[key])[:160]}",
+                        _quota_message(str(body[key]), _param(url, "apikey")),
                         provider="alpha_vantage",
                         symbol=symbol,
                     )
             return body
 
     return RoutedTimeSeries
+
+
+def _quota_message(said: str, api_key: str) -> str:
+    """Alpha Vantage's quota answer as one line without the key it quotes back ("We have
+    detected your API key as …"), and what to do: a daily quota waits for the next day, a
+    per-minute one for a slower limit."""
+    text = " ".join(said.split())
+    if api_key:
+        text = text.replace(api_key, "***")
+    if len(text) > 240:
+        text = text[:239] + "…"
+    if "per day" in text or "daily" in text:
+        advice = (
+            "the daily quota is spent: what is left is asked by the next run after 00:00 UTC"
+            " (set providers.alpha_vantage.rate_limit.per_day to the plan's figure so that a"
+            " run stops before it)"
+        )
+    else:
+        advice = "slow down: lower providers.alpha_vantage.rate_limit.per_minute"
+    return f"alpha_vantage quota or rate limit: {text} — {advice}"
 
 
 def _number(value: Any) -> Any:

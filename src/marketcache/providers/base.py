@@ -15,15 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.actions import Dividend, Split
-from marketcache.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
-from marketcache.config import ProviderSettings
+from marketcache.config.parser import ProviderSettings
+from marketcache.core.actions import Dividend, Split
+from marketcache.core.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
+from marketcache.core.models import utcnow
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import Timeframe
+from marketcache.core.validate import sound_rows
 from marketcache.errors import ProviderUnavailable, RangeUnavailable
-from marketcache.models import utcnow
 from marketcache.providers.http import TimeoutSession, with_retries
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import Timeframe
-from marketcache.validate import sound_rows
 
 CANONICAL = BASE_COLUMNS
 

@@ -7,6 +7,9 @@ from typing import Any
 
 import pandas as pd
 
+from marketcache.core.models import utcnow
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import TIMEFRAMES, Timeframe
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,
@@ -15,7 +18,6 @@ from marketcache.errors import (
     RateLimited,
     SymbolNotFound,
 )
-from marketcache.models import utcnow
 from marketcache.providers.base import Capabilities, FetchResult, Page, Provider, canonical_frame
 from marketcache.providers.binance_archive import (
     ARCHIVE_TIMEFRAMES,
@@ -33,8 +35,6 @@ from marketcache.providers.http import (
     map_requests_error,
     retry_after_seconds,
 )
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import TIMEFRAMES, Timeframe
 
 PAGE = REST_PAGE
 _SYMBOL_UNKNOWN = (-1121, -1100)

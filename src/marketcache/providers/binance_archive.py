@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.config import ProviderSettings
+from marketcache.config.parser import ProviderSettings
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError, ProviderUnavailable, RangeUnavailable
 from marketcache.providers.bounded import MiB, describe_size
 from marketcache.providers.http import (
@@ -38,7 +39,6 @@ from marketcache.providers.http import (
     raise_for_status,
     with_retries,
 )
-from marketcache.timeframes import Timeframe
 
 ARCHIVE_TIMEFRAMES = frozenset(
     {"1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"}
@@ -154,6 +154,10 @@ class Archive:
         # the last file read on each thread: populate commits a range in chunks, and a month
         # file straddling two chunks is downloaded once
         self._last = threading.local()
+        # files the archive answered 404 for, this run: a missing month is not asked again
+        # for the next chunk of the same range, nor by another worker
+        self._missing: set[str] = set()
+        self._missing_lock = threading.Lock()
 
     @property
     def session(self) -> TimeoutSession:
@@ -174,7 +178,7 @@ class Archive:
     def cached(self, file: ArchiveFile) -> bool:
         """Whether `file` is the one this thread read last (reading it again is free)."""
         last = getattr(self._last, "file", None)
-        return last is not None and last[0] == file.url
+        return (last is not None and last[0] == file.url) or file.url in self._missing
 
     def read(self, file: ArchiveFile, symbol: str) -> pd.DataFrame:
         """The file's klines, checksum-verified; RangeUnavailable when it is not there or does
@@ -183,7 +187,14 @@ class Archive:
         if last is not None and last[0] == file.url:
             frame: pd.DataFrame = last[1]
             return frame
-        body = self._get(file.url, symbol)
+        if file.url in self._missing:
+            raise self._not_there(file.url, symbol)
+        try:
+            body = self._get(file.url, symbol)
+        except RangeUnavailable:
+            with self._missing_lock:
+                self._missing.add(file.url)
+            raise
         digest = self._get(file.url + ".CHECKSUM", symbol).decode("ascii", "replace").split()
         if not digest or digest[0].lower() != hashlib.sha256(body).hexdigest():
             raise RangeUnavailable(
@@ -195,6 +206,12 @@ class Archive:
         self._last.file = (file.url, frame)
         return frame
 
+    @staticmethod
+    def _not_there(url: str, symbol: str) -> RangeUnavailable:
+        return RangeUnavailable(
+            f"binance archive has no {url.rsplit('/', 1)[-1]}", provider="binance", symbol=symbol
+        )
+
     def _get(self, url: str, symbol: str) -> bytes:
         def once() -> bytes:
             try:
@@ -202,11 +219,7 @@ class Archive:
             except Exception as exc:
                 raise map_requests_error(exc, "binance", symbol) from None
             if response.status_code == 404:
-                raise RangeUnavailable(
-                    f"binance archive has no {url.rsplit('/', 1)[-1]}",
-                    provider="binance",
-                    symbol=symbol,
-                )
+                raise self._not_there(url, symbol)
             raise_for_status(response, "binance", symbol)
             if response.status_code >= 400:
                 raise ProviderError(

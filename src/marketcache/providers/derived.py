@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from marketcache.derive import derive
+from marketcache.core.derive import derive
+from marketcache.core.symbols import AssetClass
+from marketcache.core.timeframes import TIMEFRAMES, Timeframe
 from marketcache.errors import RangeUnavailable
 from marketcache.providers.base import Capabilities, FetchResult, Provider, canonical_frame
-from marketcache.symbols import AssetClass
-from marketcache.timeframes import TIMEFRAMES, Timeframe
 
 if TYPE_CHECKING:
-    from marketcache.cache import UnifiedCache
+    from marketcache.cache.facade import UnifiedCache
 
 PREFIX = "derived:"
 
@@ -28,7 +28,7 @@ class DerivedProvider(Provider):
     capabilities = Capabilities(frozenset(TIMEFRAMES), frozenset(AssetClass))
 
     def __init__(self, cache: UnifiedCache, base: str) -> None:
-        from marketcache.config import ProviderSettings
+        from marketcache.config.parser import ProviderSettings
 
         super().__init__(ProviderSettings(name=PREFIX + base, base_url="http://derived.invalid"))
         self.name = PREFIX + base

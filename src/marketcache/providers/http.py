@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 from requests_ratelimiter import LimiterSession
 
-from marketcache.config import ProviderSettings
+from marketcache.config.parser import ProviderSettings
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,
@@ -166,7 +166,7 @@ def _pool(url: str) -> Any:
                 pool.wait(timeout=STORE_WAIT)  # reachable now, or said now: not a hang later
                 _POOLS[url] = pool
             except Exception as exc:
-                from marketcache.storage.open import redact
+                from marketcache.storage.urls import redact
 
                 if pool is not None:
                     pool.close(timeout=0)

@@ -6,7 +6,7 @@ import os
 from importlib import import_module
 from pathlib import Path
 
-from marketcache.config import ProviderSettings, Settings
+from marketcache.config.parser import ProviderSettings, Settings
 from marketcache.errors import UsageError
 from marketcache.providers.base import Provider
 

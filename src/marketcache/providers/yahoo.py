@@ -22,7 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pandas as pd
 
-from marketcache.actions import Dividend, Split, to_as_traded
+from marketcache.core.actions import Dividend, Split, to_as_traded
+from marketcache.core.models import utcnow
+from marketcache.core.symbols import AssetClass, classify
+from marketcache.core.timeframes import Timeframe
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,
@@ -31,7 +34,6 @@ from marketcache.errors import (
     RateLimited,
     SymbolNotFound,
 )
-from marketcache.models import utcnow
 from marketcache.providers.base import Capabilities, Events, FetchResult, Page, Provider
 from marketcache.providers.http import (
     TimeoutSession,
@@ -40,8 +42,6 @@ from marketcache.providers.http import (
     raise_for_status,
     retry_after_seconds,
 )
-from marketcache.symbols import AssetClass, classify
-from marketcache.timeframes import Timeframe
 
 INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "60m",
              "1d": "1d", "1w": "1wk", "1M": "1mo"}  # fmt: skip

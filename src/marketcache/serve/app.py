@@ -27,7 +27,7 @@ from marketcache.serve.results import ResultCache
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.cache import UnifiedCache
+    from marketcache.cache.facade import UnifiedCache
     from marketcache.serve.live import LiveSource
     from marketcache.serve.reader import RangePlan
 
@@ -170,8 +170,8 @@ class Api:
 
     def series(self, symbol: str, interval: str | None) -> tuple[str, str]:
         """A stored (symbol, timeframe): 400 when either cannot be one, 404 when not cached."""
-        from marketcache.symbols import normalize_symbol
-        from marketcache.timeframes import parse_timeframe
+        from marketcache.core.symbols import normalize_symbol
+        from marketcache.core.timeframes import parse_timeframe
 
         sym = normalize_symbol(symbol)
         try:
@@ -187,7 +187,7 @@ class Api:
 
     @staticmethod
     def dates(request: Request) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-        from marketcache.models import parse_date
+        from marketcache.core.models import parse_date
 
         q = request.query_params
         lo = parse_date(q["from"], option="from") if q.get("from") else None
@@ -295,8 +295,8 @@ class Api:
         )  # fmt: skip
 
     def _quote(self, symbol: str, interval: str) -> dict[str, Any]:
-        from marketcache.freshness import freshness
-        from marketcache.models import utcnow
+        from marketcache.core.freshness import freshness
+        from marketcache.core.models import utcnow
         from marketcache.serve.formats import bar_dicts
 
         sym, tf = self.series(symbol, interval)

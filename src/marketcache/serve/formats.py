@@ -102,7 +102,7 @@ def _json_rows(df: pd.DataFrame, columns: list[str]) -> bytes:
 
 
 def _table(df: pd.DataFrame, columns: list[str]) -> Any:
-    from marketcache.outputs import to_arrow
+    from marketcache.core.outputs import to_arrow
 
     return to_arrow(df.reindex(columns=columns) if list(df.columns) != columns else df)
 
@@ -162,7 +162,7 @@ class _Drain:
 def _arrow(chunks: Iterable[pd.DataFrame], columns: list[str]) -> Iterator[bytes]:
     import pyarrow as pa
 
-    from marketcache.outputs import arrow_schema
+    from marketcache.core.outputs import arrow_schema
 
     sink = _Drain()
     with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), arrow_schema(columns)) as writer:
@@ -178,7 +178,7 @@ def _parquet(chunks: Iterable[pd.DataFrame], columns: list[str]) -> Iterator[byt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from marketcache.outputs import arrow_schema
+    from marketcache.core.outputs import arrow_schema
 
     sink = _Drain()
     with pq.ParquetWriter(

@@ -25,9 +25,9 @@ from marketcache.serve.results import ResultCache, YearId
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.actions import CorporateActions
-    from marketcache.cache import UnifiedCache
-    from marketcache.records import YearRecord
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.core.actions import CorporateActions
+    from marketcache.core.records import YearRecord
 
 CHUNK_ROWS = 65_536  # rows per encoded chunk: a year of 1m is 8 chunks, never one body
 
@@ -74,8 +74,8 @@ class RangeReader:
         self, symbol: str, timeframe: str, start: Any, end: Any, adjust: str = "none"
     ) -> RangePlan:
         """The records of the years [start, end) touches (bounds already UTC-naive or None)."""
-        from marketcache.actions import ADJUST_MODES
-        from marketcache.columns import BASE_COLUMNS
+        from marketcache.core.actions import ADJUST_MODES
+        from marketcache.core.columns import BASE_COLUMNS
 
         if adjust not in ADJUST_MODES:
             raise UsageError(f"adjust={adjust!r}: use one of {', '.join(ADJUST_MODES)}")
@@ -133,7 +133,7 @@ class RangeReader:
     def chunks(self, plan: RangePlan, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
         """The bars of `plan` in order, at most `rows` a chunk; equal, concatenated, to
         `UnifiedCache.get(symbol, timeframe, start, end, adjust=adjust)`."""
-        from marketcache.live.tail import is_tail
+        from marketcache.cache.tail import is_tail
 
         closes = _prior_closes(self, plan) if plan.adjust == "all" else {}
         last = None  # the newest year row sent: a tail row a fold moved into a year is the year's
@@ -157,7 +157,7 @@ class RangeReader:
         """The whole range as one frame (indicators and quotes need it contiguous)."""
         import pandas as pd
 
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         parts = list(self.chunks(plan, rows=1 << 62))
         if not parts:
@@ -170,10 +170,10 @@ class RangeReader:
         `count` bars."""
         import pandas as pd
 
-        from marketcache.frames import empty_frame
-        from marketcache.live.tail import read_tail
+        from marketcache.cache.tail import read_tail
+        from marketcache.core.frames import empty_frame
 
-        live = clip(read_tail(self.cache, symbol, timeframe), None, end)  # before the years
+        live = clip(read_tail(self.cache.backend, symbol, timeframe), None, end)  # before the years
         years = self.cache.list_years(symbol, timeframe)
         parts: list[pd.DataFrame] = []
         have, newest = len(live), True
@@ -225,7 +225,7 @@ def _prior_closes(reader: RangeReader, plan: RangePlan) -> dict[str, float]:
     what `actions.dividend_factors` takes from the whole frame, found a year at a time."""
     import numpy as np
 
-    from marketcache.actions import _day, _days
+    from marketcache.core.actions import _day, _days
 
     assert plan.actions is not None
     found: dict[str, float] = {}
@@ -251,8 +251,8 @@ def adjusted(
     the dividends' prior closes taken from the whole range (`_prior_closes`)."""
     import numpy as np
 
-    from marketcache.actions import _day, _days, split_factors
-    from marketcache.columns import PRICE_COLUMNS
+    from marketcache.core.actions import _day, _days, split_factors
+    from marketcache.core.columns import PRICE_COLUMNS
 
     if mode == "none" or piece.empty or actions.empty:
         return piece

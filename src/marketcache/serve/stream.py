@@ -224,9 +224,9 @@ def _bar_message(sym: str, tf: str, bar: dict[str, Any], closed: bool) -> dict[s
 
 def parse_message(text: str) -> tuple[str, list[Series]]:
     """A client message → (action, series); ValueError with what is wrong."""
+    from marketcache.core.symbols import normalize_symbol
+    from marketcache.core.timeframes import parse_timeframe
     from marketcache.errors import UsageError
-    from marketcache.symbols import normalize_symbol
-    from marketcache.timeframes import parse_timeframe
 
     try:
         msg = json.loads(text)

@@ -1,1 +1,2 @@
-"""Storage: file layout, csv.gz encoding, metadata and locks."""
+"""Storage: the backend protocol, the year-file codecs, the file, object (s3://) and
+PostgreSQL backends, the naming layout, metadata and locks."""

@@ -24,16 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import TIMEFRAMES, parse_timeframe
 from marketcache.errors import CorruptFile
 from marketcache.storage.lock import DEFAULT_WAIT
-from marketcache.symbols import normalize_symbol
-from marketcache.timeframes import TIMEFRAMES, parse_timeframe
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.records import YearRecord
-    from marketcache.storage.tail import SeriesTail
+    from marketcache.core.records import YearRecord
 
 READ_ATTEMPTS = 8  # a reader re-reads a year this often while writers commit it
 
@@ -206,17 +205,6 @@ class StorageBackend:
     def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
         """The readable rows of a damaged year, a note, and where the original was kept."""
         return None, "this backend cannot salvage damaged data", ""
-
-    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
-        """The series' live tail (`storage/tail.py`): the closed bars stored since the last
-        fold into the years."""
-        from marketcache.errors import UsageError
-
-        raise UsageError(f"{self.location}: this backend keeps no live tail")
-
-    def tail_series(self) -> list[tuple[str, str]]:
-        """Every (symbol, timeframe) that has a live tail, sorted."""
-        return []
 
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         """Years with data or a record (validate looks at both)."""

@@ -14,8 +14,8 @@ from marketcache.errors import CorruptFile
 if TYPE_CHECKING:
     import pandas as pd
 
-    from marketcache.records import YearRecord
-    from marketcache.storage.files.codecs import Codec
+    from marketcache.core.records import YearRecord
+    from marketcache.storage.codecs import Codec
 
 
 def committed_bytes(where: str, data: bytes, record: YearRecord) -> bytes:

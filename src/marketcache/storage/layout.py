@@ -7,10 +7,10 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
+from marketcache.core.symbols import decode_symbol, encode_symbol
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.errors import UsageError
-from marketcache.storage.files.codecs import SUFFIXES
-from marketcache.symbols import decode_symbol, encode_symbol
-from marketcache.timeframes import TIMEFRAMES
+from marketcache.storage.codecs import SUFFIXES
 
 INDEX_DIR = "_metadata"
 DATA_SUFFIXES = SUFFIXES  # every codec's year-file suffix

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from marketcache.core.records import MAX_RECORD_BYTES, parse_json
 from marketcache.errors import CorruptFile
-from marketcache.records import MAX_RECORD_BYTES, parse_json
 from marketcache.storage.atomic import write_atomic
 
 

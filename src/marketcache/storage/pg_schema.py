@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg import sql
 
-from marketcache.columns import VALUE_COLUMNS
+from marketcache.core.columns import VALUE_COLUMNS
 from marketcache.errors import CorruptFile, UsageError
 
 SCHEMA_VERSION = 3  # 2: the quarantine tables; 3: the live tail

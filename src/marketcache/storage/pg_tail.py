@@ -12,14 +12,33 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from marketcache.columns import BASE_COLUMNS
+from marketcache.core.columns import BASE_COLUMNS
 from marketcache.storage.tail import SeriesTail, frame_of
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from marketcache.storage.postgres import PostgresBackend
+
 TAIL_TABLE = "live_tail"
 _VALUES = BASE_COLUMNS[1:]
+
+
+def open_tail(backend: PostgresBackend, symbol: str, timeframe: str) -> PgTail:
+    where = f"{backend.location} {backend.schema}.{TAIL_TABLE} {symbol} {timeframe}"
+    return PgTail(
+        lambda: backend.conn, backend.schema, symbol, timeframe, backend._sql_errors, where
+    )
+
+
+def tail_series(backend: PostgresBackend) -> list[tuple[str, str]]:
+    with backend._sql_errors(f"{backend.location} {backend.schema}.{TAIL_TABLE}"):
+        rows = backend.conn.execute(
+            sql.SQL("SELECT DISTINCT symbol, timeframe FROM {s}.{t} ORDER BY 1, 2").format(
+                s=sql.Identifier(backend.schema), t=sql.Identifier(TAIL_TABLE)
+            )
+        ).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
 
 
 class PgTail(SeriesTail):
@@ -46,7 +65,7 @@ class PgTail(SeriesTail):
         import numpy as np
         import pandas as pd
 
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         with self._errors(self.where):
             rows = (

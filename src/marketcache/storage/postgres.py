@@ -10,8 +10,6 @@
     SCHEMA.quarantine_ohlcv, SCHEMA.quarantine_records   years set aside as corrupt, each
         under a unique `aside` name with when it was set aside (`cleanup` removes them after
         settings.quarantine_days)
-    SCHEMA.live_tail                       the live tail of each series (storage/pg_tail.py)
-    SCHEMA.live_bars                       a view: bars and the live tail's bars not yet folded
     SCHEMA.schema_version(version)         migrations applied by the tool
 
 A year is committed in one transaction (rows and record together); its record's sha256 is
@@ -38,18 +36,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from psycopg import sql
 
+from marketcache.core.records import YearRecord, check_columns, parse_json
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
-from marketcache.records import YearRecord, check_columns, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.layout import quarantine_mark
-from marketcache.storage.open import redact
 from marketcache.storage.pg_rows import digest, parse_binary, to_csv, to_microseconds
 from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
+from marketcache.storage.urls import redact
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from marketcache.storage.tail import SeriesTail
 
 
 class PostgresBackend(StorageBackend):
@@ -348,22 +344,6 @@ class PostgresBackend(StorageBackend):
             ),
             [*key.series, lo, hi],
         )
-
-    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
-        from marketcache.storage.pg_tail import TAIL_TABLE, PgTail
-
-        where = f"{self.location} {self.schema}.{TAIL_TABLE} {symbol} {timeframe}"
-        return PgTail(lambda: self.conn, self.schema, symbol, timeframe, self._sql_errors, where)
-
-    def tail_series(self) -> list[tuple[str, str]]:
-        from marketcache.storage.pg_tail import TAIL_TABLE
-
-        with self._sql_errors(f"{self.location} {self.schema}.{TAIL_TABLE}"):
-            rows = self.conn.execute(
-                self._q("SELECT DISTINCT symbol, timeframe FROM {s}.{t} ORDER BY 1, 2",
-                        t=sql.Identifier(TAIL_TABLE))
-            ).fetchall()  # fmt: skip
-        return [(str(s), str(t)) for s, t in rows]
 
     # ---- quarantine ------------------------------------------------------------------------
 

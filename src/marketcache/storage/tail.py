@@ -9,22 +9,53 @@ The CSV form is the year files' (`timestamp,open,high,low,close,volume`, floats 
 bit-identical), one line per bar. A partial last line — an append a crash cut short — is not a
 bar: readers ignore it and the next `add` cuts it off before it writes.
 
-The caller holds the series lock for `add` and `keep`; `read` takes none.
+The caller holds the series lock for `add` and `keep`; `read` takes none. Each backend's tails
+live in a module of their own (`TAILS`: files/tail.py, objects/tail.py, pg_tail.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from marketcache.columns import BASE_COLUMNS
+from marketcache.core.columns import BASE_COLUMNS
 from marketcache.errors import CorruptFile
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from marketcache.storage.backend import StorageBackend
+
 TAIL_NAME = "live.tail.csv"
 HEADER = (",".join(BASE_COLUMNS) + "\n").encode("ascii")
+# backend name → the module that keeps its tails (`open_tail`, `tail_series`), imported lazily
+TAILS = {
+    "files": "marketcache.storage.files.tail",
+    "object": "marketcache.storage.objects.tail",
+    "postgresql": "marketcache.storage.pg_tail",
+}
+
+
+def _kept_by(backend: StorageBackend) -> Any:
+    import importlib
+
+    from marketcache.errors import UsageError
+
+    if backend.name not in TAILS:
+        raise UsageError(f"{backend.location}: this backend keeps no live tail")
+    return importlib.import_module(TAILS[backend.name])
+
+
+def open_tail(backend: StorageBackend, symbol: str, timeframe: str) -> SeriesTail:
+    """The live tail of one series (symbol and timeframe normalised) on `backend`."""
+    tail: SeriesTail = _kept_by(backend).open_tail(backend, symbol, timeframe)
+    return tail
+
+
+def tail_series(backend: StorageBackend) -> list[tuple[str, str]]:
+    """Every (symbol, timeframe) that has a live tail on `backend`, sorted."""
+    found: list[tuple[str, str]] = _kept_by(backend).tail_series(backend)
+    return found
 
 
 class SeriesTail:
@@ -68,7 +99,7 @@ def decode_lines(data: bytes, where: str) -> pd.DataFrame:
     CorruptFile naming `where` when a complete line is not a bar."""
     import numpy as np
 
-    from marketcache.frames import empty_frame
+    from marketcache.core.frames import empty_frame
 
     body = complete(data)
     if not body:

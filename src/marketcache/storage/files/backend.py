@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.records import YearRecord
+from marketcache.core.symbols import decode_symbol, normalize_symbol
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.errors import CorruptFile, StorageError
-from marketcache.records import YearRecord
 from marketcache.storage.atomic import append_durable, held_by_a_writer, write_atomic
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import decode_checked
-from marketcache.storage.files.codecs import Codec, codec, suffix
+from marketcache.storage.codecs import Codec, codec, suffix
 from marketcache.storage.layout import (
     DATA_SUFFIXES,
     LOCK_NAME,
@@ -39,13 +41,9 @@ from marketcache.storage.layout import (
 )
 from marketcache.storage.lock import DEFAULT_WAIT, hold
 from marketcache.storage.metadata import read_json, read_metadata, write_json, write_metadata
-from marketcache.symbols import decode_symbol, normalize_symbol
-from marketcache.timeframes import TIMEFRAMES
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from marketcache.storage.tail import SeriesTail
 
 CACHE_FILE = "cache.json"
 
@@ -210,22 +208,6 @@ class FileBackend(StorageBackend):
         """`timeframe` may also name a per-symbol document set ("actions")."""
         path = self.layout.lock_path(symbol, timeframe)
         return hold(path, wait=wait, what=f"{symbol} {timeframe}")
-
-    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
-        from marketcache.storage.files.tail import FileTail
-        from marketcache.storage.tail import TAIL_NAME
-
-        return FileTail(self.layout.timeframe_dir(symbol, timeframe) / TAIL_NAME)
-
-    def tail_series(self) -> list[tuple[str, str]]:
-        from marketcache.storage.tail import TAIL_NAME
-
-        return [
-            (sym, tf)
-            for sym in self.layout.symbols()
-            for tf in self.layout.timeframes(sym)
-            if (self.layout.timeframe_dir(sym, tf) / TAIL_NAME).is_file()
-        ]
 
     # ---- integrity -------------------------------------------------------------------------
 

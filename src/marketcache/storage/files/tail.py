@@ -14,10 +14,26 @@ from typing import TYPE_CHECKING
 
 from marketcache.errors import StorageError
 from marketcache.storage.atomic import fsync_dir, write_atomic
-from marketcache.storage.tail import HEADER, SeriesTail, decode_lines, encode_lines
+from marketcache.storage.tail import HEADER, TAIL_NAME, SeriesTail, decode_lines, encode_lines
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from marketcache.storage.files.backend import FileBackend
+
+
+def open_tail(backend: FileBackend, symbol: str, timeframe: str) -> FileTail:
+    return FileTail(backend.layout.timeframe_dir(symbol, timeframe) / TAIL_NAME)
+
+
+def tail_series(backend: FileBackend) -> list[tuple[str, str]]:
+    layout = backend.layout
+    return [
+        (sym, tf)
+        for sym in layout.symbols()
+        for tf in layout.timeframes(sym)
+        if (layout.timeframe_dir(sym, tf) / TAIL_NAME).is_file()
+    ]
 
 
 class FileTail(SeriesTail):
@@ -26,7 +42,7 @@ class FileTail(SeriesTail):
         self.where = str(path)
 
     def read(self) -> pd.DataFrame:
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         try:
             data = self.path.read_bytes()

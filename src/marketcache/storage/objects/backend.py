@@ -41,11 +41,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from marketcache.core.records import YearRecord, parse_json
+from marketcache.core.symbols import decode_symbol, encode_symbol, normalize_symbol
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.errors import Conflict, CorruptFile, UsageError
-from marketcache.records import YearRecord, parse_json
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.checked import committed_bytes, decode_checked, matches
-from marketcache.storage.files.codecs import Codec, codec, suffix
+from marketcache.storage.codecs import Codec, codec, suffix
 from marketcache.storage.layout import (
     INDEX_DIR,
     META_SUFFIX,
@@ -56,13 +58,9 @@ from marketcache.storage.layout import (
 )
 from marketcache.storage.objects.lease import Leases
 from marketcache.storage.objects.store import Meta, open_store
-from marketcache.symbols import decode_symbol, encode_symbol, normalize_symbol
-from marketcache.timeframes import TIMEFRAMES
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from marketcache.storage.tail import SeriesTail
 
 CACHE_FILE = f"{INDEX_DIR}/cache.json"
 PENDING = "pending"  # the candidates (next records) a commit under way lists
@@ -394,29 +392,6 @@ class ObjectBackend(StorageBackend):
         return self.leases.hold(
             self._lease(symbol, timeframe), wait=wait, what=f"{symbol} {timeframe}"
         )
-
-    def tail(self, symbol: str, timeframe: str) -> SeriesTail:
-        from marketcache.storage.objects.tail import ObjectTail
-        from marketcache.storage.tail import TAIL_NAME
-
-        lease = self._lease(symbol, timeframe)
-        return ObjectTail(
-            self.store,
-            self._series(symbol, timeframe) + TAIL_NAME,
-            lambda: self.leases.check(lease),
-        )
-
-    def tail_series(self) -> list[tuple[str, str]]:
-        from marketcache.storage.tail import TAIL_NAME
-
-        found = set()
-        for name in self.store.listing():
-            parts = name.split("/")
-            if len(parts) == 3 and parts[2] == TAIL_NAME and parts[1] in TIMEFRAMES:
-                symbol = decode_symbol(parts[0])
-                if symbol is not None:
-                    found.add((symbol, parts[1]))
-        return sorted(found)
 
     # ---- recovery (the lease held) -----------------------------------------------------------
 

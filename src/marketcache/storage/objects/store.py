@@ -86,8 +86,8 @@ def _root(url: str) -> tuple[str, str, str]:
 
 
 def safe_url(url: str) -> str:
-    """The URL without any user:secret@ part or secret query value (`storage.open.redact`)."""
-    from marketcache.storage.open import redact
+    """The URL without any user:secret@ part or secret query value (`storage.urls.redact`)."""
+    from marketcache.storage.urls import redact
 
     protocol, sep, rest = redact(url).partition("://")
     host, slash, path = rest.partition("/")

@@ -12,11 +12,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from marketcache.core.symbols import decode_symbol
+from marketcache.core.timeframes import TIMEFRAMES
 from marketcache.storage.objects.store import Meta, ObjectStore
-from marketcache.storage.tail import HEADER, SeriesTail, complete, decode_lines, encode_lines
+from marketcache.storage.tail import (
+    HEADER,
+    TAIL_NAME,
+    SeriesTail,
+    complete,
+    decode_lines,
+    encode_lines,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from marketcache.storage.objects.backend import ObjectBackend
+
+
+def open_tail(backend: ObjectBackend, symbol: str, timeframe: str) -> ObjectTail:
+    lease = backend._lease(symbol, timeframe)
+    name = backend._series(symbol, timeframe) + TAIL_NAME
+    return ObjectTail(backend.store, name, lambda: backend.leases.check(lease))
+
+
+def tail_series(backend: ObjectBackend) -> list[tuple[str, str]]:
+    found = set()
+    for name in backend.store.listing():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[2] == TAIL_NAME and parts[1] in TIMEFRAMES:
+            symbol = decode_symbol(parts[0])
+            if symbol is not None:
+                found.add((symbol, parts[1]))
+    return sorted(found)
 
 
 class ObjectTail(SeriesTail):
@@ -26,7 +54,7 @@ class ObjectTail(SeriesTail):
         self._seen: list[tuple[bytes, Meta] | None] = []  # what the last `read` found, if any
 
     def read(self) -> pd.DataFrame:
-        from marketcache.frames import empty_frame
+        from marketcache.core.frames import empty_frame
 
         found = self.store.get(self.name)
         self._seen = [found]
