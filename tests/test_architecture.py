@@ -22,7 +22,7 @@ FRONT_DOORS = ("cli", "serve")
 # (split a module by responsibility, then drop its line here).
 OVERSIZE: dict[str, int] = {
     "storage/objects/backend.py": 624,
-    "config/parser.py": 588,  # + follow's stream_url and poll_delay
+    "config/parser.py": 577,
     "storage/postgres.py": 528,
     "cache/facade.py": 473,
     "pipeline/populate.py": 511,

@@ -277,15 +277,21 @@ class DataManager:
         return convert(out, output_format)
 
     def latest(self, symbols: list[str], timeframe: str) -> pd.DataFrame:
-        """The last stored bar of each symbol (a read: nothing is fetched)."""
+        """The last stored bar of each symbol, the live tail included (a read: nothing is
+        fetched)."""
+        from marketcache.cache.tail import read_tail
+
         rows = []
         tf = parse_timeframe(timeframe).name
         for s in symbols:
             sym = normalize_symbol(s)
+            live = read_tail(self.cache.backend, sym, tf)  # before the years: folds move bars on
             years = self.cache.list_years(sym, tf)
-            if not years:
-                continue
-            bars = self.cache.read_year(sym, tf, years[-1])
+            bars = self.cache.read_year(sym, tf, years[-1]) if years else live.iloc[:0]
+            if len(live) and (
+                not len(bars) or live["timestamp"].iloc[-1] > bars["timestamp"].iloc[-1]
+            ):
+                bars = live
             if len(bars):
                 rows.append(bars.iloc[[-1]].assign(symbol=sym))
         if not rows:
@@ -296,20 +302,30 @@ class DataManager:
     def availability(self) -> pd.DataFrame:
         """Per symbol × timeframe: first, last, rows, quality (the worst year), missing ranges,
         missing bars, and whether it is stale (behind the calendar by more than one bar)."""
+        from marketcache.cache.tail import read_tail
+        from marketcache.core.frames import iso
+
         rows = []
         for sym in self.cache.list_symbols():
             calendar = self.cache.profile(sym).calendar
             for tf in self.cache.list_timeframes(sym):
+                live = read_tail(
+                    self.cache.backend, sym, tf
+                )  # before the records: folds move bars on
                 recs = [self.cache.record(sym, tf, y) for y in self.cache.list_years(sym, tf)]
                 stored = [r for r in recs if r.rows]
                 last = stored[-1].end_date if stored else None
+                if last is not None:  # the live tail's bars after the years' last
+                    live = live[live["timestamp"] > pd.Timestamp(last)]
+                if len(live):
+                    last = iso(live["timestamp"].iloc[-1])
                 rows.append(
                     {
                         "symbol": sym,
                         "timeframe": tf,
                         "first": stored[0].start_date if stored else None,
                         "last": last,
-                        "rows": sum(r.rows for r in recs),
+                        "rows": sum(r.rows for r in recs) + len(live),
                         "quality": min((r.score for r in recs if r.scored), default=None),
                         "missing": sum(len(r.coverage.missing_ranges) for r in recs),
                         "missing_bars": sum(

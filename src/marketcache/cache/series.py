@@ -162,7 +162,7 @@ class Series:
 
         from marketcache.core.gaps import VerifiedEmpty
 
-        state = SeriesState()
+        state, years = SeriesState(), list(years)
         stored = set(self.years())
         present: list[Any] = []
         for year in (y for y in years if y in stored):
@@ -184,7 +184,13 @@ class Series:
                 state.verified_empty.append(
                     VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
                 )
-        state.present = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+        from marketcache.storage.tail import open_tail
+
+        live = open_tail(self.backend, self.symbol, self.tf).read()["timestamp"].to_numpy()
+        if len(live):  # the live tail's bars are stored: not fetched again (a commit folds them)
+            present.append(live[np.isin(pd.DatetimeIndex(live).year, years)])
+        found = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+        state.present = np.unique(found) if len(live) else found
         return state
 
     def _year_state(self, key: Key, expected: Any, present: list[Any]) -> YearRecord | None:

@@ -23,16 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from marketcache.core.symbols import AssetClass, normalize_symbol
+from marketcache.core.symbols import AssetClass
 from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import MarketCacheError
 from marketcache.live.bars import LiveBar
 from marketcache.live.series import (
     SeriesState,
+    bars_of,
     check_series,
     frame_of,
     last_stored,
+    live_bar,
     ms_of,
+    series_key,
     stamp_of,
 )
 from marketcache.live.stream import StreamBar, StreamClient, StreamEvent
@@ -45,15 +48,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FOLD_CHECK = 30.0  # seconds between asking the cache whether a tail fold is due
+FLUSH_THREADS = 16  # series committed at once by one flush
 Event = dict[str, Any]
 
 
 def _store(cache: UnifiedCache, symbol: str, timeframe: str, bars: pd.DataFrame) -> int:
-    """Commit closed bars durably, the series lock held for this call only; rows added."""
-    append = getattr(cache, "append_live", None)
-    if append is not None:
-        return int(append(symbol, timeframe, bars))
-    return cache.commit_range(bars, symbol, timeframe, "binance").rows_added
+    """Commit closed bars durably (the series' live tail), the series lock held for this call
+    only; rows added."""
+    return cache.append_live(symbol, timeframe, bars)
 
 
 class Follower:
@@ -99,6 +101,7 @@ class Follower:
         self.clock = clock  # the poller's UTC clock (stocks/FX); None: the system's
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
+        self._pool: Any = None
         self._callbacks: list[Callable[[LiveBar], None]] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -170,10 +173,10 @@ class Follower:
     # ---- LiveSource ------------------------------------------------------------------------
 
     def follows(self, symbol: str, timeframe: str) -> bool:
-        return self._key(symbol, timeframe) in self.series
+        return series_key(symbol, timeframe) in self.series
 
     def forming_bar(self, symbol: str, timeframe: str) -> LiveBar | None:
-        state = self.series.get(self._key(symbol, timeframe))
+        state = self.series.get(series_key(symbol, timeframe))
         if state is None:
             return None
         with self._lock:
@@ -181,7 +184,7 @@ class Follower:
             done = max([state.last_committed or -1, *state.buffer])
         if bar is None or bar.open_ms <= done:
             return None
-        return _live(state, bar, closed=False)
+        return live_bar(state, bar, closed=False)
 
     def on_closed(self, callback: Callable[[LiveBar], None]) -> Callable[[], None]:
         with self._lock:
@@ -197,13 +200,6 @@ class Follower:
     def status(self) -> list[dict[str, Any]]:
         with self._lock:
             return [s.as_json() for s in self.series.values()]
-
-    @staticmethod
-    def _key(symbol: str, timeframe: str) -> tuple[str, str]:
-        try:
-            return normalize_symbol(symbol), parse_timeframe(timeframe).name
-        except MarketCacheError:
-            return symbol, timeframe
 
     # ---- from the source (its thread) ------------------------------------------------------
 
@@ -244,16 +240,9 @@ class Follower:
         state = self.series[(symbol, timeframe)]
         now = time.monotonic()
         with self._lock:
-            stamps = pd.to_datetime(frame["timestamp"]).astype("datetime64[ns]")
-            opens = (stamps.astype("int64") // 1_000_000).tolist()
-            cols = [frame[c].astype(float).tolist() for c in ("open", "high", "low", "close")]
-            volume = frame["volume"].astype(float).fillna(0.0).tolist()
-            for i, ms in enumerate(opens):
-                if state.last_committed is None or ms > state.last_committed:
-                    o, h, lo, c = (col[i] for col in cols)
-                    bar = StreamBar(symbol, timeframe, ms, o, h, lo, c, volume[i], True,
-                                    ms + state.step_ms, 0, now)  # fmt: skip
-                    state.buffer.setdefault(ms, bar)
+            for bar in bars_of(frame, state, now):
+                if state.last_committed is None or bar.open_ms > state.last_committed:
+                    state.buffer.setdefault(bar.open_ms, bar)
             state.needs_backfill = False
         self._wake.set()
 
@@ -280,6 +269,9 @@ class Follower:
             self._emit("error", error=self.failed)
             self._stop.set()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             if self.heartbeat is not None:
                 self.heartbeat.remove()
 
@@ -389,40 +381,49 @@ class Follower:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        for state in list(self.series.values()):
-            with self._lock:
-                if state.needs_backfill or not state.buffer:
-                    continue
-                bars = [state.buffer[ms] for ms in sorted(state.buffer)]
-            frame = frame_of(bars)
-            try:
-                added = _store(self.cache, state.symbol, state.timeframe, frame)
-            except MarketCacheError as exc:
-                self._emit("error", symbol=state.symbol, timeframe=state.timeframe,
-                           error=f"commit failed (kept, retried next flush): {exc}")  # fmt: skip
-                continue
-            done = time.monotonic()
-            with self._lock:
-                for bar in bars:
-                    state.buffer.pop(bar.open_ms, None)
-                state.last_committed = max(state.last_committed or -1, bars[-1].open_ms)
-                state.lag = done - bars[-1].received if bars[-1].received else None
-                state.bars += added
+        """One `_store` per series with closed bars, up to FLUSH_THREADS at once (each series
+        under its own lock: on object storage an append is a few round trips)."""
+        due = []
+        with self._lock:
+            for state in self.series.values():
+                if not state.needs_backfill and state.buffer:
+                    due.append((state, [state.buffer[ms] for ms in sorted(state.buffer)]))
+        if len(due) > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                size = min(FLUSH_THREADS, len(self.series))
+                self._pool = ThreadPoolExecutor(size, thread_name_prefix="marketcache-flush")
+            list(self._pool.map(lambda job: self._commit(*job), due))
+        elif due:
+            self._commit(*due[0])
+
+    def _commit(self, state: SeriesState, bars: list[StreamBar]) -> None:
+        try:
+            added = _store(self.cache, state.symbol, state.timeframe, frame_of(bars))
+        except MarketCacheError as exc:
+            self._emit("error", symbol=state.symbol, timeframe=state.timeframe,
+                       error=f"commit failed (kept, retried next flush): {exc}")  # fmt: skip
+            return
+        done = time.monotonic()
+        with self._lock:
             for bar in bars:
-                lag = round(done - bar.received, 3) if bar.received else None
-                self._emit("bar", symbol=state.symbol, timeframe=state.timeframe,
-                           timestamp=stamp_of(bar.open_ms).isoformat(), open=bar.open,
-                           high=bar.high, low=bar.low, close=bar.close, volume=bar.volume,
-                           lag=lag)  # fmt: skip
-                self._tell(_live(state, bar, closed=True))
+                state.buffer.pop(bar.open_ms, None)
+            state.last_committed = max(state.last_committed or -1, bars[-1].open_ms)
+            state.lag = done - bars[-1].received if bars[-1].received else None
+            state.bars += added
+        for bar in bars:
+            lag = round(done - bar.received, 3) if bar.received else None
+            self._emit("bar", symbol=state.symbol, timeframe=state.timeframe,
+                       timestamp=stamp_of(bar.open_ms).isoformat(), open=bar.open,
+                       high=bar.high, low=bar.low, close=bar.close, volume=bar.volume,
+                       lag=lag)  # fmt: skip
+            self._tell(live_bar(state, bar, closed=True))
 
     def _fold(self, *, force: bool) -> None:
-        fold = getattr(self.cache, "fold_live", None)
-        if fold is None:
-            return
         for state in self.series.values():
             try:
-                fold(state.symbol, state.timeframe, force=force)
+                self.cache.fold_live(state.symbol, state.timeframe, force=force)
             except MarketCacheError as exc:
                 self._emit("error", symbol=state.symbol, timeframe=state.timeframe,
                            error=f"fold failed (the tail is kept): {exc}")  # fmt: skip
@@ -443,8 +444,3 @@ class Follower:
             self.on_event(event)
         except Exception:
             log.exception("on_event callback failed")
-
-
-def _live(state: SeriesState, bar: StreamBar, *, closed: bool) -> LiveBar:
-    row: dict[str, Any] = {"timestamp": stamp_of(bar.open_ms), **bar.as_row()}
-    return LiveBar(state.symbol, state.timeframe, row, closed)

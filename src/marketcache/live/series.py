@@ -10,7 +10,8 @@ import pandas as pd
 
 from marketcache.core.symbols import AssetClass, normalize_symbol
 from marketcache.core.timeframes import parse_timeframe
-from marketcache.errors import UsageError
+from marketcache.errors import MarketCacheError, UsageError
+from marketcache.live.bars import LiveBar
 from marketcache.live.stream import StreamBar
 
 if TYPE_CHECKING:
@@ -24,14 +25,7 @@ STREAM_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h
 
 def last_stored(cache: UnifiedCache, symbol: str, timeframe: str) -> pd.Timestamp | None:
     """The open time of the series' last stored bar (its live tail included)."""
-    found = getattr(cache, "last_stored", None)
-    if found is not None:
-        return found(symbol, timeframe)  # type: ignore[no-any-return]
-    for year in reversed(cache.list_years(symbol, timeframe)):
-        rows = cache.read_year(symbol, timeframe, year)
-        if len(rows):
-            return pd.Timestamp(rows["timestamp"].iloc[-1])
-    return None
+    return cache.last_stored(symbol, timeframe)
 
 
 def ms_of(ts: pd.Timestamp) -> int:
@@ -149,3 +143,29 @@ def frame_of(bars: list[StreamBar]) -> pd.DataFrame:
             "volume": [b.volume for b in bars],
         }
     )
+
+
+def series_key(symbol: str, timeframe: str) -> tuple[str, str]:
+    """(SYMBOL, timeframe) normalised; as given when it cannot be (then it is followed by none)."""
+    try:
+        return normalize_symbol(symbol), parse_timeframe(timeframe).name
+    except MarketCacheError:
+        return symbol, timeframe
+
+
+def live_bar(state: SeriesState, bar: StreamBar, *, closed: bool) -> LiveBar:
+    row: dict[str, Any] = {"timestamp": stamp_of(bar.open_ms), **bar.as_row()}
+    return LiveBar(state.symbol, state.timeframe, row, closed)
+
+
+def bars_of(frame: pd.DataFrame, state: SeriesState, received: float) -> list[StreamBar]:
+    """A polled frame (`timestamp` and OHLCV) as closed StreamBars of the series."""
+    stamps = pd.to_datetime(frame["timestamp"]).astype("datetime64[ns]")
+    opens = (stamps.astype("int64") // 1_000_000).tolist()
+    o, h, lo, c = (frame[col].astype(float).tolist() for col in ("open", "high", "low", "close"))
+    volume = frame["volume"].astype(float).fillna(0.0).tolist()
+    sym, tf, step = state.symbol, state.timeframe, state.step_ms
+    return [
+        StreamBar(sym, tf, ms, o[i], h[i], lo[i], c[i], volume[i], True, ms + step, 0, received)
+        for i, ms in enumerate(opens)
+    ]

@@ -181,7 +181,7 @@ def _check_year(
             source = source.assign(adj_close=adj_close(source, cache.get_actions(sym)))
         else:
             source = source.drop(columns="adj_close", errors="ignore")
-        from marketcache.gaps import Span
+        from marketcache.core.gaps import Span
 
         # the source answered for [lo, hi): the holes recorded there (a repair's loss, a
         # failed range) are settled by its answer, as a populate of that range settles them
