@@ -31,6 +31,7 @@ from marketcache.live.series import (
     SeriesState,
     bars_of,
     check_series,
+    flush_due,
     frame_of,
     last_stored,
     live_bar,
@@ -224,6 +225,7 @@ class Follower:
                 return
             if state.last_committed is None or bar.open_ms > state.last_committed:
                 state.buffer.setdefault(bar.open_ms, bar)
+                self._wake.set()
             if state.forming is not None and state.forming.open_ms <= bar.open_ms:
                 state.forming = None
 
@@ -249,16 +251,18 @@ class Follower:
     # ---- the worker ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        next_flush = time.monotonic() + self.flush_every
+        last = float("-inf")  # when the last flush began
         try:
             while not self._stop.is_set():
                 self._backfills()
-                now = time.monotonic()
-                if now >= next_flush:
+                with self._lock:
+                    due = flush_due(self.series.values(), last, self.flush_every)
+                if due is not None and time.monotonic() >= due:
+                    last = time.monotonic()
                     self._flush()
-                    next_flush = now + self.flush_every
                 self._housekeeping()
-                self._wake.wait(max(0.0, min(next_flush - time.monotonic(), 1.0)))
+                wait = 1.0 if due is None else due - time.monotonic()
+                self._wake.wait(max(0.0, min(wait, 1.0)))
                 self._wake.clear()
             self._backfills(final=True)
             self._flush()

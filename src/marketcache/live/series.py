@@ -169,3 +169,16 @@ def bars_of(frame: pd.DataFrame, state: SeriesState, received: float) -> list[St
         StreamBar(sym, tf, ms, o[i], h[i], lo[i], c[i], volume[i], True, ms + step, 0, received)
         for i, ms in enumerate(opens)
     ]
+
+
+BATCH = 0.25  # seconds a flush waits after the first close it commits, so closes arriving
+# together (every series closes on the same minute) go in one flush
+
+
+def flush_due(states: Iterable[SeriesState], last: float, every: float) -> float | None:
+    """When the next flush is due (monotonic seconds), None with nothing to commit: shortly
+    after the oldest waiting close, and at most once per `every` (one commit per series)."""
+    waiting = [b.received for s in states if not s.needs_backfill for b in s.buffer.values()]
+    if not waiting:
+        return None
+    return max(min(waiting) + min(BATCH, every), last + every)
