@@ -174,11 +174,16 @@ class StreamClient:
         self._ready.set()
         tasks = [asyncio.create_task(self._follow(g)) for g in self._groups]
         await self._stopping.wait()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # cancelled, and told by the flag too: Python 3.11's wait_for can swallow a
+        # cancellation that races a message arriving
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            done, pending = await asyncio.wait(tasks, timeout=1.0)
+            for task in done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
+            tasks = list(pending)
 
     @staticmethod
     def _renew(group: _Group, reason: str) -> None:
@@ -191,7 +196,8 @@ class StreamClient:
 
         url = f"{self.url}/stream?streams={'/'.join(group.streams)}"
         attempt = 0
-        while True:
+        stopping = self._stopping
+        while stopping is None or not stopping.is_set():
             conn = next(self._ids)
             reason = ""
             started = time.monotonic()
@@ -216,6 +222,8 @@ class StreamClient:
                 reason = _describe(exc)
             finally:
                 self.connected.discard(conn)
+            if reason == "stop":
+                return
             healthy = time.monotonic() - started > max(5.0, self.stale_after)
             attempt = 1 if healthy or reason in ("server shutdown", "age") else attempt + 1
             self.reconnects += 1
@@ -236,6 +244,8 @@ class StreamClient:
         heard = dict.fromkeys(group.streams, opened)
         tick = min(1.0, self.stale_after / 4)
         while True:
+            if self._stopping is not None and self._stopping.is_set():
+                return "stop"
             if group.renew.is_set():
                 return group.reason or "renew"
             now = time.monotonic()
