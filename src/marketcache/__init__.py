@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "UnifiedCache": "marketcache.cache.facade",
     "DataManager": "marketcache.manager",
-    "PutResult": "marketcache.cache.facade",
+    "PutResult": "marketcache.cache.series",
     "Settings": "marketcache.config.parser",
     "load_settings": "marketcache.config.parser",
     "OHLCVValidator": "marketcache.core.validate",
@@ -31,7 +31,8 @@ _EXPORTS = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from marketcache.cache.facade import PutResult, UnifiedCache
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.cache.series import PutResult
     from marketcache.config.parser import Settings, load_settings
     from marketcache.core.validate import OHLCVValidator, ValidationResult
     from marketcache.errors import (

@@ -12,15 +12,22 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from marketcache.cache.catalog import Catalog
 from marketcache.cache.retention import CleanupAction
-from marketcache.cache.series import Series, SeriesState, SymbolProfile, profile_of, where
+from marketcache.cache.series import (
+    PutResult,
+    Series,
+    SeriesState,
+    SymbolProfile,
+    profile_of,
+    read_actions,
+    where,
+)
 from marketcache.config.parser import Settings, default_settings
 from marketcache.core.actions import ADJUST_MODES, CorporateActions, Dividend, Split
-from marketcache.core.records import YearRecord, now_stamp
+from marketcache.core.records import YearRecord
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import CorruptFile, UsageError
@@ -32,23 +39,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from marketcache.cache.repair import YearCheck
-    from marketcache.cache.writes import SeriesWriter, YearWrite
+    from marketcache.cache.writes import SeriesWriter
     from marketcache.core.validate import OHLCVValidator
-
-
-@dataclass
-class PutResult:
-    symbol: str
-    timeframe: str
-    years: list[YearWrite] = field(default_factory=list)
-
-    @property
-    def rows_added(self) -> int:
-        return sum(y.rows_added for y in self.years)
-
-    @property
-    def rows_updated(self) -> int:
-        return sum(y.rows_updated for y in self.years)
 
 
 class UnifiedCache:
@@ -126,8 +118,6 @@ class UnifiedCache:
 
     def get_actions(self, symbol: str) -> CorporateActions:
         """Every split and dividend known for `symbol` (empty when none was ever seen)."""
-        from marketcache.cache.series import read_actions
-
         return read_actions(self.backend, normalize_symbol(symbol))
 
     def record_actions(
@@ -174,33 +164,15 @@ class UnifiedCache:
         sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
     ) -> PutResult:
         """Commit one fetched range with its coverage change, year by year (rows and ledger in
-        one record each), and refresh the index once. `sources` says which source filled which
-        part of the range when it did not all come from `provider`."""
-        from marketcache.core.coverage import by_year
-        from marketcache.core.frames import normalize_frame
-
-        series = self.series(symbol, timeframe)
-        sym, tf = series.symbol, series.timeframe
-        frame = normalize_frame(df, sessions=not tf.is_intraday)
-        changes = by_year(
-            verified_empty=verified_empty, missing=missing, resolved=resolved, now=now_stamp()
+        one record each), and refresh the index once (see `Series.commit`)."""
+        return self.series(symbol, timeframe).commit(
+            df,
+            provider,
+            verified_empty=verified_empty,
+            missing=missing,
+            resolved=resolved,
+            sources=sources,
         )
-        result = PutResult(sym, tf.name)
-        years = frame["timestamp"].dt.year.to_numpy()
-        if frame.empty and not changes:
-            return result
-        with series.lock():
-            writer = series.writer()
-            writer.sources = list(sources or [])
-            for year in sorted({*map(int, set(years)), *changes}):
-                key, change = Key(sym, tf.name, year), changes.get(year)
-                part = frame[years == year].reset_index(drop=True)
-                if len(part):
-                    result.years.append(writer.put_year(key, part, provider, change))
-                elif change is not None:
-                    writer.write_coverage(key, writer.previous(key), change)
-            self.catalog.refresh(sym, tf.name)
-        return result
 
     def update_coverage(
         self,
@@ -212,16 +184,8 @@ class UnifiedCache:
         resolved: Iterable[Any] = (),
     ) -> None:
         """Record ranges answered empty (with when), still missing (with why), or filled."""
-        from marketcache.core.frames import empty_frame
-
-        self.commit_range(
-            empty_frame(),
-            symbol,
-            timeframe,
-            "none",
-            verified_empty=verified_empty,
-            missing=missing,
-            resolved=resolved,
+        self.series(symbol, timeframe).update_coverage(
+            verified_empty=verified_empty, missing=missing, resolved=resolved
         )
 
     # ---- read ------------------------------------------------------------------------------
@@ -271,7 +235,8 @@ class UnifiedCache:
         from marketcache.core.outputs import check_output_format, convert
 
         check_output_format(output_format)
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
+        series = self.series(symbol, timeframe)
+        sym, tf = series.symbol, series.tf
         if adjust not in ADJUST_MODES:
             raise UsageError(f"adjust={adjust!r}: use one of {', '.join(ADJUST_MODES)}")
         lo = parse_date(start, option="start") if start is not None else None
@@ -293,7 +258,7 @@ class UnifiedCache:
             mask &= (ts < hi).to_numpy() if hi is not None else True
             df = df[mask].reset_index(drop=True)
         if adjust != "none":
-            df = adjusted(df, self.get_actions(sym), adjust).reset_index(drop=True)
+            df = adjusted(df, series.actions(), adjust).reset_index(drop=True)
         return convert(df, output_format)
 
     def range_records(
@@ -304,7 +269,8 @@ class UnifiedCache:
         of results or an HTTP ETag, and a change in them is a commit (records only: cheap)."""
         from marketcache.core.models import parse_date
 
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
+        series = self.series(symbol, timeframe)
+        sym, tf = series.symbol, series.tf
         lo = parse_date(start, option="start") if start is not None else None
         hi = parse_date(end, option="end") if end is not None else None
         return [  # [start, end): an end on Jan 1 00:00 reads nothing of that year
@@ -345,7 +311,7 @@ class UnifiedCache:
         return self.backend.timeframes(normalize_symbol(symbol))
 
     def list_years(self, symbol: str, timeframe: str) -> list[int]:
-        return self.backend.years(normalize_symbol(symbol), parse_timeframe(timeframe).name)
+        return self.series(symbol, timeframe).years()
 
     def iter_metadata(
         self, symbol: str | None = None, timeframe: str | None = None
@@ -366,7 +332,7 @@ class UnifiedCache:
         symbol's corporate actions (records only)."""
         sym = normalize_symbol(symbol)
         info = self.catalog.data_info(sym, parse_timeframe(timeframe).name if timeframe else None)
-        info["corporate_actions"] = self.get_actions(sym).as_json()
+        info["corporate_actions"] = read_actions(self.backend, sym).as_json()
         return info
 
     def get_stats(self) -> dict[str, Any]:

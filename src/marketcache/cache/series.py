@@ -24,9 +24,26 @@ from marketcache.storage.backend import Key, StorageBackend
 ACTIONS_FILE = "corporate_actions.json"
 
 if TYPE_CHECKING:
-    from marketcache.cache.writes import SeriesWriter
+    import pandas as pd
+
+    from marketcache.cache.writes import SeriesWriter, YearWrite
     from marketcache.core.records import YearRecord
     from marketcache.core.validate import OHLCVValidator
+
+
+@dataclass
+class PutResult:
+    symbol: str
+    timeframe: str
+    years: list[YearWrite] = field(default_factory=list)
+
+    @property
+    def rows_added(self) -> int:
+        return sum(y.rows_added for y in self.years)
+
+    @property
+    def rows_updated(self) -> int:
+        return sum(y.rows_updated for y in self.years)
 
 
 @dataclass
@@ -140,6 +157,60 @@ class Series:
 
     def years(self) -> list[int]:
         return self.backend.years(self.symbol, self.tf)
+
+    def record(self, year: int) -> YearRecord:
+        return self.backend.read_record(self.key(year))
+
+    def commit(
+        self,
+        df: pd.DataFrame,
+        provider: str = "unknown",
+        *,
+        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
+        missing: Iterable[tuple[Any, str]] = (),
+        resolved: Iterable[Any] = (),
+        sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
+    ) -> PutResult:
+        """Commit one fetched range with its coverage change, year by year (rows and ledger in
+        one record each), and refresh the index once. `sources` says which source filled which
+        part of the range when it did not all come from `provider`."""
+        from marketcache.core.coverage import by_year
+        from marketcache.core.frames import normalize_frame
+
+        frame = normalize_frame(df, sessions=not self.timeframe.is_intraday)
+        changes = by_year(
+            verified_empty=verified_empty, missing=missing, resolved=resolved, now=now_stamp()
+        )
+        result = PutResult(self.symbol, self.tf)
+        years = frame["timestamp"].dt.year.to_numpy()
+        if frame.empty and not changes:
+            return result
+        with self.lock():
+            writer = self.writer()
+            writer.sources = list(sources or [])
+            for year in sorted({*map(int, set(years)), *changes}):
+                key, change = self.key(year), changes.get(year)
+                part = frame[years == year].reset_index(drop=True)
+                if len(part):
+                    result.years.append(writer.put_year(key, part, provider, change))
+                elif change is not None:
+                    writer.write_coverage(key, writer.previous(key), change)
+            self.catalog.refresh(self.symbol, self.tf)
+        return result
+
+    def update_coverage(
+        self,
+        *,
+        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
+        missing: Iterable[tuple[Any, str]] = (),
+        resolved: Iterable[Any] = (),
+    ) -> None:
+        """Record ranges answered empty (with when), still missing (with why), or filled."""
+        from marketcache.core.frames import empty_frame
+
+        self.commit(
+            empty_frame(), "none", verified_empty=verified_empty, missing=missing, resolved=resolved
+        )
 
     def remove_stale_temp_files(self) -> list[str]:
         with self.lock():

@@ -216,7 +216,7 @@ class Runner:
                 if attempt == 2:
                     raise
                 result.notes.append(f"re-planned from the newer state ({exc})")
-        self._summarise(job, result)
+        self._summarise(job, series, result)
 
     def _say_what_is_left_out(self, job: Job) -> None:
         """A provider the rules name but that lacks its key is worth one warning a run."""
@@ -271,7 +271,7 @@ class Runner:
         now = utcnow()
         end = min(job.end, tf.floor(now))  # the bar at floor(now) is still open
         start = job.start
-        lost = self._lost_since(job)
+        lost = self._lost_since(series)
         if lost is not None and lost < start:
             start = lost
             result.notes.append(f"asks again from {lost} for the bars a repair lost")
@@ -298,7 +298,7 @@ class Runner:
         )
         return plan, now, expected, present
 
-    def _lost_since(self, job: Job) -> pd.Timestamp | None:
+    def _lost_since(self, series: Series) -> pd.Timestamp | None:
         """The first bar a repair lost in this series (a missing range "lost in repair"):
         a run without --start (a cron job, a dataset) asks again from there, so the holes
         `validate --fix` left are filled by the nightly run, not only by the printed command.
@@ -308,9 +308,9 @@ class Runner:
         if self.request.start is not None:
             return None
         starts: list[pd.Timestamp] = []
-        for year in self.cache.list_years(job.symbol, job.timeframe):
+        for year in series.years():
             try:
-                record = self.cache.record(job.symbol, job.timeframe, year)
+                record = series.record(year)
             except MarketCacheError:
                 continue  # a damaged record: series_state reports and sets it aside
             starts += [
@@ -394,10 +394,8 @@ class Runner:
                         result.gaps_left.append({**end.as_json(), "reason": ENDED})
                 last = pd.Timestamp(stamps.max())
                 newest = last if newest is None else max(newest, last)
-                put = self.cache.commit_range(
+                put = series.commit(
                     frame,
-                    job.symbol,
-                    job.timeframe,
                     outcome.provider,
                     resolved=[span],
                     missing=missing + [(p, INCOMPLETE) for p in pending],
@@ -414,28 +412,24 @@ class Runner:
                     {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
                 )
             elif pending:
-                self.cache.update_coverage(
-                    job.symbol, job.timeframe, missing=[(p, INCOMPLETE) for p in pending]
-                )
+                series.update_coverage(missing=[(p, INCOMPLETE) for p in pending])
             elif outcome.verified_empty and not always_open and _after(newest, span):
                 _, end = unanswered(span, expected, present, NO_BARS, settled, newest)
                 if end is not None:  # nothing after the last bar (the newest may be late)
-                    self.cache.update_coverage(job.symbol, job.timeframe, missing=[(end, ENDED)])
+                    series.update_coverage(missing=[(end, ENDED)])
                     result.gaps_left.append({**end.as_json(), "reason": ENDED})
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": 0}
                 )
             elif outcome.verified_empty and not sessions:
-                self.cache.update_coverage(
-                    job.symbol, job.timeframe, verified_empty=[(span, now, outcome.reason)]
-                )
+                series.update_coverage(verified_empty=[(span, now, outcome.reason)])
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": 0}
                 )
             else:
                 reason = NO_SESSION if outcome.verified_empty else outcome.reason
                 failed = failed or not outcome.verified_empty
-                self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
+                series.update_coverage(missing=[(span, reason)])
                 result.gaps_left.append({**span.as_json(), "reason": reason})
                 if not outcome.verified_empty:
                     failures.setdefault(reason, []).append(span)
@@ -445,7 +439,7 @@ class Runner:
             result.errors.append(f"{where}{count}: {reason}")
         for span in plan.unreachable:
             reason = "beyond every provider's history window"
-            self.cache.update_coverage(job.symbol, job.timeframe, missing=[(span, reason)])
+            series.update_coverage(missing=[(span, reason)])
             result.gaps_left.append({**span.as_json(), "reason": reason})
         result.status = _status(result, failed)
 
@@ -465,15 +459,15 @@ class Runner:
         assert outcome.choice is not None
         return self.providers[outcome.choice.provider]
 
-    def _summarise(self, job: Job, result: JobResult) -> None:
-        scores = []
-        cached = set(self.cache.list_years(job.symbol, job.timeframe))
-        for year in range(job.start.year, job.end.year + 1):
-            if year in cached:
-                meta = self.cache.metadata(job.symbol, job.timeframe, year)
-                dq = meta["data_quality"]
-                if meta["file_info"]["rows"] or dq.get("counts", {}).get("unfilled_bars"):
-                    scores.append(dq["score"])
+    def _summarise(self, job: Job, series: Series, result: JobResult) -> None:
+        """The job's quality: the lowest score of the years it spans that mean one."""
+        cached = set(series.years())
+        records = [
+            series.record(year)
+            for year in range(job.start.year, job.end.year + 1)
+            if year in cached
+        ]
+        scores = [rec.score for rec in records if rec.scored]
         result.quality = min(scores) if scores else None
 
 
