@@ -23,7 +23,6 @@ from marketcache.cache.series import (
     SymbolProfile,
     profile_of,
     read_actions,
-    where,
 )
 from marketcache.config.parser import Settings, default_settings
 from marketcache.core.actions import ADJUST_MODES, CorporateActions, Dividend, Split
@@ -36,6 +35,8 @@ from marketcache.storage.open import open_backend
 from marketcache.storage.urls import redact
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
     from marketcache.cache.repair import YearCheck
@@ -74,14 +75,9 @@ class UnifiedCache:
         return self.backend.layout  # type: ignore[attr-defined]
 
     @property
-    def state_dir(self) -> Any:
-        """Where this machine keeps provider state (rate-limit bucket, yfinance caches)."""
-        from pathlib import Path
-
-        layout = getattr(self.backend, "layout", None)
-        if layout is not None:
-            return layout.index_dir
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "marketcache"
+    def state_dir(self) -> Path:
+        """Where this machine keeps provider state (see `StorageBackend.state_dir`)."""
+        return self.backend.state_dir
 
     # ---- symbols ---------------------------------------------------------------------------
 
@@ -357,9 +353,7 @@ class UnifiedCache:
         out = []
         for sym in [normalize_symbol(symbol)] if symbol else self.backend.symbols():
             tfs = (
-                [parse_timeframe(timeframe).name]
-                if timeframe
-                else _all_timeframes(self.backend, sym)
+                [parse_timeframe(timeframe).name] if timeframe else self.backend.raw_timeframes(sym)
             )
             for tf in tfs:
                 out += [(sym, tf, y) for y in self.backend.raw_years(sym, tf)]
@@ -425,15 +419,10 @@ class UnifiedCache:
 
     def where(self, key: Key) -> str:
         """A year's location for messages: its data file, or the backend and key."""
-        return where(self.backend, key)
+        return self.backend.where(key)
 
 
 def _jan1(year: int) -> pd.Timestamp:
     import pandas as pd
 
     return pd.Timestamp(year, 1, 1)
-
-
-def _all_timeframes(backend: StorageBackend, sym: str) -> list[str]:
-    layout = getattr(backend, "layout", None)
-    return layout.timeframes(sym) if layout is not None else backend.timeframes(sym)

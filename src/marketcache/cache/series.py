@@ -71,12 +71,6 @@ def profile_of(settings: Settings, sym: str) -> SymbolProfile:
     return SymbolProfile(sym, asset, calendar_for(sym, asset, conf.calendar))
 
 
-def where(backend: StorageBackend, key: Key) -> str:
-    """A year's location for messages: its data file, or the backend and key."""
-    layout = getattr(backend, "layout", None)
-    return str(layout.data_path(*key.series, key.year)) if layout else f"{backend.location} {key}"
-
-
 class Series:
     """One symbol × timeframe of a cache. `symbol` is normalised and `timeframe` parsed by
     whoever makes it (`UnifiedCache.series`); nothing here normalises again."""
@@ -115,7 +109,7 @@ class Series:
         return Key(self.symbol, self.tf, year)
 
     def where(self, key: Key) -> str:
-        return where(self.backend, key)
+        return self.backend.where(key)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """The series lock (re-entrant in this process)."""

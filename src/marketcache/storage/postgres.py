@@ -40,6 +40,7 @@ from marketcache.core.records import YearRecord, check_columns, parse_json
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.layout import quarantine_mark
+from marketcache.storage.lock import Reentrant, timeout_message
 from marketcache.storage.pg_rows import digest, parse_binary, to_csv, to_microseconds
 from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
 from marketcache.storage.urls import redact
@@ -422,32 +423,22 @@ class PostgresBackend(StorageBackend):
         """A session advisory lock on a connection of its own: re-entrant in this process,
         released by the server if this process dies. Held state is per database and name:
         two caches of one process in different databases do not share it."""
-        with _HELD_GUARD:
-            held = _HELD.setdefault((self.location, name), _Held())
-        if not held.rlock.acquire(timeout=max(wait, 0.0)):
-            raise LockTimeout(_timeout(what, wait))
-        try:
-            if held.depth == 0:
-                held.conn = self._connect()
-                deadline, delay = time.monotonic() + wait, 0.01
-                while not held.conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name]
-                ).fetchone()[0]:
-                    if time.monotonic() >= deadline:
-                        held.conn.close()
-                        raise LockTimeout(_timeout(what, wait))
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.25)
-            held.depth += 1
-            try:
-                yield
-            finally:
-                held.depth -= 1
-                if held.depth == 0 and held.conn is not None:
-                    held.conn.close()  # closing the session releases the lock
-                    held.conn = None
-        finally:
-            held.rlock.release()
+
+        def take(deadline: float) -> Any:
+            conn = self._connect()
+            delay = 0.01
+            while not conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name]
+            ).fetchone()[0]:
+                if time.monotonic() >= deadline:
+                    conn.close()
+                    raise LockTimeout(timeout_message(what, wait))
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            return conn
+
+        with _ADVISORY.hold((self.location, name), take, wait=wait, what=what):
+            yield
 
     # ---- documents and the index ---------------------------------------------------------------
 
@@ -510,19 +501,9 @@ class PostgresBackend(StorageBackend):
         )
 
 
-class _Held:
-    def __init__(self) -> None:
-        self.rlock = threading.RLock()
-        self.depth = 0
-        self.conn: Any = None
+def _close(conn: Any) -> None:
+    conn.close()  # closing the session releases the lock
 
 
-_HELD: dict[tuple[str, str], _Held] = {}  # (database URL, lock name) → this process's hold
-_HELD_GUARD = threading.Lock()
-
-
-def _timeout(what: str, wait: float) -> str:
-    return (
-        f"{what} is locked by another marketcache run (waited {wait:g}s): "
-        "let it finish or raise lock_wait"
-    )
+# (database URL, lock name) → this process's hold
+_ADVISORY: Reentrant[Any] = Reentrant(_close)

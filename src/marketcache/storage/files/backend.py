@@ -108,6 +108,16 @@ class FileBackend(StorageBackend):
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         return self.layout.years(symbol, timeframe, ("meta", "data"))
 
+    def raw_timeframes(self, symbol: str) -> list[str]:
+        return self.layout.timeframes(symbol)
+
+    def where(self, key: Key) -> str:
+        return str(self.layout.data_path(*key.series, key.year))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.layout.index_dir
+
     # ---- records and rows ------------------------------------------------------------------
 
     def _paths(self, key: Key) -> tuple[Path, Path, Path]:
