@@ -15,7 +15,7 @@ _EXPORTS = {
     "UnifiedCache": "marketcache.cache.facade",
     "DataManager": "marketcache.manager",
     "PutResult": "marketcache.cache.series",
-    "Settings": "marketcache.config.parser",
+    "Settings": "marketcache.config.schema",
     "load_settings": "marketcache.config.parser",
     "OHLCVValidator": "marketcache.core.validate",
     "ValidationResult": "marketcache.core.validate",
@@ -33,7 +33,8 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from marketcache.cache.facade import UnifiedCache
     from marketcache.cache.series import PutResult
-    from marketcache.config.parser import Settings, load_settings
+    from marketcache.config.parser import load_settings
+    from marketcache.config.schema import Settings
     from marketcache.core.validate import OHLCVValidator, ValidationResult
     from marketcache.errors import (
         ConfigError,

@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from marketcache.cache.facade import UnifiedCache
-from marketcache.config.parser import Settings, default_settings, load_settings
+from marketcache.config.parser import default_settings, load_settings
+from marketcache.config.schema import Settings
 from marketcache.core.freshness import freshness
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import Timeframe, parse_timeframe

@@ -24,7 +24,8 @@ from marketcache.cache.series import (
     profile_of,
     read_actions,
 )
-from marketcache.config.parser import Settings, default_settings
+from marketcache.config.parser import default_settings
+from marketcache.config.schema import Settings
 from marketcache.core.actions import ADJUST_MODES, CorporateActions, Dividend, Split
 from marketcache.core.records import YearRecord
 from marketcache.core.symbols import normalize_symbol

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from marketcache.cache.catalog import Catalog
-from marketcache.config.parser import Settings
+from marketcache.config.schema import Settings
 from marketcache.core.actions import CorporateActions, Dividend, Split, merge_actions
 from marketcache.core.records import now_stamp
 from marketcache.core.symbols import AssetClass, classify

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.config.parser import Settings
+from marketcache.config.schema import Settings
 from marketcache.core.calendars import expected_bars
 from marketcache.core.coverage import CoverageChange, apply
 from marketcache.core.frames import (

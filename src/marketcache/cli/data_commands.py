@@ -56,7 +56,7 @@ def copy(
     if not src.backend.exists():
         raise UsageError(f"copy: the source cache {src.backend.location} does not exist")
     if output_format is not None:
-        from marketcache.config.parser import FORMATS
+        from marketcache.config.schema import FORMATS
 
         if output_format not in FORMATS:
             raise UsageError(f"--format {output_format}: use one of {', '.join(FORMATS)}")

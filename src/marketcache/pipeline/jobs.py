@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from marketcache.config.parser import Settings
+from marketcache.config.schema import Settings
 from marketcache.core.models import DateRange, parse_date, utcnow
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
