@@ -160,7 +160,7 @@ class DataManager:
         failed = result.status == "failed" or (result.status == "partial" and result.errors)
         if failed:
             message = result.errors[0] if result.errors else "no provider answered"
-            if message.startswith("no provider knows"):
+            if result.refused:
                 raise SymbolNotFound(message, symbol=sym)
             return f"{sym} {tf}: {message}"
         through = min(job.end, Timeframe(tf).floor(now))

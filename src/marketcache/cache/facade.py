@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from marketcache.cache.catalog import Catalog
 from marketcache.cache.retention import CleanupAction
 from marketcache.cache.series import (
+    Ledger,
     PutResult,
     Series,
     SeriesState,
@@ -155,21 +156,12 @@ class UnifiedCache:
         timeframe: str,
         provider: str = "unknown",
         *,
-        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
-        missing: Iterable[tuple[Any, str]] = (),
-        resolved: Iterable[Any] = (),
+        ledger: Ledger | None = None,
         sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
     ) -> PutResult:
         """Commit one fetched range with its coverage change, year by year (rows and ledger in
         one record each), and refresh the index once (see `Series.commit`)."""
-        return self.series(symbol, timeframe).commit(
-            df,
-            provider,
-            verified_empty=verified_empty,
-            missing=missing,
-            resolved=resolved,
-            sources=sources,
-        )
+        return self.series(symbol, timeframe).commit(df, provider, ledger, sources)
 
     def update_coverage(
         self,
@@ -182,7 +174,7 @@ class UnifiedCache:
     ) -> None:
         """Record ranges answered empty (with when), still missing (with why), or filled."""
         self.series(symbol, timeframe).update_coverage(
-            verified_empty=verified_empty, missing=missing, resolved=resolved
+            Ledger(verified_empty=verified_empty, missing=missing, resolved=resolved)
         )
 
     # ---- read ------------------------------------------------------------------------------

@@ -47,6 +47,16 @@ class PutResult:
 
 
 @dataclass
+class Ledger:
+    """A commit's coverage change: ranges answered empty (with when and why), ranges still
+    missing (with why), ranges filled."""
+
+    verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = ()
+    missing: Iterable[tuple[Any, str]] = ()
+    resolved: Iterable[Any] = ()
+
+
+@dataclass
 class SeriesState:
     """A series as populate plans from it (see `Series.state`)."""
 
@@ -159,10 +169,7 @@ class Series:
         self,
         df: pd.DataFrame,
         provider: str = "unknown",
-        *,
-        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
-        missing: Iterable[tuple[Any, str]] = (),
-        resolved: Iterable[Any] = (),
+        ledger: Ledger | None = None,
         sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
     ) -> PutResult:
         """Commit one fetched range with its coverage change, year by year (rows and ledger in
@@ -172,8 +179,12 @@ class Series:
         from marketcache.core.frames import normalize_frame
 
         frame = normalize_frame(df, sessions=not self.timeframe.is_intraday)
+        ledger = ledger or Ledger()
         changes = by_year(
-            verified_empty=verified_empty, missing=missing, resolved=resolved, now=now_stamp()
+            verified_empty=ledger.verified_empty,
+            missing=ledger.missing,
+            resolved=ledger.resolved,
+            now=now_stamp(),
         )
         result = PutResult(self.symbol, self.tf)
         years = frame["timestamp"].dt.year.to_numpy()
@@ -192,19 +203,11 @@ class Series:
             self.catalog.refresh(self.symbol, self.tf)
         return result
 
-    def update_coverage(
-        self,
-        *,
-        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
-        missing: Iterable[tuple[Any, str]] = (),
-        resolved: Iterable[Any] = (),
-    ) -> None:
+    def update_coverage(self, ledger: Ledger) -> None:
         """Record ranges answered empty (with when), still missing (with why), or filled."""
         from marketcache.core.frames import empty_frame
 
-        self.commit(
-            empty_frame(), "none", verified_empty=verified_empty, missing=missing, resolved=resolved
-        )
+        self.commit(empty_frame(), "none", ledger)
 
     def remove_stale_temp_files(self) -> list[str]:
         with self.lock():

@@ -81,6 +81,7 @@ class JobResult:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     actions_changed: bool = False
+    refused: bool = False  # every provider said it does not know the symbol
 
     @property
     def did_something(self) -> bool:
@@ -96,6 +97,7 @@ class JobResult:
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out.pop("actions_changed")
+        out.pop("refused")  # said in `errors`; for callers that act on it (DataManager)
         return out
 
 

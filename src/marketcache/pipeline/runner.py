@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from marketcache.cache.facade import UnifiedCache
-from marketcache.cache.series import Series
+from marketcache.cache.series import Ledger, Series
 from marketcache.core.calendars import expected_bars
 from marketcache.core.derive import INCOMPLETE
 from marketcache.core.gaps import FetchPlan, Span, plan_fetch, settled_before, unanswered
@@ -287,7 +287,7 @@ class Runner:
             start = self._window(series, span, present, answers)
             outcome = self.failover.fetch(chain, tf, span, answers, result, start)
             if outcome.refused:  # an unknown symbol leaves nothing in the cache, only a report
-                result.status = "failed"
+                result.status, result.refused = "failed", True
                 result.errors.append(f"no provider knows {job.symbol}: {outcome.reason}")
                 return
             if outcome.frame is not None and len(outcome.frame):
@@ -325,14 +325,12 @@ class Runner:
                         result.gaps_left.append({**end.as_json(), "reason": ENDED})
                 last = pd.Timestamp(stamps.max())
                 newest = last if newest is None else max(newest, last)
-                put = series.commit(
-                    frame,
-                    outcome.provider,
-                    resolved=[span],
-                    missing=missing + [(p, INCOMPLETE) for p in pending],
-                    sources=outcome.sources,
+                ledger = Ledger(
                     verified_empty=empty,
+                    missing=missing + [(p, INCOMPLETE) for p in pending],
+                    resolved=[span],
                 )
+                put = series.commit(frame, outcome.provider, ledger, outcome.sources)
                 if sessions:
                     result.gaps_left += [{**h.as_json(), "reason": NO_SESSION} for h in holes]
                 result.rows_added += put.rows_added
@@ -343,24 +341,24 @@ class Runner:
                     {**span.as_json(), "provider": outcome.provider, "rows": len(outcome.frame)}
                 )
             elif pending:
-                series.update_coverage(missing=[(p, INCOMPLETE) for p in pending])
+                series.update_coverage(Ledger(missing=[(p, INCOMPLETE) for p in pending]))
             elif outcome.verified_empty and not always_open and _after(newest, span):
                 _, end = unanswered(span, expected, present, NO_BARS, settled, newest)
                 if end is not None:  # nothing after the last bar (the newest may be late)
-                    series.update_coverage(missing=[(end, ENDED)])
+                    series.update_coverage(Ledger(missing=[(end, ENDED)]))
                     result.gaps_left.append({**end.as_json(), "reason": ENDED})
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": 0}
                 )
             elif outcome.verified_empty and not sessions:
-                series.update_coverage(verified_empty=[(span, now, outcome.reason)])
+                series.update_coverage(Ledger(verified_empty=[(span, now, outcome.reason)]))
                 result.ranges_fetched.append(
                     {**span.as_json(), "provider": outcome.provider, "rows": 0}
                 )
             else:
                 reason = NO_SESSION if outcome.verified_empty else outcome.reason
                 failed = failed or not outcome.verified_empty
-                series.update_coverage(missing=[(span, reason)])
+                series.update_coverage(Ledger(missing=[(span, reason)]))
                 result.gaps_left.append({**span.as_json(), "reason": reason})
                 if not outcome.verified_empty:
                     failures.setdefault(reason, []).append(span)
@@ -370,7 +368,7 @@ class Runner:
             result.errors.append(f"{where}{count}: {reason}")
         for span in plan.unreachable:
             reason = "beyond every provider's history window"
-            series.update_coverage(missing=[(span, reason)])
+            series.update_coverage(Ledger(missing=[(span, reason)]))
             result.gaps_left.append({**span.as_json(), "reason": reason})
         result.status = _status(result, failed)
 
