@@ -24,7 +24,6 @@ import pandas as pd
 from marketcache.cache.facade import UnifiedCache
 from marketcache.config.parser import default_settings, load_settings
 from marketcache.config.schema import Settings
-from marketcache.core.freshness import freshness
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import Timeframe, parse_timeframe
 from marketcache.errors import (
@@ -246,9 +245,9 @@ class DataManager:
         missing bars, and whether it is stale (behind the calendar by more than one bar)."""
         rows = []
         for sym in self.cache.list_symbols():
-            calendar = self.cache.profile(sym).calendar
             for tf in self.cache.list_timeframes(sym):
-                recs = [self.cache.record(sym, tf, y) for y in self.cache.list_years(sym, tf)]
+                series = self.cache.series(sym, tf)
+                recs = [series.record(y) for y in series.years()]
                 stored = [r for r in recs if r.rows]
                 last = stored[-1].end_date if stored else None
                 rows.append(
@@ -263,7 +262,7 @@ class DataManager:
                         "missing_bars": sum(
                             r.counts.unfilled_bars + r.counts.missing_bars for r in recs
                         ),
-                        "stale": freshness(sym, tf, calendar, last).stale,
+                        "stale": series.freshness(records=recs).stale,
                     }
                 )
         columns = [

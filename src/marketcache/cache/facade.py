@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from marketcache.cache.repair import YearCheck
     from marketcache.cache.writes import SeriesWriter
+    from marketcache.core.freshness import Freshness
     from marketcache.core.validate import OHLCVValidator
 
 
@@ -324,6 +325,24 @@ class UnifiedCache:
         info["corporate_actions"] = read_actions(self.backend, sym).as_json()
         return info
 
+    def freshness(
+        self,
+        symbol: str | None = None,
+        timeframe: str | None = None,
+        *,
+        max_age: str | None = None,
+    ) -> list[Freshness]:
+        """How fresh every series in scope is (`max_age` e.g. "36h": stale when the first bar
+        due after the newest stored one closed longer ago); reads the records only."""
+        from marketcache.core.freshness import parse_age
+
+        age = parse_age(max_age) if max_age else None
+        return [
+            self.series(s, t).freshness(max_age=age)
+            for s in ([symbol] if symbol else self.list_symbols())
+            for t in ([timeframe] if timeframe else self.list_timeframes(s))
+        ]
+
     def get_stats(self) -> dict[str, Any]:
         return self.catalog.stats()
 
@@ -374,16 +393,18 @@ class UnifiedCache:
         self,
         *,
         before: Any = None,
+        older_than: str | None = None,
         keep_years: int | None = None,
         symbol: str | None = None,
         timeframe: str | None = None,
         dry_run: bool = False,
         now: pd.Timestamp | None = None,
     ) -> list[CleanupAction]:
-        """Drop rows before a cutoff (`before`, or Jan 1 of the last `keep_years` years)."""
+        """Drop rows before a cutoff (`before`, an age `older_than` such as "400d", or Jan 1
+        of the last `keep_years` years: the latest of those given)."""
         from marketcache.cache.retention import cut_series, cutoff
 
-        cut = cutoff(before=before, keep_years=keep_years, now=now)
+        cut = cutoff(before=before, older_than=older_than, keep_years=keep_years, now=now)
         sym = normalize_symbol(symbol) if symbol else None
         tf = parse_timeframe(timeframe).name if timeframe else None
         actions: list[CleanupAction] = []

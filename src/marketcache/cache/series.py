@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from marketcache.cache.writes import SeriesWriter, YearWrite
+    from marketcache.core.freshness import Freshness
     from marketcache.core.records import YearRecord
     from marketcache.core.validate import OHLCVValidator
 
@@ -208,6 +209,18 @@ class Series:
         from marketcache.core.frames import empty_frame
 
         self.commit(empty_frame(), "none", ledger)
+
+    def freshness(
+        self, *, max_age: pd.Timedelta | None = None, records: list[YearRecord] | None = None
+    ) -> Freshness:
+        """How far the newest stored bar is behind the calendar (`records`: this series'
+        records, when the caller has read them already)."""
+        from marketcache.core.freshness import freshness
+
+        if records is None:
+            records = [self.record(y) for y in self.years()]
+        last = next((r.end_date for r in reversed(records) if r.rows), None)
+        return freshness(self.symbol, self.tf, self.profile.calendar, last, max_age=max_age)
 
     def remove_stale_temp_files(self) -> list[str]:
         with self.lock():
