@@ -282,3 +282,33 @@ def test_fundamentals_without_the_alpha_vantage_key_say_it_is_left_out_once(
     as_json = cli("fundamentals", "AAPL", "--json", "--max-age", "0",
                   "--cache-dir", str(tmp_path / "c"), "--config", str(conf))  # fmt: skip
     assert any("ALPHAVANTAGE_API_KEY" in w for w in as_json.json()["results"][0]["warnings"])
+
+
+def test_a_provider_left_out_for_its_key_is_a_warning_in_a_notebook_once(
+    fake_yahoo: FakeYahoo, fake_av: FakeAlphaVantage, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """What `populate` prints as a warning, DataManager raises as a MarketCacheWarning (once
+    per DataManager, not on every call)."""
+    from marketcache import MarketCacheWarning
+
+    monkeypatch.delenv("ALPHAVANTAGE_API_KEY", raising=False)
+    year = expected_bars(
+        "XNYS", Timeframe("1d"), pd.Timestamp("2024-01-01"), pd.Timestamp("2024-03-01")
+    )
+    fake_yahoo.add("ABC", "1d", make_bars("", 0, index=year, seed=4))
+    settings = parse_settings(
+        config_for(yahoo=fake_yahoo, alpha_vantage=fake_av)
+        + "selection:\n  - {symbol_type: stock, providers: [yahoo, alpha_vantage]}\n"
+    )
+    with DataManager(tmp_path / "c", settings=settings) as dm:
+        with pytest.warns(MarketCacheWarning, match="ALPHAVANTAGE_API_KEY is not set") as caught:
+            got = dm.get_ohlcv("ABC", "1d", start="2024-01-01", end="2024-02-01")
+        assert len(got) == len(year[year < "2024-02-01"])
+        assert sum("alpha_vantage" in str(w.message) for w in caught) == 1
+        import warnings
+
+        with warnings.catch_warnings(record=True) as later:
+            warnings.simplefilter("always")
+            dm.get_ohlcv("ABC", "1d", start="2024-01-01", end="2024-03-01")
+        assert not [w for w in later if "alpha_vantage" in str(w.message)]

@@ -387,3 +387,64 @@ def test_the_nightly_populate_without_start_fills_what_a_repair_lost(
     again = cli("validate", "--json")
     assert again.code == 0 and again.json()["files"][0]["status"] == "ok", again.out
     assert cli("populate", "--json").json()["results"][0]["status"] == "up-to-date"
+
+
+def test_against_source_fix_settles_the_holes_a_repair_recorded(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-verification command alone (no populate first) restores the lost bar and clears
+    its "lost in repair" range: the year ends ok, not incomplete."""
+    import gzip
+    import shlex
+
+    fake_binance.add("ABCUSDT", "1h", YEAR_BARS)
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    monkeypatch.setenv("MARKETCACHE_CONFIG", str(conf))
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(tmp_path / "data-cache"))
+    assert cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-01-01", "--end",
+               "2024-01-01").code == 0  # fmt: skip
+    path = tmp_path / "data-cache" / "ABCUSDT" / "1h" / "2023.csv.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().split("\n")
+    bad = lines[100].split(",")
+    bad[4] = str(float(bad[2]) * 2)  # close above high: this row cannot be kept
+    lines[100] = ",".join(bad)
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    fixed = cli("validate", "--fix", "--json").json()["files"][0]
+    assert fixed["lost"] == 1 and fixed["missing_ranges"], fixed
+    command = next(r for r in fixed["repairs"] if "against-source" in r).split("`")[1]
+    source = cli(*shlex.split(command)[1:], "--json")
+    assert source.code == 0, source.out + source.err
+    cache = UnifiedCache(tmp_path / "data-cache", settings=parse_settings(""))
+    assert cache.metadata("ABCUSDT", "1h", 2023)["coverage"]["missing_ranges"] == []
+    want = YEAR_BARS.assign(timestamp=YEAR_BARS["timestamp"].astype("datetime64[ns]"))
+    pd.testing.assert_frame_equal(cache.get("ABCUSDT", "1h"), want, check_exact=True)
+    after = cli("validate", "--json")
+    assert after.code == 0 and after.json()["files"][0]["status"] == "ok", after.out
+
+
+def test_fix_of_an_unreadable_record_keeps_the_rows_unchecked_until_the_source_confirms(
+    cli: Any, fake_binance: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is garbage, the data whole: the rows are kept, but nothing vouches for them
+    (no checksum, no sources): the year is `unverified` with the command that compares it with
+    its source, and that command makes it ok."""
+    import shlex
+
+    fake_binance.add("ABCUSDT", "1h", YEAR_BARS)
+    conf = tmp_path / "providers.yaml"
+    conf.write_text(config_for(binance=fake_binance))
+    monkeypatch.setenv("MARKETCACHE_CONFIG", str(conf))
+    monkeypatch.setenv("MARKETCACHE_CACHE_DIR", str(tmp_path / "data-cache"))
+    assert cli("populate", "ABCUSDT", "-t", "1h", "--start", "2023-01-01", "--end",
+               "2024-01-01").code == 0  # fmt: skip
+    meta = tmp_path / "data-cache" / "ABCUSDT" / "1h" / "2023.metadata.json"
+    meta.write_text('{"schema_version": 1, "symbol": "ABC')  # cut mid-write by a full disk
+    fixed = cli("validate", "--fix", "--json").json()["files"][0]
+    assert fixed["status"] == "fixed" and fixed["rows"] == 24 * 365, fixed
+    assert any("could not be read" in r and "--against-source" in r for r in fixed["repairs"])
+    later = cli("validate", "--json").json()["files"][0]
+    assert later["status"] == "unverified", later
+    command = later["problems"][-1].split("`")[1]
+    assert cli(*shlex.split(command)[1:], "--json").code == 0
+    assert cli("validate", "--json").json()["files"][0]["status"] == "ok"

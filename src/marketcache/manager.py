@@ -65,6 +65,7 @@ class DataManager:
         self._providers: dict[str, Provider] | None = None
         self._asked: dict[tuple[str, str, str | None], _Asked] = {}  # per series and provider
         self._asked_lock = threading.Lock()
+        self._warned: set[str] = set()  # warnings of the runs said once a DataManager
 
     def __repr__(self) -> str:
         from marketcache.storage.urls import redact
@@ -153,7 +154,12 @@ class DataManager:
             asked = self._asked.get(key)
         if asked is not None and not self._may_have_closed(sym, tf, job.start, job.end, asked):
             return None
-        result = run_populate(self.cache, jobs, request, providers=self.providers).results[0]
+        report = run_populate(self.cache, jobs, request, providers=self.providers)
+        for warning in report.warnings:  # a provider left out, one run unthrottled: said once
+            if warning not in self._warned:
+                self._warned.add(warning)
+                warnings.warn(warning, MarketCacheWarning, 3)
+        result = report.results[0]
         if result.status == "locked":
             raise LockTimeout(result.errors[0])
         failed = result.status == "failed" or (result.status == "partial" and result.errors)
@@ -224,15 +230,21 @@ class DataManager:
         return convert(out, output_format)
 
     def latest(self, symbols: list[str], timeframe: str) -> pd.DataFrame:
-        """The last stored bar of each symbol (a read: nothing is fetched)."""
+        """The last stored bar of each symbol, the live tail included (a read: nothing is
+        fetched)."""
+        from marketcache.cache.tail import read_tail
+
         rows = []
         tf = parse_timeframe(timeframe).name
         for s in symbols:
             sym = normalize_symbol(s)
+            live = read_tail(self.cache.backend, sym, tf)  # before the years: folds move bars on
             years = self.cache.list_years(sym, tf)
-            if not years:
-                continue
-            bars = self.cache.read_year(sym, tf, years[-1])
+            bars = self.cache.read_year(sym, tf, years[-1]) if years else live.iloc[:0]
+            if len(live) and (
+                not len(bars) or live["timestamp"].iloc[-1] > bars["timestamp"].iloc[-1]
+            ):
+                bars = live
             if len(bars):
                 rows.append(bars.iloc[[-1]].assign(symbol=sym))
         if not rows:
@@ -243,26 +255,36 @@ class DataManager:
     def availability(self) -> pd.DataFrame:
         """Per symbol × timeframe: first, last, rows, quality (the worst year), missing ranges,
         missing bars, and whether it is stale (behind the calendar by more than one bar)."""
+        from marketcache.cache.tail import read_tail
+        from marketcache.core.frames import iso
+
         rows = []
         for sym in self.cache.list_symbols():
             for tf in self.cache.list_timeframes(sym):
                 series = self.cache.series(sym, tf)
+                live = read_tail(
+                    self.cache.backend, sym, tf
+                )  # before the records: folds move bars on
                 recs = [series.record(y) for y in series.years()]
                 stored = [r for r in recs if r.rows]
                 last = stored[-1].end_date if stored else None
+                if last is not None:  # the live tail's bars after the years' last
+                    live = live[live["timestamp"] > pd.Timestamp(last)]
+                if len(live):
+                    last = iso(live["timestamp"].iloc[-1])
                 rows.append(
                     {
                         "symbol": sym,
                         "timeframe": tf,
                         "first": stored[0].start_date if stored else None,
                         "last": last,
-                        "rows": sum(r.rows for r in recs),
+                        "rows": sum(r.rows for r in recs) + len(live),
                         "quality": min((r.score for r in recs if r.scored), default=None),
                         "missing": sum(len(r.coverage.missing_ranges) for r in recs),
                         "missing_bars": sum(
                             r.counts.unfilled_bars + r.counts.missing_bars for r in recs
                         ),
-                        "stale": series.freshness(records=recs).stale,
+                        "stale": series.freshness(records=recs, last=last).stale,
                     }
                 )
         columns = [

@@ -4,8 +4,8 @@ Every year is read verified from SRC (checksums), written to DEST through DEST's
 protocol with the same record (quality, coverage, sources, dates) and its storage fields
 re-derived, then read back and compared row for row. A year is skipped when DEST already
 holds that exact year (the source sha256 it was copied from, or the same bytes). The
-symbols' corporate actions travel with them. A copied year replaces DEST's year: copy is a
-mirror, not a merge.
+symbols' corporate actions and the series' live tails travel with them. A copied year
+replaces DEST's year: copy is a mirror, not a merge.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from typing import Any
 
 from marketcache.cache.facade import UnifiedCache
 from marketcache.cache.series import ACTIONS_FILE
+from marketcache.cache.tail import live_series
 from marketcache.core.records import FileInfo, YearRecord
+from marketcache.core.symbols import normalize_symbol
+from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import CorruptFile, StorageError
 from marketcache.storage.backend import Key
+from marketcache.storage.tail import open_tail
 
 COPIED_FROM = "copied_from_sha256"
 
@@ -68,7 +72,9 @@ def copy_cache(
     a lock, each year as one commit made it."""
     report = CopyReport(src.backend.location, dest.backend.location, dest.backend.format)
     keys = src.backend.keys(symbol, timeframe)
-    for series in sorted({k.series for k in keys}):
+    sym = normalize_symbol(symbol) if symbol else None
+    live = live_series(src.backend, sym, parse_timeframe(timeframe).name if timeframe else None)
+    for series in sorted({k.series for k in keys} | live):
         copied = False
         with dest.lock(*series):
             for key in (k for k in keys if k.series == series):
@@ -78,6 +84,7 @@ def copy_cache(
                 except (CorruptFile, StorageError) as exc:
                     entry.status, entry.reason = "failed", str(exc)
                 report.years.append(entry)
+            copied = _copy_tail(src, dest, *series) or copied
             if copied:
                 dest.catalog.refresh(*series)
     for sym in sorted({k.symbol for k in keys}):
@@ -88,6 +95,17 @@ def copy_cache(
             if actions != dest.backend.read_document(sym, ACTIONS_FILE):
                 dest.backend.write_document(sym, ACTIONS_FILE, actions)
     return report
+
+
+def _copy_tail(src: UnifiedCache, dest: UnifiedCache, symbol: str, timeframe: str) -> bool:
+    """The series' live tail travels as it is (DEST's series lock held): its bars stay
+    readable in DEST and are folded there as they would have been in SRC."""
+    rows = open_tail(src.backend, symbol, timeframe).read()
+    there = open_tail(dest.backend, symbol, timeframe)
+    if rows.equals(there.read()):
+        return False
+    there.keep(rows)
+    return True
 
 
 def _copy_year(src: UnifiedCache, dest: UnifiedCache, key: Key, entry: CopiedYear) -> bool:

@@ -25,13 +25,14 @@ from marketcache.cache.series import (
     profile_of,
     read_actions,
 )
+from marketcache.cache.tail import fold_locked
 from marketcache.config.parser import default_settings
 from marketcache.config.schema import Settings
-from marketcache.core.actions import ADJUST_MODES, CorporateActions, Dividend, Split
+from marketcache.core.actions import CorporateActions, Dividend, Split
 from marketcache.core.records import YearRecord
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import parse_timeframe
-from marketcache.errors import CorruptFile, UsageError
+from marketcache.errors import CorruptFile
 from marketcache.storage.backend import Key, StorageBackend
 from marketcache.storage.open import open_backend
 from marketcache.storage.urls import redact
@@ -94,6 +95,7 @@ class UnifiedCache:
             normalize_symbol(symbol),
             parse_timeframe(timeframe),
             lock_wait=self.lock_wait,
+            fold=fold_locked,
         )
 
     def profile(self, symbol: str) -> SymbolProfile:
@@ -209,90 +211,71 @@ class UnifiedCache:
         adjust: str = "none",
         output_format: str = "pandas",
     ) -> Any:
-        """Bars in [start, end) across years, sorted, with a `timestamp` column.
+        """Bars in [start, end) across years and the live tail, sorted, with a `timestamp`
+        column.
 
         `adjust`: "none" as stored (as traded); "splits" divides prices and multiplies volume
         by the splits after each bar; "all" also applies dividends (back-adjusted total return).
         `output_format`: "pandas" (a DataFrame, the default), "arrow" (a pyarrow Table) or
         "polars" (a polars DataFrame); see `core/outputs.py` for the Arrow schema.
         """
-        import numpy as np
-        import pandas as pd
+        from marketcache.cache.reads import get
 
-        from marketcache.core.actions import adjust as adjusted
-        from marketcache.core.frames import empty_frame
-        from marketcache.core.models import parse_date
-        from marketcache.core.outputs import check_output_format, convert
-
-        check_output_format(output_format)
-        series = self.series(symbol, timeframe)
-        sym, tf = series.symbol, series.tf
-        if adjust not in ADJUST_MODES:
-            raise UsageError(f"adjust={adjust!r}: use one of {', '.join(ADJUST_MODES)}")
-        lo = parse_date(start, option="start") if start is not None else None
-        hi = parse_date(end, option="end") if end is not None else None
-        if lo is not None and hi is not None and lo >= hi:
-            raise UsageError(f"start {lo} is not before end {hi}")
-        found = [
-            self.backend.read_year(Key(sym, tf, y))
-            for y in self.backend.years(sym, tf)
-            if not ((lo is not None and y < lo.year) or (hi is not None and y > hi.year))
-        ]
-        frames = [rows for _, rows in filter(None, found)]  # a year removed meanwhile is gone
-        if not frames:
-            return convert(empty_frame(), output_format)
-        df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        if lo is not None or hi is not None:
-            ts, mask = df["timestamp"], np.ones(len(df), dtype=bool)
-            mask &= (ts >= lo).to_numpy() if lo is not None else True
-            mask &= (ts < hi).to_numpy() if hi is not None else True
-            df = df[mask].reset_index(drop=True)
-        if adjust != "none":
-            df = adjusted(df, series.actions(), adjust).reset_index(drop=True)
-        return convert(df, output_format)
+        return get(self.series(symbol, timeframe), start, end, adjust, output_format)
 
     def range_records(
         self, symbol: str, timeframe: str, start: Any = None, end: Any = None
     ) -> list[YearRecord]:
         """The committed records of the years a `get` of [start, end) reads, in order. Their
         `file_info.sha256` name exactly the bytes such a read decodes, so they can key a cache
-        of results or an HTTP ETag, and a change in them is a commit (records only: cheap)."""
-        from marketcache.core.models import parse_date
+        of results or an HTTP ETag, and a change in them is a commit (records only: cheap).
+        The live tail, when it holds bars in range, comes last as a `TailRecord` (year 0)
+        that carries its rows; rows of it that a year holds too are the year's."""
+        from marketcache.cache.reads import range_records
 
         series = self.series(symbol, timeframe)
-        sym, tf = series.symbol, series.tf
-        lo = parse_date(start, option="start") if start is not None else None
-        hi = parse_date(end, option="end") if end is not None else None
-        return [  # [start, end): an end on Jan 1 00:00 reads nothing of that year
-            self.backend.read_record(Key(sym, tf, y))
-            for y in self.backend.years(sym, tf)
-            if not ((lo is not None and y < lo.year) or (hi is not None and hi <= _jan1(y)))
-        ]
+        return range_records(self.backend, series.symbol, series.tf, start, end)
 
     def read_committed(self, record: YearRecord) -> tuple[YearRecord, pd.DataFrame]:
         """The rows `record` committed, with the record they were read as: when a newer commit
         replaced the year after `record` was read, that commit's record and rows (never a mix).
-        CorruptFile when the year's bytes match neither."""
-        key = Key.of(record.symbol, record.timeframe, record.year)
-        try:
-            return record, self.backend.read_rows(key, record)
-        except CorruptFile:
-            now = self.backend.read_record(key)
-            if now.file_info.sha256 == record.file_info.sha256:
-                raise
-            return now, self.backend.read_rows(key, now)
+        CorruptFile when the year's bytes match neither. A `TailRecord` gives its rows."""
+        from marketcache.cache.reads import read_committed
+
+        return read_committed(self.backend, record)
 
     def verify_committed(self, record: YearRecord) -> None:
         """CorruptFile unless the year's data is what `record` committed (or what a newer
         commit replaced it with); by checksum where the backend can, without decoding."""
-        key = Key.of(record.symbol, record.timeframe, record.year)
-        try:
-            self.backend.verify(key, record)
-        except CorruptFile:
-            now = self.backend.read_record(key)
-            if now.file_info.sha256 == record.file_info.sha256:
-                raise
-            self.backend.verify(key, now)
+        from marketcache.cache.reads import verify_committed
+
+        verify_committed(self.backend, record)
+
+    # ---- live bars (cache/tail.py) ---------------------------------------------------------
+
+    def append_live(self, symbol: str, timeframe: str, bars: pd.DataFrame) -> int:
+        """Store closed bars (a DatetimeIndex or `timestamp` column, UTC; open/high/low/close/
+        volume) durably in the series' live tail: when it returns they survive a crash or
+        SIGKILL, and every reader sees them. Takes the series lock for this call only. Bars
+        already stored (in a year or the tail) are skipped; the rows added. A bar the validator
+        would refuse raises UsageError naming it, and nothing is stored."""
+        from marketcache.cache.tail import append_live
+
+        return append_live(self.series(symbol, timeframe), bars)
+
+    def fold_live(self, symbol: str, timeframe: str, *, force: bool = False) -> int:
+        """Fold the live tail into its year(s) through the normal commit path, under the
+        series lock, once it holds `settings.live_fold_every` of bars (or `force`); the rows
+        folded."""
+        from marketcache.cache.tail import fold_live
+
+        return fold_live(self.series(symbol, timeframe), force=force)
+
+    def last_stored(self, symbol: str, timeframe: str) -> pd.Timestamp | None:
+        """The open time of the last stored bar, the live tail included (None: none)."""
+        from marketcache.cache.tail import last_stored
+
+        return last_stored(self.series(symbol, timeframe))
 
     def list_symbols(self) -> list[str]:
         return [s for s in self.backend.symbols() if self.backend.timeframes(s)]
@@ -403,12 +386,14 @@ class UnifiedCache:
         """Drop rows before a cutoff (`before`, an age `older_than` such as "400d", or Jan 1
         of the last `keep_years` years: the latest of those given)."""
         from marketcache.cache.retention import cut_series, cutoff
+        from marketcache.cache.tail import live_series
 
         cut = cutoff(before=before, older_than=older_than, keep_years=keep_years, now=now)
         sym = normalize_symbol(symbol) if symbol else None
         tf = parse_timeframe(timeframe).name if timeframe else None
         actions: list[CleanupAction] = []
-        for series in sorted({k.series for k in self.backend.keys(sym, tf)}):
+        for series in sorted({k.series for k in self.backend.keys(sym, tf)} | live_series(
+                self.backend, sym, tf)):  # fmt: skip
             actions += cut_series(self.series(*series), cut, dry_run=dry_run)
         return actions
 
@@ -434,9 +419,3 @@ class UnifiedCache:
     def where(self, key: Key) -> str:
         """A year's location for messages: its data file, or the backend and key."""
         return self.backend.where(key)
-
-
-def _jan1(year: int) -> pd.Timestamp:
-    import pandas as pd
-
-    return pd.Timestamp(year, 1, 1)

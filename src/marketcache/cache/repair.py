@@ -116,6 +116,18 @@ def check_year(
                 "provider": provider,
             }
         writer.rewrite(key, record, df, provider, record_source=False, change=change)
+        if record is None and not df.empty:  # rows without a record: nothing vouches for them
+            rebuilt = backend.read_record(key)
+            rebuilt.extra[REVERIFY] = {
+                "since": now_stamp(),
+                "reason": "its record could not be read: its rows were kept unchecked",
+                "provider": rebuilt.data_source,
+            }
+            backend.write_record(key, rebuilt)
+            check.repairs.append(
+                f"its record could not be read, so the {len(df):,} rows kept are unchecked"
+                f" (sources and coverage unknown): {_reverify_command(key)}"
+            )
         result = _scored(writer, backend.read_record(key), writer.validator.validate(df), df)
         check.missing_ranges = list(change.missing) if change else []
     elif record is not None:

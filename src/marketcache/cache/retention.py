@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 @dataclass
 class CleanupAction:
     path: str
-    action: str  # delete-year | trim-year | remove-leftover | skip-corrupt | skip-locked
+    action: (
+        str  # delete-year | trim-year | trim-tail | remove-leftover | skip-corrupt | skip-locked
+    )
     symbol: str = ""
     timeframe: str = ""
     year: int | None = None
@@ -149,4 +151,21 @@ def _cut_series(series: Series, cut: pd.Timestamp, *, apply: bool) -> list[Clean
             backend.delete(key)
         else:
             writer.rewrite(key, rec, left, rec.data_source)
-    return actions
+    return actions + _cut_tail(series, cut, apply=apply)
+
+
+def _cut_tail(series: Series, cut: pd.Timestamp, *, apply: bool) -> list[CleanupAction]:
+    """The live tail's bars before `cut` go too (with `apply`, the series lock is held)."""
+    from marketcache.storage.tail import open_tail
+
+    tail = open_tail(series.backend, series.symbol, series.tf)
+    rows = tail.read()
+    old = (rows["timestamp"] < cut).to_numpy()
+    if not old.any():
+        return []
+    if apply:
+        tail.keep(rows[~old])
+    why = f"before {cut}"
+    return [
+        CleanupAction(tail.where, "trim-tail", series.symbol, series.tf, None, int(old.sum()), why)
+    ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -95,6 +95,7 @@ class Series:
         timeframe: Timeframe,
         *,
         lock_wait: float,
+        fold: Callable[[Series], object] | None = None,
     ) -> None:
         self.backend = backend
         self.settings = settings
@@ -103,6 +104,7 @@ class Series:
         self.timeframe = timeframe
         self.tf = timeframe.name
         self.lock_wait = lock_wait
+        self._fold = fold  # folds the live tail into the years (see cache/tail.py)
 
     def __repr__(self) -> str:
         return f"Series({self.symbol!r}, {self.tf!r})"
@@ -192,6 +194,8 @@ class Series:
         if frame.empty and not changes:
             return result
         with self.lock():
+            if self._fold is not None:
+                self._fold(self)  # the live tail first: its bars stay the newest of the series
             writer = self.writer()
             writer.sources = list(sources or [])
             for year in sorted({*map(int, set(years)), *changes}):
@@ -211,15 +215,20 @@ class Series:
         self.commit(empty_frame(), "none", ledger)
 
     def freshness(
-        self, *, max_age: pd.Timedelta | None = None, records: list[YearRecord] | None = None
+        self,
+        *,
+        max_age: pd.Timedelta | None = None,
+        records: list[YearRecord] | None = None,
+        last: str | None = None,
     ) -> Freshness:
-        """How far the newest stored bar is behind the calendar (`records`: this series'
-        records, when the caller has read them already)."""
+        """How far the newest stored bar (`last`, else the newest of the years' `records`,
+        read when not given) is behind the calendar."""
         from marketcache.core.freshness import freshness
 
-        if records is None:
-            records = [self.record(y) for y in self.years()]
-        last = next((r.end_date for r in reversed(records) if r.rows), None)
+        if last is None:
+            if records is None:
+                records = [self.record(y) for y in self.years()]
+            last = next((r.end_date for r in reversed(records) if r.rows), None)
         return freshness(self.symbol, self.tf, self.profile.calendar, last, max_age=max_age)
 
     def remove_stale_temp_files(self) -> list[str]:
@@ -243,7 +252,7 @@ class Series:
 
         from marketcache.core.gaps import VerifiedEmpty
 
-        state = SeriesState()
+        state, years = SeriesState(), list(years)
         stored = set(self.years())
         present: list[Any] = []
         for year in (y for y in years if y in stored):
@@ -265,7 +274,13 @@ class Series:
                 state.verified_empty.append(
                     VerifiedEmpty(pd.Timestamp(ve["start"]), pd.Timestamp(ve["end"]), checked)
                 )
-        state.present = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+        from marketcache.storage.tail import open_tail
+
+        live = open_tail(self.backend, self.symbol, self.tf).read()["timestamp"].to_numpy()
+        if len(live):  # the live tail's bars are stored: not fetched again (a commit folds them)
+            present.append(live[np.isin(pd.DatetimeIndex(live).year, years)])
+        found = np.concatenate(present) if present else np.zeros(0, "datetime64[ns]")
+        state.present = np.unique(found) if len(live) else found
         return state
 
     def _year_state(self, key: Key, expected: Any, present: list[Any]) -> YearRecord | None:

@@ -338,20 +338,24 @@ class _Parser:
             ("min_score", "lock_wait", "verified_empty_recheck_days", "format",
              "fundamentals_max_age", "fundamentals_keep", "rate_limit_store",
              "lease_seconds", "storage_options", "max_answer_mb", "max_archive_member_mb",
-             "quarantine_days", "serve_cache_mb"),
+             "quarantine_days", "serve_cache_mb", "live_fold_every"),
             "settings",
         )  # fmt: skip
         defaults = Options()
+
+        def number(name: str, **limits: Any) -> float:
+            return self.number(body.get(name, getattr(defaults, name)), f"settings.{name}",
+                               **limits)  # fmt: skip
+
+        def age(name: str, form: str) -> str:
+            text = self.text(body.get(name, getattr(defaults, name)), f"settings.{name}")
+            if not re.fullmatch(form, text.strip().lower()):
+                raise self.fail(f"settings.{name}", f"'{text}': use e.g. 7d, 36h, 30m")
+            return text.strip().lower()
+
         fmt = self.text(body.get("format", defaults.format), "settings.format")
         if fmt not in FORMATS:
             raise self.fail("settings.format", f"'{fmt}': use one of {', '.join(FORMATS)}")
-        max_age = self.text(body.get("fundamentals_max_age", defaults.fundamentals_max_age),
-                            "settings.fundamentals_max_age")  # fmt: skip
-        if not re.fullmatch(r"0|\d+[mhdw]", max_age.strip().lower()):
-            raise self.fail("settings.fundamentals_max_age", f"'{max_age}': use e.g. 7d, 36h")
-        keep = self.number(body.get("fundamentals_keep", defaults.fundamentals_keep),
-                           "settings.fundamentals_keep", low=1, high=10_000,
-                           integer=True)  # fmt: skip
         store = self.text(body.get("rate_limit_store", ""), "settings.rate_limit_store")
         if store and not store.startswith(("postgresql://", "postgres://")):
             raise self.fail(
@@ -359,50 +363,22 @@ class _Parser:
             )
         storage = body.get("storage_options", {})
         return Options(
-            max_answer_mb=self.number(
-                body.get("max_answer_mb", defaults.max_answer_mb),
-                "settings.max_answer_mb",
-                low=0.001,
-            ),
-            max_archive_member_mb=self.number(
-                body.get("max_archive_member_mb", defaults.max_archive_member_mb),
-                "settings.max_archive_member_mb",
-                low=0.001,
-            ),
+            max_answer_mb=number("max_answer_mb", low=0.001),
+            max_archive_member_mb=number("max_archive_member_mb", low=0.001),
             rate_limit_store=store,
-            lease_seconds=self.number(
-                body.get("lease_seconds", defaults.lease_seconds),
-                "settings.lease_seconds",
-                low=1,
-                high=86_400,
-            ),
-            quarantine_days=self.number(
-                body.get("quarantine_days", defaults.quarantine_days),
-                "settings.quarantine_days",
-                high=36_500,
-            ),
+            lease_seconds=number("lease_seconds", low=1, high=86_400),
+            quarantine_days=number("quarantine_days", high=36_500),
             storage_options=Secret(
                 json.dumps(self.options_tree(storage, "settings.storage_options"))
             ),
             format=fmt,
-            serve_cache_mb=self.number(
-                body.get("serve_cache_mb", defaults.serve_cache_mb),
-                "settings.serve_cache_mb",
-                high=1_048_576,
-            ),
-            fundamentals_max_age=max_age,
-            fundamentals_keep=int(keep),
-            min_score=self.number(
-                body.get("min_score", defaults.min_score), "settings.min_score", high=1.0
-            ),
-            lock_wait=self.number(  # a week: longer is a hang, not a wait
-                body.get("lock_wait", defaults.lock_wait), "settings.lock_wait", high=604_800
-            ),
-            verified_empty_recheck_days=self.number(
-                body.get("verified_empty_recheck_days", defaults.verified_empty_recheck_days),
-                "settings.verified_empty_recheck_days",
-                high=36_500,
-            ),
+            serve_cache_mb=number("serve_cache_mb", high=1_048_576),
+            fundamentals_max_age=age("fundamentals_max_age", r"0|\d+[mhdw]"),
+            fundamentals_keep=int(number("fundamentals_keep", low=1, high=10_000, integer=True)),
+            min_score=number("min_score", high=1.0),
+            lock_wait=number("lock_wait", high=604_800),  # a week: longer is a hang, not a wait
+            verified_empty_recheck_days=number("verified_empty_recheck_days", high=36_500),
+            live_fold_every=age("live_fold_every", r"0*[1-9]\d*[mhdw]"),
         )
 
     def asset_class(self, value: Any, key: str) -> AssetClass:

@@ -110,6 +110,7 @@ class Options:
     storage_options: Secret = field(default_factory=lambda: Secret(""))
     max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
     max_archive_member_mb: float = 64.0  # a Binance archive zip member larger than this too
+    live_fold_every: str = "1h"  # a series' live tail is folded into its year this often
 
 
 @dataclass(frozen=True)

@@ -172,9 +172,14 @@ def _check_year(
     source = fetched.frame
     _compare(stored, source, entry)
     if fix and (entry.restated or entry.volume or entry.extra):
+        from marketcache.cache.series import Ledger
+        from marketcache.core.gaps import Span
+
         series = cache.series(sym, tf)
         source, _ = with_actions(series, source, fetched.events, choice.provider)
-        series.commit(source, choice.provider)
+        # the source answered for [lo, hi): the holes recorded there (a repair's loss, a
+        # failed range) are settled by its answer, as a populate of that range settles them
+        series.commit(source, choice.provider, Ledger(resolved=[Span(lo, hi)]))
         series.readjust()
         entry.fixed = True
     if (entry.fixed or not entry.differs) and lo <= pd.Timestamp(meta["start_date"]):

@@ -86,6 +86,15 @@ def select(
     return chain
 
 
+def rule_providers(symbol: str, timeframe: str, settings: Settings) -> tuple[str, ...]:
+    """The providers the first selection rule matching symbol × timeframe names, in order."""
+    asset = classify(symbol, (t.value if (t := settings.symbol(symbol).type) else None))
+    for rule in settings.selection:
+        if _matches(rule, symbol, asset, timeframe):
+            return tuple(rule.providers)
+    return ()
+
+
 def left_out(
     symbol: str,
     timeframe: str,

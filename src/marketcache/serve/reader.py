@@ -133,11 +133,18 @@ class RangeReader:
     def chunks(self, plan: RangePlan, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
         """The bars of `plan` in order, at most `rows` a chunk; equal, concatenated, to
         `UnifiedCache.get(symbol, timeframe, start, end, adjust=adjust)`."""
+        from marketcache.cache.tail import is_tail
+
         closes = _prior_closes(self, plan) if plan.adjust == "all" else {}
+        last = None  # the newest year row sent: a tail row a fold moved into a year is the year's
         for r in plan.records:
             if not r.rows:
                 continue
             part = clip(self.year(r), plan.start, plan.end)
+            if is_tail(r) and last is not None:
+                part = clip(part, _after(last), None)
+            elif len(part):
+                last = part["timestamp"].iloc[-1]
             if list(part.columns) != plan.columns:  # a year without adj_close, as get's concat
                 part = part.reindex(columns=plan.columns)
             for first in range(0, len(part), rows):
@@ -158,15 +165,18 @@ class RangeReader:
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
     def tail(self, symbol: str, timeframe: str, end: Any, count: int) -> pd.DataFrame:
-        """The last `count` bars before `end` (None: the newest), reading years backwards only
-        as far as needed: memory stays bounded by one year plus `count` bars."""
+        """The last `count` bars before `end` (None: the newest), the live tail included,
+        reading years backwards only as far as needed: memory stays bounded by one year plus
+        `count` bars."""
         import pandas as pd
 
+        from marketcache.cache.tail import read_tail
         from marketcache.core.frames import empty_frame
 
+        live = clip(read_tail(self.cache.backend, symbol, timeframe), None, end)  # before the years
         years = self.cache.list_years(symbol, timeframe)
         parts: list[pd.DataFrame] = []
-        have = 0
+        have, newest = len(live), True
         for year in reversed(years):
             if end is not None and year > end.year:
                 continue
@@ -175,15 +185,27 @@ class RangeReader:
             if not record.rows:
                 continue
             part = clip(self.year(record), None, end)
+            if newest and len(part):  # tail rows a fold moved into this year are the year's
+                newest = False
+                live = clip(live, _after(part["timestamp"].iloc[-1]), None)
+                have = len(live)
             if count - have < len(part):
-                part = part.iloc[len(part) - (count - have) :]
+                part = part.iloc[len(part) - max(count - have, 0) :]
             parts.append(part)
             have += len(part)
             if have >= count:
                 break
+        parts = [p for p in [*parts[::-1], live] if len(p)]
         if not parts:
             return empty_frame()
-        return pd.concat(parts[::-1], ignore_index=True) if len(parts) > 1 else parts[0]
+        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return out.iloc[max(len(out) - count, 0) :].reset_index(drop=True)
+
+
+def _after(ts: pd.Timestamp) -> pd.Timestamp:
+    import pandas as pd
+
+    return ts + pd.Timedelta(1, "ns")
 
 
 def clip(df: pd.DataFrame, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> pd.DataFrame:

@@ -125,16 +125,9 @@ class Hub:
 
     def _start(self, key: Series) -> Watch:
         """A watch from the series' newest stored bar: only later commits are pushed."""
-        import pandas as pd
-
         sym, tf = key
-        years = self.reader.cache.list_years(sym, tf)
-        for year in reversed(years):
-            record = self.reader.cache.record(sym, tf, year)
-            if record.rows and record.end_date:
-                last = pd.Timestamp(record.end_date)
-                return Watch(last, self._fingerprint(sym, tf, last))
-        return Watch(None, self._fingerprint(sym, tf, None))
+        last = self.reader.cache.last_stored(sym, tf)  # the live tail included
+        return Watch(last, self._fingerprint(sym, tf, last))
 
     def _fingerprint(
         self, sym: str, tf: str, last: pd.Timestamp | None

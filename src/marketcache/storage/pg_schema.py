@@ -4,6 +4,8 @@
     SCHEMA.ohlcv(symbol, timeframe, ts timestamptz, open, high, low, close, volume, adj_close)
     SCHEMA.year_records, SCHEMA.documents, SCHEMA.index_docs, view SCHEMA.bars
     SCHEMA.quarantine_ohlcv, SCHEMA.quarantine_records   (version 2)
+    SCHEMA.live_tail   the closed bars a follower stored since the last fold, and the view
+    SCHEMA.live_bars   (bars, the live tail's included) (version 3)
 
 Every identifier is quoted by psycopg (`sql.Identifier`).
 """
@@ -18,10 +20,10 @@ from psycopg import sql
 from marketcache.core.columns import VALUE_COLUMNS
 from marketcache.errors import CorruptFile, UsageError
 
-SCHEMA_VERSION = 2  # 2: the quarantine tables
+SCHEMA_VERSION = 3  # 2: the quarantine tables; 3: the live tail
 COLUMNS = VALUE_COLUMNS
 TABLES = ("schema_version", "ohlcv", "year_records", "documents", "index_docs", "bars",
-          "quarantine_ohlcv", "quarantine_records")  # fmt: skip
+          "quarantine_ohlcv", "quarantine_records", "live_tail", "live_bars")  # fmt: skip
 _NEEDED = {  # what reads and writes use, checked once per process: a column dropped by hand
     "ohlcv": ("symbol", "timeframe", "ts", *COLUMNS),  # is named, not an "unexpected" error
     "year_records": ("symbol", "timeframe", "year", "record"),
@@ -142,6 +144,25 @@ def _migrate_in(conn: Any, schema: str, location: str) -> bool:
               " timeframe text, ts timestamptz, {cols})", cols=cols)
         )  # fmt: skip
         conn.execute(q("CREATE INDEX ON {s}.quarantine_ohlcv (aside)"))
+    if not have or have < 3:
+        live = sql.SQL(", ").join(
+            sql.SQL("{} double precision NOT NULL").format(sql.Identifier(c))
+            for c in COLUMNS
+            if c != "adj_close"
+        )
+        conn.execute(
+            q("CREATE TABLE {s}.live_tail (symbol text NOT NULL, timeframe text NOT NULL,"
+              " ts timestamptz NOT NULL, {live}, PRIMARY KEY (symbol, timeframe, ts))",
+              live=live)
+        )  # fmt: skip
+        conn.execute(
+            q("CREATE VIEW {s}.live_bars AS SELECT symbol, timeframe, ts, open, high, low, close,"
+              " volume, adj_close FROM {s}.ohlcv UNION ALL SELECT t.symbol, t.timeframe, t.ts,"
+              " t.open, t.high, t.low, t.close, t.volume, NULL::double precision FROM"
+              " {s}.live_tail t WHERE NOT EXISTS (SELECT 1 FROM {s}.ohlcv o WHERE"
+              " o.symbol = t.symbol AND o.timeframe = t.timeframe AND o.ts = t.ts)")
+        )  # fmt: skip
+    if not have or have < SCHEMA_VERSION:
         conn.execute(q("INSERT INTO {s}.schema_version (version) VALUES (%s)"), [SCHEMA_VERSION])
     return timescale
 
