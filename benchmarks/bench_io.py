@@ -254,7 +254,8 @@ def bench_populate(work: Path, years: int) -> dict[str, Any]:
     proc.start()
     url = q.get(timeout=300)
     try:
-        from marketcache.pipeline.populate import PopulateRequest, build_jobs, run_populate
+        from marketcache.pipeline.jobs import PopulateRequest, build_jobs
+        from marketcache.pipeline.populate import run_populate
 
         conf = (f"providers: {{binance: {{base_url: '{url}', rate_limit: {{per_second: 100000}},"
                 f" timeout: 30}}}}\n")  # fmt: skip

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import busiest_second, make_bars
 from fakes import FakeAlphaVantage, FakeYahoo, config_for
-from marketcache.config.parser import default_config_text, load_settings, parse_settings
+from marketcache.config.files import default_config_text
+from marketcache.config.parser import load_settings, parse_settings
 from marketcache.core.calendars import expected_bars
 from marketcache.core.symbols import AssetClass
 from marketcache.core.timeframes import Timeframe

@@ -842,9 +842,10 @@ def test_on_a_store_without_a_clock_a_waiter_whose_clock_runs_ahead_takes_no_liv
         with pytest.raises(LockTimeout), waiter.hold(name, wait=4, what="ABCUSDT 1h"):
             pass  # 4 s: well past the lease length, and the holder is renewing it
         # the holder stops renewing (its machine died): its lease object stays behind
-        assert holder._held[name].thread is not None
-        holder._held[name].stop.set()
-        holder._held[name].thread.join()
+        lease = holder._held.held(name)
+        assert lease is not None and lease.thread is not None
+        lease.stop.set()
+        lease.thread.join()
         stopped = time.monotonic()
         with waiter.hold(name, wait=20, what="ABCUSDT 1h"):
             waited = time.monotonic() - stopped

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "UnifiedCache": "marketcache.cache.facade",
     "DataManager": "marketcache.manager",
-    "PutResult": "marketcache.cache.facade",
-    "Settings": "marketcache.config.parser",
+    "PutResult": "marketcache.cache.series",
+    "Settings": "marketcache.config.schema",
     "load_settings": "marketcache.config.parser",
     "OHLCVValidator": "marketcache.core.validate",
     "ValidationResult": "marketcache.core.validate",
@@ -31,8 +31,10 @@ _EXPORTS = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from marketcache.cache.facade import PutResult, UnifiedCache
-    from marketcache.config.parser import Settings, load_settings
+    from marketcache.cache.facade import UnifiedCache
+    from marketcache.cache.series import PutResult
+    from marketcache.config.parser import load_settings
+    from marketcache.config.schema import Settings
     from marketcache.core.validate import OHLCVValidator, ValidationResult
     from marketcache.errors import (
         ConfigError,

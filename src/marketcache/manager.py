@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 
 from marketcache.cache.facade import UnifiedCache
-from marketcache.config.parser import Settings, default_settings, load_settings
-from marketcache.core.freshness import freshness
+from marketcache.config.parser import default_settings, load_settings
+from marketcache.config.schema import Settings
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import Timeframe, parse_timeframe
 from marketcache.errors import (
@@ -212,7 +212,7 @@ class DataManager:
         failed = result.status == "failed" or (result.status == "partial" and result.errors)
         if failed:
             message = result.errors[0] if result.errors else "no provider answered"
-            if message.startswith("no provider knows"):
+            if result.refused:
                 raise SymbolNotFound(message, symbol=sym)
             return f"{sym} {tf}: {message}"
         through = min(job.end, Timeframe(tf).floor(now))
@@ -307,12 +307,12 @@ class DataManager:
 
         rows = []
         for sym in self.cache.list_symbols():
-            calendar = self.cache.profile(sym).calendar
             for tf in self.cache.list_timeframes(sym):
+                series = self.cache.series(sym, tf)
                 live = read_tail(
                     self.cache.backend, sym, tf
                 )  # before the records: folds move bars on
-                recs = [self.cache.record(sym, tf, y) for y in self.cache.list_years(sym, tf)]
+                recs = [series.record(y) for y in series.years()]
                 stored = [r for r in recs if r.rows]
                 last = stored[-1].end_date if stored else None
                 if last is not None:  # the live tail's bars after the years' last
@@ -331,7 +331,7 @@ class DataManager:
                         "missing_bars": sum(
                             r.counts.unfilled_bars + r.counts.missing_bars for r in recs
                         ),
-                        "stale": freshness(sym, tf, calendar, last).stale,
+                        "stale": series.freshness(records=recs, last=last).stale,
                     }
                 )
         columns = [

@@ -17,7 +17,7 @@ from marketcache.errors import CorruptFile, LockTimeout, StorageError
 from marketcache.storage.backend import Key, StorageBackend
 
 if TYPE_CHECKING:
-    from marketcache.config.parser import Settings
+    from marketcache.config.schema import Settings
 
 
 class Catalog:

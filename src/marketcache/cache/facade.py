@@ -12,15 +12,24 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from marketcache.cache.catalog import Catalog
 from marketcache.cache.retention import CleanupAction
-from marketcache.cache.series import Series, SeriesState, SymbolProfile, profile_of, where
-from marketcache.config.parser import Settings, default_settings
+from marketcache.cache.series import (
+    Ledger,
+    PutResult,
+    Series,
+    SeriesState,
+    SymbolProfile,
+    profile_of,
+    read_actions,
+)
+from marketcache.cache.tail import fold_locked
+from marketcache.config.parser import default_settings
+from marketcache.config.schema import Settings
 from marketcache.core.actions import CorporateActions, Dividend, Split
-from marketcache.core.records import YearRecord, now_stamp
+from marketcache.core.records import YearRecord
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import CorruptFile
@@ -29,26 +38,14 @@ from marketcache.storage.open import open_backend
 from marketcache.storage.urls import redact
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
     from marketcache.cache.repair import YearCheck
-    from marketcache.cache.writes import SeriesWriter, YearWrite
+    from marketcache.cache.writes import SeriesWriter
+    from marketcache.core.freshness import Freshness
     from marketcache.core.validate import OHLCVValidator
-
-
-@dataclass
-class PutResult:
-    symbol: str
-    timeframe: str
-    years: list[YearWrite] = field(default_factory=list)
-
-    @property
-    def rows_added(self) -> int:
-        return sum(y.rows_added for y in self.years)
-
-    @property
-    def rows_updated(self) -> int:
-        return sum(y.rows_updated for y in self.years)
 
 
 class UnifiedCache:
@@ -82,14 +79,9 @@ class UnifiedCache:
         return self.backend.layout  # type: ignore[attr-defined]
 
     @property
-    def state_dir(self) -> Any:
-        """Where this machine keeps provider state (rate-limit bucket, yfinance caches)."""
-        from pathlib import Path
-
-        layout = getattr(self.backend, "layout", None)
-        if layout is not None:
-            return layout.index_dir
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "marketcache"
+    def state_dir(self) -> Path:
+        """Where this machine keeps provider state (see `StorageBackend.state_dir`)."""
+        return self.backend.state_dir
 
     # ---- symbols ---------------------------------------------------------------------------
 
@@ -103,6 +95,7 @@ class UnifiedCache:
             normalize_symbol(symbol),
             parse_timeframe(timeframe),
             lock_wait=self.lock_wait,
+            fold=fold_locked,
         )
 
     def profile(self, symbol: str) -> SymbolProfile:
@@ -126,8 +119,6 @@ class UnifiedCache:
 
     def get_actions(self, symbol: str) -> CorporateActions:
         """Every split and dividend known for `symbol` (empty when none was ever seen)."""
-        from marketcache.cache.series import read_actions
-
         return read_actions(self.backend, normalize_symbol(symbol))
 
     def record_actions(
@@ -168,42 +159,12 @@ class UnifiedCache:
         timeframe: str,
         provider: str = "unknown",
         *,
-        verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = (),
-        missing: Iterable[tuple[Any, str]] = (),
-        resolved: Iterable[Any] = (),
+        ledger: Ledger | None = None,
         sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
     ) -> PutResult:
         """Commit one fetched range with its coverage change, year by year (rows and ledger in
-        one record each), and refresh the index once. `sources` says which source filled which
-        part of the range when it did not all come from `provider`."""
-        from marketcache.core.coverage import by_year
-        from marketcache.core.frames import normalize_frame
-
-        series = self.series(symbol, timeframe)
-        sym, tf = series.symbol, series.timeframe
-        frame = normalize_frame(df, sessions=not tf.is_intraday)
-        changes = by_year(
-            verified_empty=verified_empty, missing=missing, resolved=resolved, now=now_stamp()
-        )
-        result = PutResult(sym, tf.name)
-        years = frame["timestamp"].dt.year.to_numpy()
-        if frame.empty and not changes:
-            return result
-        with series.lock():
-            from marketcache.cache.tail import fold_locked
-
-            fold_locked(series)  # the live tail first: its bars stay the newest of the series
-            writer = series.writer()
-            writer.sources = list(sources or [])
-            for year in sorted({*map(int, set(years)), *changes}):
-                key, change = Key(sym, tf.name, year), changes.get(year)
-                part = frame[years == year].reset_index(drop=True)
-                if len(part):
-                    result.years.append(writer.put_year(key, part, provider, change))
-                elif change is not None:
-                    writer.write_coverage(key, writer.previous(key), change)
-            self.catalog.refresh(sym, tf.name)
-        return result
+        one record each), and refresh the index once (see `Series.commit`)."""
+        return self.series(symbol, timeframe).commit(df, provider, ledger, sources)
 
     def update_coverage(
         self,
@@ -215,16 +176,8 @@ class UnifiedCache:
         resolved: Iterable[Any] = (),
     ) -> None:
         """Record ranges answered empty (with when), still missing (with why), or filled."""
-        from marketcache.core.frames import empty_frame
-
-        self.commit_range(
-            empty_frame(),
-            symbol,
-            timeframe,
-            "none",
-            verified_empty=verified_empty,
-            missing=missing,
-            resolved=resolved,
+        self.series(symbol, timeframe).update_coverage(
+            Ledger(verified_empty=verified_empty, missing=missing, resolved=resolved)
         )
 
     # ---- read ------------------------------------------------------------------------------
@@ -280,8 +233,8 @@ class UnifiedCache:
         that carries its rows; rows of it that a year holds too are the year's."""
         from marketcache.cache.reads import range_records
 
-        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe).name
-        return range_records(self.backend, sym, tf, start, end)
+        series = self.series(symbol, timeframe)
+        return range_records(self.backend, series.symbol, series.tf, start, end)
 
     def read_committed(self, record: YearRecord) -> tuple[YearRecord, pd.DataFrame]:
         """The rows `record` committed, with the record they were read as: when a newer commit
@@ -331,7 +284,7 @@ class UnifiedCache:
         return self.backend.timeframes(normalize_symbol(symbol))
 
     def list_years(self, symbol: str, timeframe: str) -> list[int]:
-        return self.backend.years(normalize_symbol(symbol), parse_timeframe(timeframe).name)
+        return self.series(symbol, timeframe).years()
 
     def iter_metadata(
         self, symbol: str | None = None, timeframe: str | None = None
@@ -352,8 +305,26 @@ class UnifiedCache:
         symbol's corporate actions (records only)."""
         sym = normalize_symbol(symbol)
         info = self.catalog.data_info(sym, parse_timeframe(timeframe).name if timeframe else None)
-        info["corporate_actions"] = self.get_actions(sym).as_json()
+        info["corporate_actions"] = read_actions(self.backend, sym).as_json()
         return info
+
+    def freshness(
+        self,
+        symbol: str | None = None,
+        timeframe: str | None = None,
+        *,
+        max_age: str | None = None,
+    ) -> list[Freshness]:
+        """How fresh every series in scope is (`max_age` e.g. "36h": stale when the first bar
+        due after the newest stored one closed longer ago); reads the records only."""
+        from marketcache.core.freshness import parse_age
+
+        age = parse_age(max_age) if max_age else None
+        return [
+            self.series(s, t).freshness(max_age=age)
+            for s in ([symbol] if symbol else self.list_symbols())
+            for t in ([timeframe] if timeframe else self.list_timeframes(s))
+        ]
 
     def get_stats(self) -> dict[str, Any]:
         return self.catalog.stats()
@@ -377,9 +348,7 @@ class UnifiedCache:
         out = []
         for sym in [normalize_symbol(symbol)] if symbol else self.backend.symbols():
             tfs = (
-                [parse_timeframe(timeframe).name]
-                if timeframe
-                else _all_timeframes(self.backend, sym)
+                [parse_timeframe(timeframe).name] if timeframe else self.backend.raw_timeframes(sym)
             )
             for tf in tfs:
                 out += [(sym, tf, y) for y in self.backend.raw_years(sym, tf)]
@@ -407,17 +376,19 @@ class UnifiedCache:
         self,
         *,
         before: Any = None,
+        older_than: str | None = None,
         keep_years: int | None = None,
         symbol: str | None = None,
         timeframe: str | None = None,
         dry_run: bool = False,
         now: pd.Timestamp | None = None,
     ) -> list[CleanupAction]:
-        """Drop rows before a cutoff (`before`, or Jan 1 of the last `keep_years` years)."""
+        """Drop rows before a cutoff (`before`, an age `older_than` such as "400d", or Jan 1
+        of the last `keep_years` years: the latest of those given)."""
         from marketcache.cache.retention import cut_series, cutoff
         from marketcache.cache.tail import live_series
 
-        cut = cutoff(before=before, keep_years=keep_years, now=now)
+        cut = cutoff(before=before, older_than=older_than, keep_years=keep_years, now=now)
         sym = normalize_symbol(symbol) if symbol else None
         tf = parse_timeframe(timeframe).name if timeframe else None
         actions: list[CleanupAction] = []
@@ -447,9 +418,4 @@ class UnifiedCache:
 
     def where(self, key: Key) -> str:
         """A year's location for messages: its data file, or the backend and key."""
-        return where(self.backend, key)
-
-
-def _all_timeframes(backend: StorageBackend, sym: str) -> list[str]:
-    layout = getattr(backend, "layout", None)
-    return layout.timeframes(sym) if layout is not None else backend.timeframes(sym)
+        return self.backend.where(key)

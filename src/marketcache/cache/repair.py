@@ -306,3 +306,17 @@ def _store_quality(
         return
     record.extra["last_validated"] = now_stamp()
     writer.backend.write_record(key, record)
+
+
+def validation_exit_code(checks: list[YearCheck], threshold: float) -> int:
+    """validate's verdict: 4 when a series was held past the lock wait, 3 when a year is
+    corrupt, scored below `threshold`, incomplete or lost rows, else 0."""
+    if any(c.status == "locked" for c in checks):
+        return 4
+    bad = any(
+        c.status in ("corrupt", "low-score", "incomplete")
+        or c.lost
+        or (c.score is not None and c.score < threshold)
+        for c in checks
+    )
+    return 3 if bad else 0

@@ -38,13 +38,23 @@ def cleanup_exit_code(actions: list[CleanupAction]) -> int:
 
 
 def cutoff(
-    *, before: Any = None, keep_years: int | None = None, now: pd.Timestamp | None = None
+    *,
+    before: Any = None,
+    older_than: str | None = None,
+    keep_years: int | None = None,
+    now: pd.Timestamp | None = None,
 ) -> pd.Timestamp:
+    """The cutoff the criteria give (the latest of them): a date, an age with its unit (400d,
+    8w, 2y: `--older-than`), or January 1st of the last `keep_years` years."""
     import pandas as pd
 
     cutoffs = []
     if before is not None:
         cutoffs.append(parse_date(before, option="--before"))
+    if older_than:
+        if not older_than.strip()[-1:].isalpha():
+            raise UsageError(f"--older-than '{older_than}' needs a unit: e.g. 400d, 8w, 2y")
+        cutoffs.append(parse_date(older_than, option="--older-than"))
     if keep_years is not None:
         if keep_years < 1:
             raise UsageError("--keep-years must be at least 1")

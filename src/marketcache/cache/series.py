@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from marketcache.cache.catalog import Catalog
-from marketcache.config.parser import Settings
+from marketcache.config.schema import Settings
 from marketcache.core.actions import CorporateActions, Dividend, Split, merge_actions
 from marketcache.core.records import now_stamp
 from marketcache.core.symbols import AssetClass, classify
@@ -24,9 +24,37 @@ from marketcache.storage.backend import Key, StorageBackend
 ACTIONS_FILE = "corporate_actions.json"
 
 if TYPE_CHECKING:
-    from marketcache.cache.writes import SeriesWriter
+    import pandas as pd
+
+    from marketcache.cache.writes import SeriesWriter, YearWrite
+    from marketcache.core.freshness import Freshness
     from marketcache.core.records import YearRecord
     from marketcache.core.validate import OHLCVValidator
+
+
+@dataclass
+class PutResult:
+    symbol: str
+    timeframe: str
+    years: list[YearWrite] = field(default_factory=list)
+
+    @property
+    def rows_added(self) -> int:
+        return sum(y.rows_added for y in self.years)
+
+    @property
+    def rows_updated(self) -> int:
+        return sum(y.rows_updated for y in self.years)
+
+
+@dataclass
+class Ledger:
+    """A commit's coverage change: ranges answered empty (with when and why), ranges still
+    missing (with why), ranges filled."""
+
+    verified_empty: Iterable[tuple[Any, pd.Timestamp, str]] = ()
+    missing: Iterable[tuple[Any, str]] = ()
+    resolved: Iterable[Any] = ()
 
 
 @dataclass
@@ -54,12 +82,6 @@ def profile_of(settings: Settings, sym: str) -> SymbolProfile:
     return SymbolProfile(sym, asset, calendar_for(sym, asset, conf.calendar))
 
 
-def where(backend: StorageBackend, key: Key) -> str:
-    """A year's location for messages: its data file, or the backend and key."""
-    layout = getattr(backend, "layout", None)
-    return str(layout.data_path(*key.series, key.year)) if layout else f"{backend.location} {key}"
-
-
 class Series:
     """One symbol × timeframe of a cache. `symbol` is normalised and `timeframe` parsed by
     whoever makes it (`UnifiedCache.series`); nothing here normalises again."""
@@ -73,6 +95,7 @@ class Series:
         timeframe: Timeframe,
         *,
         lock_wait: float,
+        fold: Callable[[Series], object] | None = None,
     ) -> None:
         self.backend = backend
         self.settings = settings
@@ -81,6 +104,7 @@ class Series:
         self.timeframe = timeframe
         self.tf = timeframe.name
         self.lock_wait = lock_wait
+        self._fold = fold  # folds the live tail into the years (see cache/tail.py)
 
     def __repr__(self) -> str:
         return f"Series({self.symbol!r}, {self.tf!r})"
@@ -98,7 +122,7 @@ class Series:
         return Key(self.symbol, self.tf, year)
 
     def where(self, key: Key) -> str:
-        return where(self.backend, key)
+        return self.backend.where(key)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """The series lock (re-entrant in this process)."""
@@ -140,6 +164,72 @@ class Series:
 
     def years(self) -> list[int]:
         return self.backend.years(self.symbol, self.tf)
+
+    def record(self, year: int) -> YearRecord:
+        return self.backend.read_record(self.key(year))
+
+    def commit(
+        self,
+        df: pd.DataFrame,
+        provider: str = "unknown",
+        ledger: Ledger | None = None,
+        sources: list[tuple[str, pd.Timestamp, pd.Timestamp]] | None = None,
+    ) -> PutResult:
+        """Commit one fetched range with its coverage change, year by year (rows and ledger in
+        one record each), and refresh the index once. `sources` says which source filled which
+        part of the range when it did not all come from `provider`."""
+        from marketcache.core.coverage import by_year
+        from marketcache.core.frames import normalize_frame
+
+        frame = normalize_frame(df, sessions=not self.timeframe.is_intraday)
+        ledger = ledger or Ledger()
+        changes = by_year(
+            verified_empty=ledger.verified_empty,
+            missing=ledger.missing,
+            resolved=ledger.resolved,
+            now=now_stamp(),
+        )
+        result = PutResult(self.symbol, self.tf)
+        years = frame["timestamp"].dt.year.to_numpy()
+        if frame.empty and not changes:
+            return result
+        with self.lock():
+            if self._fold is not None:
+                self._fold(self)  # the live tail first: its bars stay the newest of the series
+            writer = self.writer()
+            writer.sources = list(sources or [])
+            for year in sorted({*map(int, set(years)), *changes}):
+                key, change = self.key(year), changes.get(year)
+                part = frame[years == year].reset_index(drop=True)
+                if len(part):
+                    result.years.append(writer.put_year(key, part, provider, change))
+                elif change is not None:
+                    writer.write_coverage(key, writer.previous(key), change)
+            self.catalog.refresh(self.symbol, self.tf)
+        return result
+
+    def update_coverage(self, ledger: Ledger) -> None:
+        """Record ranges answered empty (with when), still missing (with why), or filled."""
+        from marketcache.core.frames import empty_frame
+
+        self.commit(empty_frame(), "none", ledger)
+
+    def freshness(
+        self,
+        *,
+        max_age: pd.Timedelta | None = None,
+        records: list[YearRecord] | None = None,
+        last: str | None = None,
+    ) -> Freshness:
+        """How far the newest stored bar (`last`, else the newest of the years' `records`,
+        read when not given) is behind the calendar."""
+        from marketcache.core.freshness import freshness
+
+        if last is None:
+            if records is None:
+                records = [self.record(y) for y in self.years()]
+            last = next((r.end_date for r in reversed(records) if r.rows), None)
+        return freshness(self.symbol, self.tf, self.profile.calendar, last, max_age=max_age)
 
     def remove_stale_temp_files(self) -> list[str]:
         with self.lock():

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.config.parser import Settings
+from marketcache.config.schema import Settings
 from marketcache.core.calendars import expected_bars
 from marketcache.core.coverage import CoverageChange, apply
 from marketcache.core.frames import (
@@ -43,6 +43,20 @@ class YearWrite:
     rows_added: int
     rows_updated: int
     quality: float
+
+
+@dataclass
+class Rows:
+    """What a year's new record says of its rows: their check, span and shape."""
+
+    counts: ValidationCounts
+    errors: list[str]
+    tail: TailContext | None
+    start: Any  # the first stored bar (None: no rows)
+    end: Any
+    columns: list[str]
+    last: dict[str, Any] | None  # the last row as stored
+    new_span: tuple[Any, Any] | None = None  # the bars this write brought (credited to a source)
 
 
 class SeriesWriter:
@@ -91,20 +105,19 @@ class SeriesWriter:
             and self.backend.appendable
         ):
             check = self.validator.validate(part, prev.tail)
-            new = self.record(
-                key,
-                prev,
-                prev.counts + check.counts,
-                (prev.data_quality.get("validation_errors", []) + check.errors)[-MAX_ERRORS:],
-                check.tail,
-                provider,
-                prev.start_date,
-                part["timestamp"].iloc[-1],
-                (part["timestamp"].iloc[0], part["timestamp"].iloc[-1]),
-                prev.file_info.columns,
-                last_row(part.reindex(columns=prev.file_info.columns)),
-                change,
+            rows = Rows(
+                counts=prev.counts + check.counts,
+                errors=(prev.data_quality.get("validation_errors", []) + check.errors)[
+                    -MAX_ERRORS:
+                ],
+                tail=check.tail,
+                start=prev.start_date,
+                end=part["timestamp"].iloc[-1],
+                columns=prev.file_info.columns,
+                last=last_row(part.reindex(columns=prev.file_info.columns)),
+                new_span=(part["timestamp"].iloc[0], part["timestamp"].iloc[-1]),
             )
+            new = self.record(key, prev, rows, provider, change)
             if self.backend.append(key, prev, part, new) is not None:
                 self._stored.add(key.year)
                 return YearWrite(key.year, "append", prev.rows, new.rows, len(part), 0, new.score)
@@ -144,20 +157,17 @@ class SeriesWriter:
         last = frame["timestamp"].iloc[-1] if len(frame) else None
         if span is None and first is not None:
             span = (first, last)
-        new = self.record(
-            key,
-            prev,
-            check.counts,
-            check.errors,
-            check.tail,
-            provider,
-            first,
-            last,
-            span if record_source else None,
-            columns,
-            last_row(frame),
-            change,
+        rows = Rows(
+            counts=check.counts,
+            errors=check.errors,
+            tail=check.tail,
+            start=first,
+            end=last,
+            columns=columns,
+            last=last_row(frame),
+            new_span=span if record_source else None,
         )
+        new = self.record(key, prev, rows, provider, change)
         self.backend.write_year(key, frame, new)
         self._stored.add(key.year)
         mode = "new" if prev is None else "rewrite"
@@ -168,15 +178,8 @@ class SeriesWriter:
         self,
         key: Key,
         prev: YearRecord | None,
-        counts: ValidationCounts,
-        errors: list[str],
-        tail: TailContext | None,
+        rows: Rows,
         provider: str,
-        start: Any,
-        end: Any,
-        new_span: tuple[Any, Any] | None,
-        columns: list[str],
-        last: dict[str, Any] | None,
         change: CoverageChange | None = None,
     ) -> YearRecord:
         """The year's new record (its file_info storage fields are filled by the backend)."""
@@ -186,8 +189,8 @@ class SeriesWriter:
         coverage = Coverage(
             self.calendar, coverage.missing_ranges, coverage.verified_empty, list(coverage.sources)
         )
-        if new_span is not None:
-            first_bar, last_bar = pd.Timestamp(new_span[0]), pd.Timestamp(new_span[1])
+        if rows.new_span is not None:
+            first_bar, last_bar = pd.Timestamp(rows.new_span[0]), pd.Timestamp(rows.new_span[1])
             claims = [
                 (name, max(lo, first_bar), min(hi - pd.Timedelta(1, "ns"), last_bar))
                 for name, lo, hi in self.sources
@@ -206,9 +209,9 @@ class SeriesWriter:
             data_source=provider,
             created_at=prev.created_at if prev is not None else stamp,
             last_updated=stamp,
-            start_date=iso(start) if start is not None else None,
-            end_date=iso(end) if end is not None else None,
-            file_info=FileInfo(columns=list(columns), last_row=last),
+            start_date=iso(rows.start) if rows.start is not None else None,
+            end_date=iso(rows.end) if rows.end is not None else None,
+            file_info=FileInfo(columns=list(rows.columns), last_row=rows.last),
             provider_info={
                 "name": provider,
                 "reliability": prov.reliability if prov else None,
@@ -217,7 +220,7 @@ class SeriesWriter:
             coverage=coverage,
             extra={k: v for k, v in (prev.extra if prev is not None else {}).items()},
         )
-        record.set_quality(self.with_unfilled(counts, record), errors, tail)
+        record.set_quality(self.with_unfilled(rows.counts, record), rows.errors, rows.tail)
         return record
 
     def with_unfilled(self, counts: ValidationCounts, record: YearRecord) -> ValidationCounts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -26,17 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     import typer
 
-    import marketcache.cli.data_commands
-    import marketcache.cli.follow_commands
-    import marketcache.cli.serve_commands  # noqa: F401 — registers serve, get and follow
-    from marketcache.cli.commands import app
     from marketcache.cli.params import plain_coercion
 
     verbose = "-v" in args or "--verbose" in args
     as_json = "--json" in args
     if not verbose:  # a library's background thread must not print a traceback either
         threading.excepthook = _thread_error
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(_app())
     plain_coercion(command)  # no pydantic at start-up (see cli/params.py)
     if not args:  # a bare `marketcache` shows the help, not a usage error
         args = ["--help"]
@@ -54,6 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.formatwarning = form
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@functools.cache
+def _app() -> Any:
+    """The Typer app with every command: the core ones (`commands.py`), then those that move or
+    enrich a cache (`data_commands.py`), then following the market (`follow_commands.py`) and
+    serving (`serve_commands.py`) — in help order."""
+    from marketcache.cli import data_commands, follow_commands, serve_commands
+    from marketcache.cli.commands import app
+
+    data_commands.register(app)
+    follow_commands.register(app)
+    serve_commands.register(app)
+    return app
 
 
 def _main_thread() -> bool:

@@ -15,7 +15,6 @@ from marketcache import __version__
 from marketcache.cli.options import (
     CacheDir,
     ConfigPath,
-    Context,
     Format,
     GlobalOptions,
     JsonOut,
@@ -66,21 +65,6 @@ def root(
 ) -> None:
     """Keep a cache of OHLCV market data complete, fresh and trustworthy."""
     invocation.obj = GlobalOptions(cache_dir, config, as_json, quiet, verbose)
-
-
-def _freshness(ctx: Context, sym: str | None, tf: str | None, max_age: str | None) -> list[Any]:
-    """How fresh every series in scope is (reads the newest record of each)."""
-    from marketcache.core.freshness import freshness, parse_age
-
-    age = parse_age(max_age) if max_age else None
-    out = []
-    for s in [sym] if sym else ctx.cache.list_symbols():
-        calendar = ctx.cache.profile(s).calendar
-        for t in [tf] if tf else ctx.cache.list_timeframes(s):
-            records = [ctx.cache.record(s, t, y) for y in ctx.cache.list_years(s, t)]
-            last = next((r.end_date for r in reversed(records) if r.rows), None)
-            out.append(freshness(s, t, calendar, last, max_age=age))
-    return out
 
 
 @app.command()
@@ -168,7 +152,7 @@ def info(
     )
     sym, tf = scope(symbol, timeframe)
     if stale:
-        found = _freshness(ctx, sym, tf, None)
+        found = ctx.cache.freshness(sym, tf)
         if not found:
             require_cache(ctx)
         ctx.out.stale([f for f in found if f.stale], len(found))
@@ -255,18 +239,13 @@ def cleanup(
     """Remove leftovers, or (with criteria) old rows and whole years."""
     ctx = context(common(invocation, cache_dir, config, as_json, quiet, verbose))
     sym, tf = scope(symbol, timeframe)
-    cutoffs = []
-    if before:
-        cutoffs.append(parse_date(before, option="--before"))
-    if older_than:
-        if not older_than.strip()[-1:].isalpha():
-            raise UsageError(f"--older-than '{older_than}' needs a unit: e.g. 400d, 8w, 2y")
-        cutoffs.append(parse_date(older_than, option="--older-than"))
-    if (sym or tf) and not (cutoffs or keep_years):
+    criteria = bool(before or older_than or keep_years)
+    if (sym or tf) and not criteria:
         raise UsageError("--symbol/--timeframe need --before, --older-than or --keep-years")
-    if cutoffs or keep_years:
+    if criteria:
         actions = ctx.cache.cleanup_old_data(
-            before=max(cutoffs) if cutoffs else None,
+            before=before or None,
+            older_than=older_than,
             keep_years=keep_years,
             symbol=sym,
             timeframe=tf,
@@ -333,11 +312,12 @@ def validate(
         ctx.out.restatements(report)
         return report.exit_code
     if max_age is not None:
-        found = _freshness(ctx, sym, tf, max_age)
-        late = [f for f in found if f.stale]
-        ctx.out.stale(late, len(found), max_age=max_age)
-        return 3 if late else 0
-    from marketcache.cache.repair import YearCheck
+        from marketcache.core.freshness import stale_exit_code
+
+        found = ctx.cache.freshness(sym, tf, max_age=max_age)
+        ctx.out.stale([f for f in found if f.stale], len(found), max_age=max_age)
+        return stale_exit_code(found)
+    from marketcache.cache.repair import YearCheck, validation_exit_code
 
     checks: list[YearCheck] = []
     busy: dict[tuple[str, str], str] = {}  # a series held past the wait: its other years too
@@ -353,13 +333,4 @@ def validate(
                 checks.append(YearCheck(s, t, year, where, "locked", problems=[why]))
             progress.advance(f"{s} {t} {year}")
     ctx.out.validation(checks, threshold)
-    if busy:
-        return 4
-    bad = [
-        c
-        for c in checks
-        if c.status in ("corrupt", "low-score", "incomplete")
-        or c.lost
-        or (c.score is not None and c.score < threshold)
-    ]
-    return 3 if bad else 0
+    return validation_exit_code(checks, threshold)

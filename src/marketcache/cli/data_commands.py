@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from marketcache.cli.commands import app
 from marketcache.cli.options import (
     CacheDir,
     ConfigPath,
@@ -23,7 +22,6 @@ from marketcache.core.symbols import normalize_symbol
 from marketcache.errors import UsageError
 
 
-@app.command()
 def copy(
     invocation: typer.Context,
     source: Annotated[str, typer.Argument(help="The cache to copy from (path or URL).")],
@@ -56,7 +54,7 @@ def copy(
     if not src.backend.exists():
         raise UsageError(f"copy: the source cache {src.backend.location} does not exist")
     if output_format is not None:
-        from marketcache.config.parser import FORMATS
+        from marketcache.config.schema import FORMATS
 
         if output_format not in FORMATS:
             raise UsageError(f"--format {output_format}: use one of {', '.join(FORMATS)}")
@@ -72,7 +70,6 @@ def copy(
     return report.exit_code
 
 
-@app.command()
 def fundamentals(
     invocation: typer.Context,
     symbols: Annotated[list[str], typer.Argument(help="Symbols.")],
@@ -112,3 +109,9 @@ def fundamentals(
     code = 1 if failed else 0
     ctx.out.fundamentals(reports, code)
     return code
+
+
+def register(app: typer.Typer) -> None:
+    """Add `copy` and `fundamentals` to the CLI (called once by `cli/app.py`)."""
+    app.command()(copy)
+    app.command()(fundamentals)

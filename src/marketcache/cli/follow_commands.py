@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from marketcache.cli.commands import app
 from marketcache.cli.options import CacheDir, ConfigPath, JsonOut, Quiet, Verbose, common, context
 from marketcache.errors import MarketCacheError, Terminated, UsageError
 
@@ -35,7 +34,6 @@ def seconds(text: str, option: str, *, low: float = 0.0) -> float:
     return value
 
 
-@app.command()
 def follow(
     invocation: typer.Context,
     symbols: Annotated[list[str] | None, typer.Argument(help="Symbols to follow.")] = None,
@@ -189,3 +187,8 @@ def _line(event: dict[str, Any]) -> str:
     if kind == "error":
         return f"error: {what + ': ' if what else ''}{event.get('error', '')}"
     return f"{kind}: {what}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `follow` to the CLI (called once by `cli/app.py`)."""
+    app.command()(follow)

@@ -21,7 +21,7 @@ from marketcache.errors import UsageError
 
 if TYPE_CHECKING:
     from marketcache.cache.facade import UnifiedCache
-    from marketcache.config.parser import Settings
+    from marketcache.config.schema import Settings
 
 # Every command takes these, after the command or before it (`marketcache --cache-dir X info`);
 # given in both places, the one after the command wins. MARKETCACHE_CACHE_DIR is read in

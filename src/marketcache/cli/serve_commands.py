@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from marketcache.cli.commands import app
 from marketcache.cli.options import (
     CacheDir,
     ConfigPath,
@@ -34,7 +33,6 @@ BY_SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "j
              ".arrow": "arrow"}  # fmt: skip
 
 
-@app.command()
 def serve(
     invocation: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -132,7 +130,6 @@ def _bind(host: str, port: int) -> Any:
     return sock
 
 
-@app.command()
 def get(
     invocation: typer.Context,
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. AAPL or BTC/USDT.")],
@@ -260,3 +257,9 @@ def _write_file(path: Path, chunks: Any) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` and `get` to the CLI (called once by `cli/app.py`)."""
+    app.command()(serve)
+    app.command()(get)

@@ -1,4 +1,5 @@
-"""Reading a providers.yaml safely, and merging it over the packaged defaults.
+"""Where the providers.yaml is (--config, $MARKETCACHE_CONFIG, ./providers.yaml, the packaged
+default), reading it safely, and merging it over the packaged defaults.
 
 A config file is input like any other: it is capped in size, and YAML aliases may not expand
 it much beyond what the file spells out (an "alias bomb" of a few hundred bytes otherwise
@@ -14,6 +15,9 @@ the packaged value whole.
 
 from __future__ import annotations
 
+import os
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -32,6 +36,27 @@ REPLACED_WHOLE = (
     ("providers", "*", "archive_rate_limit"),
     ("settings", "storage_options"),
 )
+
+
+def default_config_text() -> str:
+    return resources.files("marketcache").joinpath("default_providers.yaml").read_text("utf-8")
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, else $MARKETCACHE_CONFIG, else ./providers.yaml; None = packaged default."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError("file not found: pass an existing providers.yaml", path=path)
+        return path
+    env = os.environ.get("MARKETCACHE_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError("file named by MARKETCACHE_CONFIG not found", path=path)
+        return path
+    local = Path("providers.yaml")
+    return local if local.is_file() else None
 
 
 def check_size(size: int, source: str) -> None:

@@ -1,4 +1,4 @@
-"""providers.yaml → typed settings. Every error names the file and the key.
+"""providers.yaml → typed settings (`schema.py`). Every error names the file and the key.
 
 `${ENV_VAR}` is interpolated in strings; API keys are kept as `Secret`, whose str/repr never
 show the value.
@@ -12,173 +12,37 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from marketcache.config.files import check_size, load_yaml, merge_over
+from marketcache.config.files import (
+    check_size,
+    default_config_text,
+    load_yaml,
+    merge_over,
+    resolve_config_path,
+)
+from marketcache.config.schema import (
+    DEFAULT_ARCHIVE_URL,
+    DEFAULT_SELECTION,
+    FORMATS,
+    RATE_UNITS,
+    Dataset,
+    Options,
+    ProviderSettings,
+    RateLimit,
+    Secret,
+    SelectionRule,
+    Settings,
+    SymbolSettings,
+)
 from marketcache.core.models import parse_date
 from marketcache.core.symbols import AssetClass, normalize_symbol
 from marketcache.core.timeframes import parse_timeframe
 from marketcache.errors import ConfigError, MarketCacheError
-from marketcache.storage.codecs import CODECS
+from marketcache.providers.names import BASE_URLS, FUNDAMENTALS, PROVIDERS
 
-KNOWN_PROVIDERS = ("binance", "yahoo", "alpha_vantage")
-DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
-DEFAULT_BASE_URLS = {
-    "binance": "https://api.binance.com",
-    "yahoo": "https://query2.finance.yahoo.com",
-    "alpha_vantage": "https://www.alphavantage.co",
-}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NUMBER_CEILING = 1e9  # the bound of a numeric key that names no tighter one
-_RATE_UNITS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
-
-
-class Secret:
-    """A credential: usable through `reveal()`, shown everywhere else as '***'."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    per_second: float | None = None
-    per_minute: float | None = None
-    per_hour: float | None = None
-    per_day: float | None = None
-
-    def describe(self) -> str:
-        parts = [
-            f"{v:g}/{k.removeprefix('per_')}"
-            for k in _RATE_UNITS
-            if (v := getattr(self, k)) is not None
-        ]
-        return ", ".join(parts) or "unlimited"
-
-
-@dataclass(frozen=True)
-class ProviderSettings:
-    name: str
-    base_url: str
-    rate_limit: RateLimit = field(default_factory=RateLimit)
-    reliability: float = 0.9
-    api_key: Secret = field(default_factory=lambda: Secret(""))
-    timeout: float = 15.0
-    retry_budget: float = 60.0
-    enabled: bool = True
-    archive_url: str = ""  # binance: the public klines archive ("" = none)
-    stream_url: str = ""  # binance: `follow`'s kline streams ("": live.stream.STREAM_URL)
-    rate_limit_store: str = ""  # a postgresql:// URL: the limit is shared by every machine
-    archive_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10))
-    max_answer_bytes: int = 64 * 2**20  # settings.max_answer_mb: a larger answer is refused
-    max_member_bytes: int = 64 * 2**20  # settings.max_archive_member_mb: per zip member
-
-
-@dataclass(frozen=True)
-class SelectionRule:
-    providers: tuple[str, ...]
-    symbol_type: AssetClass | None = None
-    timeframes: tuple[str, ...] = ()
-    symbols: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SymbolSettings:
-    aliases: dict[str, str] = field(default_factory=dict)
-    type: AssetClass | None = None
-    calendar: str | None = None
-
-
-@dataclass(frozen=True)
-class Dataset:
-    symbols: tuple[str, ...]
-    timeframes: tuple[str, ...]
-    start: str
-    end: str | None = None
-    derive_from: str | None = None  # build these timeframes from this cached base timeframe
-
-
-FORMATS = tuple(CODECS)  # the file formats: the codec registry's names
-
-
-@dataclass(frozen=True)
-class Options:
-    min_score: float = 0.8
-    lock_wait: float = 600.0
-    verified_empty_recheck_days: float = 7.0
-    format: str = "csv.gz"  # of a new file cache (an existing one keeps its own)
-    fundamentals_max_age: str = "7d"  # a younger snapshot is reused, not fetched
-    fundamentals_keep: int = 3  # snapshots kept per provider
-    rate_limit_store: str = ""  # "" = a SQLite bucket in the cache folder (per machine)
-    lease_seconds: float = 60.0  # object storage: a dead writer's lease expires after this
-    quarantine_days: float = 30.0  # `cleanup` removes copies set aside longer ago than this
-    serve_cache_mb: float = 256.0  # `serve`: the in-memory result cache's bound
-    # object storage: the fsspec options as JSON, kept secret (keys may be in it)
-    storage_options: Secret = field(default_factory=lambda: Secret(""))
-    max_answer_mb: float = 64.0  # an HTTP answer larger than this is refused, unread
-    max_archive_member_mb: float = 64.0  # a Binance archive zip member larger than this too
-    live_fold_every: str = "1h"  # a series' live tail is folded into its year this often
-    poll_delay: float = 20.0  # `follow` of stocks/FX: seconds after a bar closes to poll it
-
-
-@dataclass(frozen=True)
-class Settings:
-    source: str
-    providers: dict[str, ProviderSettings]
-    selection: tuple[SelectionRule, ...]
-    symbols: dict[str, SymbolSettings]
-    datasets: tuple[Dataset, ...]
-    options: Options = field(default_factory=Options)
-    warnings: tuple[str, ...] = ()
-    fundamentals: tuple[str, ...] = ("yahoo", "alpha_vantage")  # priority order
-
-    def symbol(self, symbol: str) -> SymbolSettings:
-        return self.symbols.get(symbol.upper(), SymbolSettings())
-
-
-DEFAULT_SELECTION = (
-    SelectionRule(("binance", "yahoo"), AssetClass.CRYPTO),
-    SelectionRule(("yahoo", "alpha_vantage"), AssetClass.STOCK, ("1d", "1w", "1M")),
-    SelectionRule(("alpha_vantage", "yahoo"), AssetClass.STOCK),
-    SelectionRule(("yahoo",), AssetClass.FX),
-)
-
-
-def default_config_text() -> str:
-    return resources.files("marketcache").joinpath("default_providers.yaml").read_text("utf-8")
-
-
-def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
-    """--config, else $MARKETCACHE_CONFIG, else ./providers.yaml; None = packaged default."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError("file not found: pass an existing providers.yaml", path=path)
-        return path
-    env = os.environ.get("MARKETCACHE_CONFIG")
-    if env:
-        path = Path(env)
-        if not path.is_file():
-            raise ConfigError("file named by MARKETCACHE_CONFIG not found", path=path)
-        return path
-    local = Path("providers.yaml")
-    return local if local.is_file() else None
 
 
 def default_settings() -> Settings:
@@ -201,7 +65,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 def parse_settings(text: str, *, source: str = "providers.yaml", defaults: bool = True) -> Settings:
     """Typed settings from a providers.yaml's text, merged over the packaged defaults key by
-    key (see `configfile.merge_over`) unless `defaults` is False."""
+    key (see `files.merge_over`) unless `defaults` is False."""
     raw = load_yaml(text, source)
     if raw is None:
         raw = {}
@@ -331,25 +195,24 @@ class _Parser:
     def fundamentals(self, raw: Any, providers: dict[str, ProviderSettings]) -> tuple[str, ...]:
         body = self.mapping(raw, "fundamentals")
         self.unknown(body, ("providers",), "fundamentals")
-        names = self.seq(
-            body.get("providers", ["yahoo", "alpha_vantage"]), "fundamentals.providers"
-        )
+        names = self.seq(body.get("providers", list(FUNDAMENTALS)), "fundamentals.providers")
         for name in names:
-            if name not in ("yahoo", "alpha_vantage"):
-                raise self.fail("fundamentals.providers", f"'{name}': use yahoo, alpha_vantage")
+            if name not in FUNDAMENTALS:
+                use = ", ".join(FUNDAMENTALS)
+                raise self.fail("fundamentals.providers", f"'{name}': use {use}")
         return tuple(str(n) for n in names)
 
     def providers(self, raw: Any) -> dict[str, ProviderSettings]:
         out: dict[str, ProviderSettings] = {}
         for name, body in self.mapping(raw, "providers").items():
             key = f"providers.{name}"
-            if name not in KNOWN_PROVIDERS:
-                raise self.fail(key, f"unknown provider: use one of {', '.join(KNOWN_PROVIDERS)}")
+            if name not in PROVIDERS:
+                raise self.fail(key, f"unknown provider: use one of {', '.join(PROVIDERS)}")
             body = self.mapping(body or {}, key)
             allowed = ("base_url", "rate_limit", "reliability", "api_key", "timeout")
             extra = ("archive_url", "archive_rate_limit", "stream_url") if name == "binance" else ()
             self.unknown(body, (*allowed, "retry_budget", "enabled", *extra), key)
-            base_url = self.text(body.get("base_url", DEFAULT_BASE_URLS[name]), f"{key}.base_url")
+            base_url = self.text(body.get("base_url", BASE_URLS[name]), f"{key}.base_url")
             if not re.match(r"^https?://[^\s/]+", base_url):
                 raise self.fail(f"{key}.base_url", f"'{base_url}' is not an http(s) URL")
             rate = self.rate(body.get("rate_limit"), f"{key}.rate_limit")
@@ -390,22 +253,22 @@ class _Parser:
                     f"{key}.archive_rate_limit",
                 ),
             )
-        for name in KNOWN_PROVIDERS:
+        for name in PROVIDERS:
             archive = DEFAULT_ARCHIVE_URL if name == "binance" else ""
             out.setdefault(
                 name,
-                ProviderSettings(name=name, base_url=DEFAULT_BASE_URLS[name], archive_url=archive),
+                ProviderSettings(name=name, base_url=BASE_URLS[name], archive_url=archive),
             )
         return out
 
     def rate(self, raw: Any, key: str) -> RateLimit:
         body = self.mapping(raw or {}, key)
-        self.unknown(body, tuple(_RATE_UNITS), key)
+        self.unknown(body, tuple(RATE_UNITS), key)
         return RateLimit(
             **{
                 k: self.number(v, f"{key}.{k}", low=1e-9, high=1e6)
                 for k, v in body.items()
-                if k in _RATE_UNITS
+                if k in RATE_UNITS
             }
         )
 
@@ -440,7 +303,7 @@ class _Parser:
             kind = None
             calendar = None
             for k, v in body.items():
-                if k in KNOWN_PROVIDERS:
+                if k in PROVIDERS:
                     aliases[k] = self.text(v, f"{key}.{k}")
                 elif k == "type":
                     kind = self.asset_class(v, f"{key}.type")

@@ -60,6 +60,11 @@ def freshness(
     )
 
 
+def stale_exit_code(found: list[Freshness]) -> int:
+    """`validate --max-age`'s verdict: 3 when a series is stale, else 0."""
+    return 3 if any(f.stale for f in found) else 0
+
+
 def _close_of(tf: Timeframe, bar: pd.Timestamp) -> pd.Timestamp:
     return tf.next_open(bar) if not tf.is_intraday else bar + pd.Timedelta(minutes=tf.minutes)
 

@@ -1,3 +1,5 @@
-"""Live bars: Binance kline streams and intraday polling (`marketcache follow`), the durable
-per-series tail that readers merge and that is folded into the years, and the live Python API.
+"""Live bars: Binance kline streams and intraday polling (`marketcache follow`) and the live
+Python API. The durable per-series tail they store closed bars in — merged by every reader,
+folded into the years — is the cache's (`cache/tail.py`, `storage/tail.py`), reached through
+`UnifiedCache.append_live`, `fold_live` and `last_stored`.
 """

@@ -43,7 +43,7 @@ from marketcache.live.stream import StreamBar, StreamClient, StreamEvent
 
 if TYPE_CHECKING:
     from marketcache.cache.facade import UnifiedCache
-    from marketcache.config.parser import Settings
+    from marketcache.config.schema import Settings
     from marketcache.providers.base import Provider
 
 log = logging.getLogger(__name__)

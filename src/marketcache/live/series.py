@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from marketcache.cache.facade import UnifiedCache
-    from marketcache.config.parser import Settings
+    from marketcache.config.schema import Settings
 
 STREAM_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 

@@ -20,7 +20,7 @@ from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError
 from marketcache.pipeline.answers import Outcome
 from marketcache.pipeline.jobs import Job, JobResult
-from marketcache.providers.base import Provider
+from marketcache.providers.base import Events, Provider
 
 if TYPE_CHECKING:
     from marketcache.cache.facade import UnifiedCache
@@ -99,21 +99,29 @@ def check_seam(
     return Outcome(fetched.frame, outcome.provider, choice=outcome.choice, events=events)
 
 
-def with_adj_close(series: Series, outcome: Outcome, result: JobResult) -> pd.DataFrame:
-    """Record the answer's corporate actions and give the bars their `adj_close` from
-    every action known (the provider's own adjusted close is not kept: it goes stale)."""
-    assert outcome.frame is not None
-    frame = outcome.frame
+def with_actions(
+    series: Series, frame: pd.DataFrame, events: Events | None, provider: str
+) -> tuple[pd.DataFrame, bool]:
+    """Record an answer's corporate actions and give its bars their `adj_close` from every
+    action known (the provider's own adjusted close is not kept: it goes stale); a series
+    without `adj_close` (intraday, crypto) drops it. True when an adjusting fact changed.
+    Shared by populate and `validate --against-source --fix` (restate)."""
     if not series.adjusts:
-        return frame.drop(columns="adj_close", errors="ignore")
-    events = outcome.events
-    if events is not None and series.record_actions(
-        events.splits, events.dividends,
-        source=outcome.provider, checked_through=events.checked_through,
-    ):  # fmt: skip
+        return frame.drop(columns="adj_close", errors="ignore"), False
+    changed = events is not None and series.record_actions(
+        events.splits, events.dividends, source=provider, checked_through=events.checked_through
+    )
+    return frame.assign(adj_close=adj_close(frame, series.actions())), changed
+
+
+def with_adj_close(series: Series, outcome: Outcome, result: JobResult) -> pd.DataFrame:
+    """`with_actions` for one fetched range of a job, the change noted in its result."""
+    assert outcome.frame is not None
+    frame, changed = with_actions(series, outcome.frame, outcome.events, outcome.provider)
+    if changed:
         result.actions_changed = True
         result.notes.append(f"{outcome.provider}: new corporate actions for {series.symbol}")
-    return frame.assign(adj_close=adj_close(frame, series.actions()))
+    return frame
 
 
 def seam_difference(stored: pd.DataFrame, fetched: pd.DataFrame) -> tuple[float, str]:

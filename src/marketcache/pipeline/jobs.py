@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from marketcache.config.parser import Settings
+from marketcache.config.schema import Settings
 from marketcache.core.models import DateRange, parse_date, utcnow
 from marketcache.core.symbols import normalize_symbol
 from marketcache.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
@@ -81,6 +81,7 @@ class JobResult:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     actions_changed: bool = False
+    refused: bool = False  # every provider said it does not know the symbol
 
     @property
     def did_something(self) -> bool:
@@ -96,6 +97,7 @@ class JobResult:
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out.pop("actions_changed")
+        out.pop("refused")  # said in `errors`; for callers that act on it (DataManager)
         return out
 
 

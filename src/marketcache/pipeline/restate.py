@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from marketcache.cache.facade import UnifiedCache
-from marketcache.core.actions import adj_close
 from marketcache.core.timeframes import Timeframe
 from marketcache.errors import MarketCacheError, UsageError
+from marketcache.pipeline.basis import with_actions
 from marketcache.pipeline.selector import select
 from marketcache.providers.base import Provider
 from marketcache.providers.registry import build_providers
@@ -172,21 +172,15 @@ def _check_year(
     source = fetched.frame
     _compare(stored, source, entry)
     if fix and (entry.restated or entry.volume or entry.extra):
-        if fetched.events is not None and cache.adjusts(sym, tf):
-            cache.record_actions(
-                sym, fetched.events.splits, fetched.events.dividends,
-                source=choice.provider, checked_through=fetched.events.checked_through,
-            )  # fmt: skip
-        if cache.adjusts(sym, tf):
-            source = source.assign(adj_close=adj_close(source, cache.get_actions(sym)))
-        else:
-            source = source.drop(columns="adj_close", errors="ignore")
+        from marketcache.cache.series import Ledger
         from marketcache.core.gaps import Span
 
+        series = cache.series(sym, tf)
+        source, _ = with_actions(series, source, fetched.events, choice.provider)
         # the source answered for [lo, hi): the holes recorded there (a repair's loss, a
         # failed range) are settled by its answer, as a populate of that range settles them
-        cache.commit_range(source, sym, tf, choice.provider, resolved=[Span(lo, hi)])
-        cache.readjust(sym, tf)
+        series.commit(source, choice.provider, Ledger(resolved=[Span(lo, hi)]))
+        series.readjust()
         entry.fixed = True
     if (entry.fixed or not entry.differs) and lo <= pd.Timestamp(meta["start_date"]):
         from marketcache.cache.repair import clear_reverify  # the whole year now matches its source

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from marketcache.config.parser import SelectionRule, Settings
+from marketcache.config.schema import SelectionRule, Settings
 from marketcache.core.symbols import CRYPTO_QUOTES, FIAT_QUOTES, AssetClass, classify
 from marketcache.errors import UsageError
 from marketcache.providers.base import Capabilities

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from marketcache.config.parser import ProviderSettings
+from marketcache.config.schema import ProviderSettings
 from marketcache.core.actions import Dividend, Split
 from marketcache.core.columns import BASE_COLUMNS, OPTIONAL_COLUMNS
 from marketcache.core.models import utcnow

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from marketcache.config.parser import ProviderSettings
+from marketcache.config.schema import ProviderSettings
 from marketcache.core.timeframes import Timeframe
 from marketcache.errors import ProviderError, ProviderUnavailable, RangeUnavailable
 from marketcache.providers.bounded import MiB, describe_size

@@ -28,7 +28,7 @@ class DerivedProvider(Provider):
     capabilities = Capabilities(frozenset(TIMEFRAMES), frozenset(AssetClass))
 
     def __init__(self, cache: UnifiedCache, base: str) -> None:
-        from marketcache.config.parser import ProviderSettings
+        from marketcache.config.schema import ProviderSettings
 
         super().__init__(ProviderSettings(name=PREFIX + base, base_url="http://derived.invalid"))
         self.name = PREFIX + base

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 from requests_ratelimiter import LimiterSession
 
-from marketcache.config.parser import ProviderSettings
+from marketcache.config.schema import ProviderSettings
 from marketcache.errors import (
     MarketCacheError,
     ProviderError,

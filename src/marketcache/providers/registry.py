@@ -1,4 +1,4 @@
-"""Provider names → adapter classes (imported lazily: the libraries are heavy)."""
+"""Provider names (`names.py`) → adapter classes (imported lazily: the libraries are heavy)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ import os
 from importlib import import_module
 from pathlib import Path
 
-from marketcache.config.parser import ProviderSettings, Settings
+from marketcache.config.schema import ProviderSettings, Settings
 from marketcache.errors import UsageError
 from marketcache.providers.base import Provider
-
-PROVIDERS: dict[str, str] = {
-    "binance": "marketcache.providers.binance:BinanceProvider",
-    "yahoo": "marketcache.providers.yahoo:YahooProvider",
-    "alpha_vantage": "marketcache.providers.alpha_vantage:AlphaVantageProvider",
-}
-ALIASES = {"yfinance": "yahoo", "alphavantage": "alpha_vantage", "av": "alpha_vantage"}
-KEY_VARIABLES = {"alpha_vantage": "ALPHAVANTAGE_API_KEY"}  # where a provider's key is looked up
+from marketcache.providers.names import ALIASES, KEY_VARIABLES, PROVIDERS
 
 
 def canonical_name(name: str) -> str:

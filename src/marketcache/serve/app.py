@@ -357,48 +357,9 @@ class Api:
         variant = f"{name}:{sorted(params.items())}:{lo}"
 
         def make() -> Iterator[bytes]:
-            yield _indicator_json(self.reader.frame(plan), name, params, sym, tf, lo, warm)
+            yield ind.as_json(self.reader.frame(plan), name, params, sym, tf, lo, warm)
 
         return self.cached_or_stream(request, plan, variant, "application/json", make)
-
-
-def _indicator_json(
-    frame: pd.DataFrame,
-    name: str,
-    params: dict[str, float],
-    sym: str,
-    tf: str,
-    lo: pd.Timestamp | None,
-    warm: int,
-) -> bytes:
-    import json
-
-    import numpy as np
-
-    from marketcache.serve import indicators as ind
-    from marketcache.serve.formats import _stamps
-
-    values = ind.compute(name, frame["close"].to_numpy("float64"), params)
-    first = 0
-    if lo is not None:
-        ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]")
-        first = int(np.searchsorted(ts, np.datetime64(lo.value, "ns")))
-    stamps = _stamps(frame.iloc[first:])
-    columns = {k: v[first:].tolist() for k, v in values.items()}
-    rows = [
-        {"timestamp": t, **{k: (c[i] if c[i] == c[i] else None) for k, c in columns.items()}}
-        for i, t in enumerate(stamps)
-    ]
-    return json.dumps(
-        {
-            "symbol": sym,
-            "interval": tf,
-            "indicator": name,
-            "params": params,
-            "warmup": min(first, warm),
-            "values": rows,
-        }
-    ).encode()
 
 
 def _matches(header: str | None, etag: str) -> bool:

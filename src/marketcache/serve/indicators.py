@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marketcache.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SEED_WEIGHT = 1e-12
 MAX_PERIOD = 1000  # a bigger period asks a long warm-up read for a curve no one plots
@@ -120,3 +123,43 @@ def compute(indicator: str, close: Any, params: dict[str, float]) -> dict[str, A
     names = OUTPUTS.get(indicator, ("value",))
     arrays = result if isinstance(result, tuple) else (result,)
     return dict(zip(names, arrays, strict=True))
+
+
+def as_json(
+    frame: pd.DataFrame,
+    name: str,
+    params: dict[str, float],
+    sym: str,
+    tf: str,
+    lo: pd.Timestamp | None,
+    warm: int,
+) -> bytes:
+    """The answer of GET /indicators/{name}/{symbol}: the values from `lo` on (the warm-up bars
+    before it computed, not answered), NaN as null."""
+    import json
+
+    import numpy as np
+
+    from marketcache.serve.formats import _stamps
+
+    values = compute(name, frame["close"].to_numpy("float64"), params)
+    first = 0
+    if lo is not None:
+        ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]")
+        first = int(np.searchsorted(ts, np.datetime64(lo.value, "ns")))
+    stamps = _stamps(frame.iloc[first:])
+    columns = {k: v[first:].tolist() for k, v in values.items()}
+    rows = [
+        {"timestamp": t, **{k: (c[i] if c[i] == c[i] else None) for k, c in columns.items()}}
+        for i, t in enumerate(stamps)
+    ]
+    return json.dumps(
+        {
+            "symbol": sym,
+            "interval": tf,
+            "indicator": name,
+            "params": params,
+            "warmup": min(first, warm),
+            "values": rows,
+        }
+    ).encode()

@@ -19,9 +19,11 @@ Writers hold the series lock and re-read the record under it before they decide 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marketcache.core.symbols import normalize_symbol
@@ -205,6 +207,20 @@ class StorageBackend:
     def salvage(self, key: Key) -> tuple[pd.DataFrame | None, str, str]:
         """The readable rows of a damaged year, a note, and where the original was kept."""
         return None, "this backend cannot salvage damaged data", ""
+
+    def where(self, key: Key) -> str:
+        """A year's location for messages (a file backend names its data file)."""
+        return f"{self.location} {key}"
+
+    def raw_timeframes(self, symbol: str) -> list[str]:
+        """Timeframes with data or a record (validate and cleanup look at both)."""
+        return self.timeframes(symbol)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this machine keeps provider state (the rate-limit bucket, yfinance's caches):
+        beside the index of a local cache, else the user's cache folder."""
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "marketcache"
 
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         """Years with data or a record (validate looks at both)."""

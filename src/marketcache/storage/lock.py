@@ -1,4 +1,8 @@
-"""One lock per symbol/timeframe: flock across processes, re-entrant within one.
+"""Locks: one re-entrant hold per lock name within a process, around the lock that other
+processes see — an flock here, a PostgreSQL advisory lock (`postgres.py`), an object-store lease
+(`objects/lease.py`). The outer lock is taken when the first holder of this process enters and
+released when the last one leaves; threads of this process queue on an RLock first. One
+timeout message for every kind of lock.
 
 flock locks die with their holder, so a killed run never leaves the cache locked.
 """
@@ -9,50 +13,90 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar, cast
 
 from marketcache.errors import LockTimeout, StorageError
 
 DEFAULT_WAIT = 600.0
+T = TypeVar("T")
+
+
+def timeout_message(what: str, wait: float, holder: str = "") -> str:
+    by = f" ({holder})" if holder else ""
+    return (
+        f"{what} is locked by another marketcache run{by} (waited {wait:g}s): "
+        "let it finish or raise lock_wait"
+    )
 
 
 @dataclass
-class _Held:
+class _Hold(Generic[T]):
     rlock: threading.RLock = field(default_factory=threading.RLock)
     depth: int = 0
-    fd: int | None = None
+    state: T | None = None
 
 
-_registry: dict[str, _Held] = {}
-_guard = threading.Lock()
+class Reentrant(Generic[T]):
+    """The holds of one kind of lock, by name; `release(state)` lets an outer lock go."""
+
+    def __init__(self, release: Callable[[T], None]) -> None:
+        self._release = release
+        self._holds: dict[Hashable, _Hold[T]] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(
+        self, name: Hashable, take: Callable[[float], T], *, wait: float, what: str
+    ) -> Iterator[T]:
+        """Hold `name`; `take(deadline)` acquires the outer lock when this process does not
+        hold it yet (or raises LockTimeout by `deadline`, a `time.monotonic()`) and returns its
+        state — a file descriptor, a connection, a lease."""
+        with self._guard:
+            hold = self._holds.setdefault(name, _Hold())
+        deadline = time.monotonic() + wait
+        if not hold.rlock.acquire(timeout=max(wait, 0.0)):
+            raise LockTimeout(timeout_message(what, wait))
+        try:
+            if hold.depth == 0:
+                hold.state = take(deadline)
+            hold.depth += 1
+            state = cast(T, hold.state)
+            try:
+                yield state
+            finally:
+                hold.depth -= 1
+                if hold.depth == 0:
+                    hold.state = None
+                    self._release(state)
+        finally:
+            hold.rlock.release()
+
+    def held(self, name: Hashable) -> T | None:
+        """The state of `name` while this process holds it, else None."""
+        hold = self._holds.get(name)
+        return hold.state if hold is not None and hold.depth else None
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+_FLOCKS: Reentrant[int] = Reentrant(_unlock)
 
 
 @contextmanager
 def hold(path: Path, *, wait: float = DEFAULT_WAIT, what: str = "") -> Iterator[None]:
     """Hold the lock at `path`; after `wait` seconds raise LockTimeout naming `what`."""
-    key = str(path)
-    with _guard:
-        held = _registry.setdefault(key, _Held())
-    deadline = time.monotonic() + wait
-    if not held.rlock.acquire(timeout=max(wait, 0.0)):
-        raise LockTimeout(_timeout_message(what or key, wait))
-    try:
-        if held.depth == 0:
-            held.fd = _flock(path, deadline, what or key, wait)
-        held.depth += 1
-        try:
-            yield
-        finally:
-            held.depth -= 1
-            if held.depth == 0 and held.fd is not None:
-                fcntl.flock(held.fd, fcntl.LOCK_UN)
-                os.close(held.fd)
-                held.fd = None
-    finally:
-        held.rlock.release()
+    what = what or str(path)
+    with _FLOCKS.hold(
+        str(path), lambda deadline: _flock(path, deadline, what, wait), wait=wait, what=what
+    ):
+        yield
 
 
 def _flock(path: Path, deadline: float, what: str, wait: float) -> int:
@@ -69,13 +113,6 @@ def _flock(path: Path, deadline: float, what: str, wait: float) -> int:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise LockTimeout(_timeout_message(what, wait)) from None
+                raise LockTimeout(timeout_message(what, wait)) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
-
-
-def _timeout_message(what: str, wait: float) -> str:
-    return (
-        f"{what} is locked by another marketcache run (waited {wait:g}s): "
-        "let it finish or raise lock_wait"
-    )

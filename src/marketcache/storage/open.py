@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from marketcache.errors import UsageError
 
 if TYPE_CHECKING:
-    from marketcache.config.parser import Settings
+    from marketcache.config.schema import Settings
     from marketcache.storage.backend import StorageBackend
 
 

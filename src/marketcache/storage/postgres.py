@@ -27,122 +27,26 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from psycopg import sql
 
 from marketcache.core.records import YearRecord, check_columns, parse_json
 from marketcache.errors import CorruptFile, LockTimeout, StorageError, UsageError
-from marketcache.storage.backend import Key, StorageBackend
+from marketcache.storage.backend import Key
 from marketcache.storage.layout import quarantine_mark
+from marketcache.storage.lock import Reentrant, timeout_message
+from marketcache.storage.pg_connect import PostgresConnection
 from marketcache.storage.pg_rows import digest, parse_binary, to_csv, to_microseconds
-from marketcache.storage.pg_schema import COLUMNS, first_line, migrate
-from marketcache.storage.urls import redact
+from marketcache.storage.pg_schema import COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-class PostgresBackend(StorageBackend):
-    name = "postgresql"
-    format = "postgresql"
-    appendable = False
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        self.schema = query.pop("schema", "marketcache")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.schema):
-            raise UsageError(f"--cache-dir …?schema={self.schema[:63]}: use a lower-case SQL name")
-        self.conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
-        self._secrets = [v for v in (parts.password, query.get("password")) if v]
-        # the URL without its password (user:pass@ or ?password=): usable again (libpq finds
-        # the password in PGPASSWORD or ~/.pgpass), shown in messages and records
-        super().__init__(redact(urlunsplit(("postgresql", parts.netloc, parts.path,
-                                            urlencode({**query, "schema": self.schema},
-                                                      safe="/"), ""))))  # fmt: skip
-        self.root = self.location
-        self._local = threading.local()
-        self._ready = False
-        self.timescale = False
-        self._partitions: set[int] = set()
-
-    def _q(self, text: str, **parts: Any) -> sql.Composed:
-        """A statement with `{s}` the quoted schema and `parts` its other identifiers."""
-        return sql.SQL(text).format(s=sql.Identifier(self.schema), **parts)
-
-    def _scrub(self, text: str) -> str:
-        """A driver message without the URL's password, should the driver echo it."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    # ---- connections and schema ----------------------------------------------------------
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        try:
-            conn = psycopg.connect(self.conninfo, autocommit=True)
-        except psycopg.OperationalError as exc:
-            text = self._scrub(first_line(exc))
-            if "does not exist" in text:
-                raise UsageError(f"--cache-dir {self.location}: {text}") from None
-            raise StorageError(f"cannot connect to {self.location}: {text}") from None
-        conn.execute("SET TIME ZONE 'UTC'")
-        return conn
-
-    @property
-    def conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = self._connect()
-        if not self._ready:
-            self._migrate(conn)
-        return conn
-
-    @contextlib.contextmanager
-    def _sql_errors(self, where: str) -> Iterator[None]:
-        """Driver errors of a schema changed by hand (or a lost server) as our errors, each
-        naming the table or the cache and what to do."""
-        import psycopg
-
-        try:
-            yield
-        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
-            raise CorruptFile(
-                where,
-                f"{self._scrub(first_line(exc))} (changed by hand?): restore the table or copy"
-                " the cache into a new schema",
-            ) from None
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"{self.location}: {self._scrub(first_line(exc))}") from None
-
-    def _migrate(self, conn: Any) -> None:
-        self.timescale = migrate(conn, self.schema, self.location, self._scrub)
-        self._ready = True
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "schema": self.schema}
-        with contextlib.suppress(StorageError, UsageError):
-            if self._absent():
-                return out
-            out["timescaledb"] = self.timescale
-            if not self.timescale:
-                out["note"] = "timescaledb is not installed: ohlcv is partitioned by year"
-        return out
-
+class PostgresBackend(PostgresConnection):
     # ---- listing and records ---------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -159,24 +63,6 @@ class PostgresBackend(StorageBackend):
 
     def check_usable(self) -> None:
         self._absent()  # connects and, when the schema is there, checks and migrates it
-
-    def _absent(self) -> bool:
-        """True when the schema is not there yet (reads then find nothing and create
-        nothing); otherwise migrates it once, as every first use does."""
-        if self._ready:
-            return False
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = self._connect()
-        with self._sql_errors(self.location):
-            there = conn.execute(
-                "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
-                [self.schema],
-            ).fetchone()
-        if there is None:
-            return True
-        self._migrate(conn)
-        return False
 
     def keys(self, symbol: str | None = None, timeframe: str | None = None) -> list[Key]:
         if self._absent():
@@ -422,32 +308,22 @@ class PostgresBackend(StorageBackend):
         """A session advisory lock on a connection of its own: re-entrant in this process,
         released by the server if this process dies. Held state is per database and name:
         two caches of one process in different databases do not share it."""
-        with _HELD_GUARD:
-            held = _HELD.setdefault((self.location, name), _Held())
-        if not held.rlock.acquire(timeout=max(wait, 0.0)):
-            raise LockTimeout(_timeout(what, wait))
-        try:
-            if held.depth == 0:
-                held.conn = self._connect()
-                deadline, delay = time.monotonic() + wait, 0.01
-                while not held.conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name]
-                ).fetchone()[0]:
-                    if time.monotonic() >= deadline:
-                        held.conn.close()
-                        raise LockTimeout(_timeout(what, wait))
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.25)
-            held.depth += 1
-            try:
-                yield
-            finally:
-                held.depth -= 1
-                if held.depth == 0 and held.conn is not None:
-                    held.conn.close()  # closing the session releases the lock
-                    held.conn = None
-        finally:
-            held.rlock.release()
+
+        def take(deadline: float) -> Any:
+            conn = self._connect()
+            delay = 0.01
+            while not conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name]
+            ).fetchone()[0]:
+                if time.monotonic() >= deadline:
+                    conn.close()
+                    raise LockTimeout(timeout_message(what, wait))
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            return conn
+
+        with _ADVISORY.hold((self.location, name), take, wait=wait, what=what):
+            yield
 
     # ---- documents and the index ---------------------------------------------------------------
 
@@ -510,19 +386,9 @@ class PostgresBackend(StorageBackend):
         )
 
 
-class _Held:
-    def __init__(self) -> None:
-        self.rlock = threading.RLock()
-        self.depth = 0
-        self.conn: Any = None
+def _close(conn: Any) -> None:
+    conn.close()  # closing the session releases the lock
 
 
-_HELD: dict[tuple[str, str], _Held] = {}  # (database URL, lock name) → this process's hold
-_HELD_GUARD = threading.Lock()
-
-
-def _timeout(what: str, wait: float) -> str:
-    return (
-        f"{what} is locked by another marketcache run (waited {wait:g}s): "
-        "let it finish or raise lock_wait"
-    )
+# (database URL, lock name) → this process's hold
+_ADVISORY: Reentrant[Any] = Reentrant(_close)

@@ -23,23 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marketcache.core.records import YearRecord
-from marketcache.core.symbols import decode_symbol, normalize_symbol
-from marketcache.core.timeframes import TIMEFRAMES
+from marketcache.core.symbols import normalize_symbol
 from marketcache.errors import CorruptFile, StorageError
-from marketcache.storage.atomic import append_durable, held_by_a_writer, write_atomic
-from marketcache.storage.backend import Key, StorageBackend
+from marketcache.storage.atomic import append_durable, write_atomic
+from marketcache.storage.backend import Key
 from marketcache.storage.checked import decode_checked
 from marketcache.storage.codecs import Codec, codec, suffix
+from marketcache.storage.files.sweep import FileSweeps
 from marketcache.storage.layout import (
-    DATA_SUFFIXES,
     LOCK_NAME,
-    QUARANTINE_MARK,
     TEMP_MARK,
     CacheLayout,
     quarantine_mark,
-    year_file,
 )
-from marketcache.storage.lock import DEFAULT_WAIT, hold
+from marketcache.storage.lock import hold
 from marketcache.storage.metadata import read_json, read_metadata, write_json, write_metadata
 
 if TYPE_CHECKING:
@@ -48,7 +45,7 @@ if TYPE_CHECKING:
 CACHE_FILE = "cache.json"
 
 
-class FileBackend(StorageBackend):
+class FileBackend(FileSweeps):
     name = "files"
 
     def __init__(self, root: str | os.PathLike[str], *, default_format: str = "csv.gz") -> None:
@@ -107,6 +104,16 @@ class FileBackend(StorageBackend):
 
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         return self.layout.years(symbol, timeframe, ("meta", "data"))
+
+    def raw_timeframes(self, symbol: str) -> list[str]:
+        return self.layout.timeframes(symbol)
+
+    def where(self, key: Key) -> str:
+        return str(self.layout.data_path(*key.series, key.year))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.layout.index_dir
 
     # ---- records and rows ------------------------------------------------------------------
 
@@ -269,97 +276,6 @@ class FileBackend(StorageBackend):
         df, note = self.codec.salvage(data.read_bytes())
         return df, note, _aside(data, quarantine_mark(), copy=True).name
 
-    def leftovers(self, *, dry_run: bool, wait: float = DEFAULT_WAIT) -> list[tuple[str, str]]:
-        """What interrupted writes left, removed (or with dry_run only listed).
-
-        A series folder is cleaned holding its series lock (waiting at most `wait`): a live
-        commit holds it from its pending record to its last rename, so no part of one is ever
-        taken for a leftover, and interrupted commits are settled first. Elsewhere (a symbol's
-        documents) only temp files that no live writer holds go. A dry run takes no lock and
-        writes nothing: it lists what it sees."""
-        found: list[tuple[str, str]] = []
-        gone: set[Path] = set()  # what this pass removed (or, dry, would remove)
-        if not self.root.is_dir():
-            return found
-        for dirpath, _dirnames, _filenames in os.walk(self.root, topdown=False):
-            here = Path(dirpath)
-            if here == self.layout.index_dir or self.layout.index_dir in here.parents:
-                continue
-            series = self._series_folder(here)
-            if series is None or dry_run:
-                found += self._clean(here, None, gone, dry_run=dry_run)
-                continue
-            with self.lock(*series, wait=wait):
-                found += self._clean(here, series, gone, dry_run=False)
-        return found
-
-    def _series_folder(self, here: Path) -> tuple[str, str] | None:
-        """(symbol, timeframe) when `here` is a series folder ROOT/SYMBOL/TF."""
-        if here.parent.parent != self.root or here.name not in TIMEFRAMES:
-            return None
-        symbol = decode_symbol(here.parent.name)
-        return (symbol, here.name) if symbol is not None else None
-
-    def _clean(
-        self, here: Path, locked: tuple[str, str] | None, gone: set[Path], *, dry_run: bool
-    ) -> list[tuple[str, str]]:
-        """One folder's leftovers (added to `gone`); `locked`: the series whose lock the
-        caller holds."""
-        found: list[tuple[str, str]] = []
-        if locked is not None:
-            for year in self.layout.years(*locked, ("pending",)):
-                self.recover(Key(*locked, year))
-        for path in sorted(here.iterdir()) if here.is_dir() else []:
-            if not path.is_file():
-                continue
-            why = _leftover_reason(path)
-            if not why:
-                continue
-            live = TEMP_MARK in path.name and locked is None and not dry_run
-            if live and held_by_a_writer(path):
-                continue  # a live write of a document
-            if why.startswith("pending") and locked is None and not dry_run:
-                continue  # settled only under the series lock
-            found.append((str(path), why))
-            if not dry_run:
-                path.unlink(missing_ok=True)
-        if here == self.root:
-            return found
-        gone.update(Path(p) for p, _ in found)
-        if here.is_dir() and not [
-            p for p in here.iterdir() if p.name != LOCK_NAME and p not in gone
-        ]:
-            found.append((str(here), "empty folder"))
-            gone.add(here)
-            if not dry_run:
-                with contextlib.suppress(OSError):  # not empty any more: a writer came
-                    (here / LOCK_NAME).unlink(missing_ok=True)
-                    here.rmdir()
-        return found
-
-    def purge_quarantine(self, days: float, *, dry_run: bool) -> list[tuple[str, str]]:
-        """Copies set aside (`YEAR.<suffix>.corrupt-…`, `YEAR.metadata.json.corrupt-…`, beside
-        the year) more than `days` days ago; no writer touches them, so no lock is needed."""
-        import time
-
-        found: list[tuple[str, str]] = []
-        if not self.root.is_dir():
-            return found
-        oldest = time.time() - days * 86400
-        for symbol in self.layout.symbols():
-            for tf in self.layout.timeframes(symbol):
-                folder = self.layout.timeframe_dir(symbol, tf)
-                for path in sorted(folder.glob(f"*{QUARANTINE_MARK}*")):
-                    try:
-                        old = path.is_file() and path.stat().st_mtime < oldest
-                    except FileNotFoundError:
-                        continue
-                    if old:
-                        found.append((str(path), f"quarantined copy older than {days:g} days"))
-                        if not dry_run:
-                            path.unlink(missing_ok=True)
-        return found
-
     def symbols_on_disk(self) -> list[str]:
         return self.layout.symbols()
 
@@ -433,19 +349,3 @@ def _aside(path: Path, mark: str, *, copy: bool = False) -> Path:
         os.replace(path, aside)
         os.utime(aside)
     return aside
-
-
-def _leftover_reason(path: Path) -> str:
-    if TEMP_MARK in path.name:
-        return "temporary file of an interrupted write"
-    parsed = year_file(path.name)
-    if parsed is None:
-        return ""
-    year, kind = parsed
-    if kind == "pending":
-        return "pending metadata of an interrupted write"
-    records = path.with_name(f"{year}.metadata.json")
-    if kind == "data":
-        return "" if records.exists() else "data without metadata"
-    data = [path.with_name(f"{year}{s}") for s in DATA_SUFFIXES]
-    return "" if any(d.exists() for d in data) else "metadata without data"

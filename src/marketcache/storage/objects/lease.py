@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from marketcache.errors import Conflict, LockTimeout, StorageError
+from marketcache.storage.lock import Reentrant, timeout_message
 from marketcache.storage.objects.store import Meta, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ class LeaseLost(Conflict):
 
 @dataclass
 class _Held:
-    rlock: threading.RLock = field(default_factory=threading.RLock)
-    depth: int = 0
+    """A lease this process holds (the state of its `Reentrant` hold)."""
+
+    name: str
     etag: str = ""
     renewed: float = 0.0  # time.monotonic() of the last successful write of the lease
     confirmed: bool = False  # read back: this holder's write is the one that stood
@@ -62,7 +64,7 @@ class Leases:
         self.store = store
         self.seconds = max(float(seconds), 1.0)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._held: dict[str, _Held] = {}
+        self._held: Reentrant[_Held] = Reentrant(self._release)
         self._guard = threading.Lock()
         self._renewals = 0
         # clockless stores: lease name → (etag, time.monotonic() this process first saw it)
@@ -95,25 +97,14 @@ class Leases:
 
     @contextmanager
     def hold(self, name: str, *, wait: float, what: str) -> Iterator[None]:
-        with self._guard:
-            held = self._held.setdefault(name, _Held())
-        if not held.rlock.acquire(timeout=max(wait, 0.0)):
-            raise LockTimeout(_timeout(what, wait, ""))
-        try:
-            if held.depth == 0:
-                self._take(name, held, wait, what)
-            held.depth += 1
-            try:
-                yield
-            finally:
-                held.depth -= 1
-                if held.depth == 0:
-                    self._release(name, held)
-        finally:
-            held.rlock.release()
+        def take(deadline: float) -> _Held:
+            return self._take(name, deadline, wait, what)
 
-    def _take(self, name: str, held: _Held, wait: float, what: str) -> None:
-        deadline = time.monotonic() + wait
+        with self._held.hold(name, take, wait=wait, what=what):
+            yield
+
+    def _take(self, name: str, deadline: float, wait: float, what: str) -> _Held:
+        held = _Held(name)
         delay = 0.05
         holder = ""
         while True:
@@ -132,7 +123,7 @@ class Leases:
                 held.etag = etag
                 break
             if time.monotonic() >= deadline:
-                raise LockTimeout(_timeout(what, wait, holder))
+                raise LockTimeout(timeout_message(what, wait, holder))
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
         held.renewed, held.lost, held.confirmed = time.monotonic(), False, False
@@ -141,6 +132,7 @@ class Leases:
             target=self._renew_loop, args=(name, held), name=f"lease {what}", daemon=True
         )
         held.thread.start()
+        return held
 
     def _confirm(self, name: str, held: _Held) -> None:
         """Before the first write under a lease: is this holder's write still the stored one a
@@ -173,7 +165,8 @@ class Leases:
         while not held.stop.wait(self.seconds / 3) and not held.lost:
             self._renew(name, held)
 
-    def _release(self, name: str, held: _Held) -> None:
+    def _release(self, held: _Held) -> None:
+        name = held.name
         held.stop.set()
         if held.thread is not None:
             held.thread.join()
@@ -201,8 +194,8 @@ class Leases:
     def check(self, name: str) -> None:
         """Before a commit's writes: this process still holds the lease `name` (renewed now
         if a third of it has passed). LeaseLost otherwise."""
-        held = self._held.get(name)
-        if held is None or held.depth == 0:
+        held = self._held.held(name)
+        if held is None:
             return  # not leased here (a caller without the series lock): the conditions guard
         if not held.confirmed and not held.lost:
             self._confirm(name, held)
@@ -225,11 +218,3 @@ def _describe(body: bytes, modified: float | None, now: float) -> tuple[str, flo
     except (ValueError, KeyError, TypeError):
         return "an unreadable lease", float("inf"), 0.0
     return owner, now - renewed, length
-
-
-def _timeout(what: str, wait: float, holder: str) -> str:
-    by = f" ({holder})" if holder else ""
-    return (
-        f"{what} is locked by another marketcache run{by} (waited {wait:g}s): "
-        "let it finish or raise lock_wait"
-    )
