@@ -220,6 +220,25 @@ SYNCED_RATE_PROBE = (
 )
 
 
+def race_probes(argvs: list[list[str]], line: Path) -> None:
+    """Start SYNCED_RATE_PROBE processes (argv each), let them go at one instant once all are
+    ready, and wait for each to exit 0."""
+    import subprocess
+    import time
+
+    procs = [subprocess.Popen(argv) for argv in argvs]
+    try:
+        deadline = time.monotonic() + 300  # start-up on a busy machine: generous
+        while len(list(line.glob("ready-*"))) < len(procs) and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), "a probe died before the start"
+            time.sleep(0.05)
+        (line / "go").touch()
+        assert [p.wait(timeout=300) for p in procs] == [0] * len(procs)
+    finally:
+        for p in procs:
+            p.kill()
+
+
 def most_within(arrivals: list[float], window: float) -> int:
     """The most requests that arrived within any `window` seconds."""
     times = sorted(arrivals)

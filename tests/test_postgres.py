@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SYNCED_RATE_PROBE, CliResult, make_bars, most_within
+from conftest import SYNCED_RATE_PROBE, CliResult, make_bars, most_within, race_probes
 from fakes import FakeBinance, config_for
 from marketcache import UnifiedCache
 from marketcache.config.parser import parse_settings
@@ -174,21 +174,8 @@ def test_two_machines_share_one_provider_limit_through_postgresql(
                     + f"settings: {{rate_limit_store: '{pg_server}'}}\n")  # fmt: skip
     line = tmp_path / "line"
     line.mkdir()
-    procs = [
-        subprocess.Popen([sys.executable, "-c", SYNCED_RATE_PROBE, str(conf),
-                          str(tmp_path / f"machine{i}"), str(line), "10"])
-        for i in range(2)
-    ]  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while len(list(line.glob("ready-*"))) < 2 and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in procs), "a probe died before the start"
-            time.sleep(0.05)
-        (line / "go").touch()
-        assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            p.kill()
+    race_probes([[sys.executable, "-c", SYNCED_RATE_PROBE, str(conf),
+                  str(tmp_path / f"machine{i}"), str(line), "10"] for i in range(2)], line)  # fmt: skip
     times = sorted(fake_binance.arrivals)
     assert len(times) == 20
     most = most_within(times, 2.0)

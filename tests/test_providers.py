@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import SYNCED_RATE_PROBE, make_bars, most_within
+from conftest import SYNCED_RATE_PROBE, make_bars, most_within, race_probes
 from fakes import HTML_ERROR, FakeAlphaVantage, FakeBinance, FakeServer, FakeYahoo, config_for
 from marketcache.config.parser import parse_settings
 from marketcache.core.timeframes import Timeframe
@@ -349,7 +348,6 @@ def test_two_processes_share_one_rate_limit(fake_binance: FakeBinance, tmp_path:
     next second's, so any 2 s hold at most 3 s of the limit (12); two unshared limits put 16
     there. And 20 requests at 4/s span at least 4 s of acquisitions (3 s allowing a delay),
     where two unshared ones finish in about 2 s."""
-    import subprocess
     import sys
 
     fake_binance.add("RATEUSDT", "1h", make_bars("2024-01-01", 10, "1h"))
@@ -358,17 +356,7 @@ def test_two_processes_share_one_rate_limit(fake_binance: FakeBinance, tmp_path:
     state, line = tmp_path / "cache" / "_metadata", tmp_path / "line"
     line.mkdir()
     args = [sys.executable, "-c", SYNCED_RATE_PROBE, str(conf), str(state), str(line), "10"]
-    procs = [subprocess.Popen(args) for _ in range(2)]
-    try:
-        deadline = time.monotonic() + 300  # start-up on a busy machine: generous
-        while len(list(line.glob("ready-*"))) < 2 and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in procs), "a probe died before the start"
-            time.sleep(0.05)
-        (line / "go").touch()
-        assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            p.kill()
+    race_probes([args, args], line)
     times = sorted(fake_binance.arrivals)
     assert len(times) == 20
     most = most_within(times, 2.0)
