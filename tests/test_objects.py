@@ -559,16 +559,24 @@ def test_sigkill_at_random_moments_on_a_bucket_loses_nothing_committed(
     expected, duration, _ = s3_reference
     suffix = ".parquet" if "format: parquet" in conf else ".csv.gz"
     rng = random.Random(20261121)
-    kills = sorted(rng.uniform(0.2, 1.0) * duration for _ in range(5))
-    killed_with_data = 0
-    for trial, delay in enumerate(kills):
+    # three kills at random moments of a run, two a little after its first commit, so that some
+    # always land between commits however fast or slow the machine is
+    kills = [(False, rng.uniform(0.2, 1.0) * duration) for _ in range(3)]
+    kills += [(True, rng.uniform(0.0, 0.1) * duration) for _ in range(2)]
+    killed_between_commits = 0
+    for trial, (after_first_commit, delay) in enumerate(kills):
         url = f"{s3_url}{trial}"
         proc = machine(conf, url, s3_server, tmp_path / f"run{trial}")
+        deadline = time.monotonic() + 120
+        while after_first_commit and proc.poll() is None and not committed(url):
+            assert time.monotonic() < deadline, "the run committed nothing in time"
+            time.sleep(0.02)
         time.sleep(delay)
+        running = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert_consistent(url)
-        killed_with_data += any(n.endswith(".metadata.json") for n in objects(url))
+        killed_between_commits += running and committed(url)
         # the next run: another machine, which waits out the dead run's leases (3 s)
         again = machine(conf, url, s3_server, tmp_path / f"next{trial}")
         _, err = again.communicate(timeout=300)
@@ -578,7 +586,16 @@ def test_sigkill_at_random_moments_on_a_bucket_loses_nothing_committed(
             pd.testing.assert_frame_equal(got[sym], frame, check_exact=True)
         UnifiedCache(url, settings=parse_settings("")).cleanup_leftovers()
         one_data_object_per_record(url, suffix)
-    assert killed_with_data >= 2, "some kills must land after the first commits"
+    assert killed_between_commits >= 2, (
+        "some kills must land while a run has committed part of its work"
+    )
+
+
+def committed(url: str) -> bool:
+    """Whether a run has committed a year yet: its metadata object is written last (keys only)."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    return any(item["Key"].endswith(".metadata.json") for item in listing.get("Contents", []))
 
 
 # ---- what the commands cost and say -----------------------------------------------------------
