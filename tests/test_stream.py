@@ -58,7 +58,7 @@ def market() -> Iterator[FakeMarket]:
     m.close()
 
 
-def client(m: FakeMarket, seen: Seen, **kw: Any) -> StreamClient:
+def client(m: FakeMarket, seen: Seen, connections: int = 1, **kw: Any) -> StreamClient:
     opts: dict[str, Any] = {"stale_after": 30.0, "backoff_base": 0.05, "backoff_cap": 0.2, **kw}
     c = StreamClient(
         m.stream_url,
@@ -69,7 +69,7 @@ def client(m: FakeMarket, seen: Seen, **kw: Any) -> StreamClient:
         **opts,
     )
     c.start()
-    wait(lambda: len(m.open_connections()) == 1 and c.connected, what="connected")
+    wait(lambda: len(m.open_connections()) == connections and c.connected, what="connected")
     return c
 
 
@@ -120,6 +120,19 @@ def test_drop_reconnects_and_tells_the_owner_first(market):
         market.close_bar()
         wait(lambda: len(seen.closes()) == 1, what="a close on the new connection")
         assert seen.bars[-1].conn == seen.connects[-1] or seen.bars[-2].conn == seen.connects[-1]
+    finally:
+        c.stop()
+
+
+def test_a_reconnect_names_only_the_series_its_connection_carried(market):
+    seen = Seen()
+    c = client(market, seen, connections=2, max_streams=1)  # one connection per series
+    try:
+        assert market.drop(1001, stream="ethusdt@kline_1m") == 1
+        wait(lambda: "reconnect" in seen.kinds(), what="the reconnect")
+        wait(lambda: len(market.open_connections()) == 2, what="reconnected")
+        (cut,) = [e for e in seen.events if e.kind == "reconnect"]
+        assert cut.series == (("ETHUSDT", "1m"),)  # BTCUSDT's connection was never cut
     finally:
         c.stop()
 

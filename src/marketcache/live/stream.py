@@ -73,6 +73,7 @@ class StreamEvent:
     kind: str
     conn: int
     detail: dict[str, Any] = field(default_factory=dict)
+    series: tuple[tuple[str, str], ...] = ()  # the (symbol, timeframe)s of that connection
 
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
@@ -233,7 +234,8 @@ class StreamClient:
                 else backoff(attempt, base=self.backoff_base, cap=self.backoff_cap)
             )
             detail = {"reason": reason, "wait": round(wait, 3)}
-            self.on_event(StreamEvent("reconnect", conn, detail))
+            cut = tuple(self.series[s] for s in group.streams)
+            self.on_event(StreamEvent("reconnect", conn, detail, cut))
             log.info("stream connection %d ended (%s); reconnecting in %.2fs", conn, reason, wait)
             if wait:
                 await asyncio.sleep(wait)
