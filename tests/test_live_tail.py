@@ -142,7 +142,15 @@ def test_a_series_can_start_live_and_a_hole_before_the_years_last_goes_into_its_
     assert live.last_stored(SYM, TF) is None
     one_by_one(live, BARS.iloc[:5])  # no year yet: the tail alone
     same_bars(live.get(SYM, TF), BARS.iloc[:5])
-    assert live.list_years(SYM, TF) == [] and live.list_symbols() == []
+    assert live.list_years(SYM, TF) == []  # no year: listed for its tail
+    assert live.list_symbols() == [SYM] and live.list_timeframes(SYM) == [TF]
+    assert DataManager(live).availability()[["first", "last", "rows"]].values.tolist() == [
+        ["2024-03-01T00:00:00", "2024-03-01T00:04:00", 5]
+    ]
+    tf_info = live.get_data_info(SYM)["timeframes"][TF]
+    assert tf_info["years"] == [] and tf_info["rows"] == 5
+    assert tf_info["live"] == {"rows": 5, "start": "2024-03-01T00:00:00",
+                               "end": "2024-03-01T00:04:00"}  # fmt: skip
     assert live.fold_live(SYM, TF, force=True) == 5
     gapped = BARS.iloc[5:60].drop(index=30)
     live.commit_range(gapped, SYM, TF, "binance")
@@ -366,8 +374,12 @@ def test_list_validate_and_cleanup_leave_the_tail_alone_and_a_cutoff_trims_it(
     one_by_one_other.append_live("ETHUSDT", TF, BARS.iloc[:3])  # a series that is only a tail
     where = ("--cache-dir", str(root))
     listed = cli("list", *where, "--format", "json")
-    assert listed.code == 0 and "ETHUSDT" not in listed.out
-    assert cli("list", SYM, TF, *where, "--format", "json").json() is not None
+    assert listed.code == 0, listed.out
+    assert {r["symbol"] for r in listed.json()} == {SYM, "ETHUSDT"}  # ETH: a tail only
+    years = cli("list", SYM, TF, *where, "--format", "json").json()
+    assert [(y["year"], y["rows"]) for y in years] == [(2024, 60), ("live", 10)]
+    eth = cli("info", "ETHUSDT", *where, "--json")
+    assert eth.code == 0 and eth.json()["timeframes"][TF]["live"]["rows"] == 3
     checked = cli("validate", *where, "--json")
     assert checked.code == 0, checked.out
     swept = cli("cleanup", *where, "--json")
@@ -381,6 +393,24 @@ def test_list_validate_and_cleanup_leave_the_tail_alone_and_a_cutoff_trims_it(
     cut = cli("cleanup", *where, "--before", "2024-03-02", "--symbol", SYM, "--json")
     assert cut.code == 0 and cache.get(SYM, TF).empty
     assert not (cache.layout.timeframe_dir(SYM, TF) / TAIL_NAME).exists()
+
+
+def test_a_followed_series_is_as_fresh_as_its_tail(cli: Any, tmp_path: Path) -> None:
+    """Folded an hour ago, followed since: `info --stale` and `validate --max-age` judge it by
+    the tail's last bar, not by the last fold."""
+    root = tmp_path / "c"
+    cache = UnifiedCache(root, settings=parse_settings(""), lock_wait=5)
+    last_closed = pd.Timestamp.now("UTC").tz_localize(None).floor("1min") - pd.Timedelta("1min")
+    bars = make_bars(str(last_closed - pd.Timedelta("179min")), 180, "1min")
+    cache.commit_range(bars.iloc[:120], SYM, TF, "binance")  # the last fold, an hour ago
+    where = ("--cache-dir", str(root))
+    behind = cli("info", "--stale", SYM, TF, *where, "--json").json()
+    assert [s["symbol"] for s in behind["stale"]] == [SYM]  # the years alone are an hour behind
+    one_by_one(cache, bars.iloc[120:], size=10)  # the follower's flushes since
+    fresh = cli("info", "--stale", SYM, TF, *where, "--json")
+    assert fresh.code == 0 and fresh.json()["stale"] == [], fresh.out
+    assert cli("validate", SYM, TF, *where, "--max-age", "10m", "--json").code == 0
+    assert cache.record(SYM, TF, last_closed.year).rows <= 120  # nothing was folded by that
 
 
 def test_copy_carries_the_tail(kind: str, live: UnifiedCache, tmp_path: Path) -> None:

@@ -634,16 +634,17 @@ def test_info_and_list_on_a_bucket_read_records_only(
     listings = lambda seen: [p for m, p in seen if "list-type" in p]  # noqa: E731
     records = lambda seen: [p for m, p in seen if p.endswith(".metadata.json")]  # noqa: E731
     # the bucket check and cache.json, then: `info` the index object and one listing of the
-    # followers' heartbeats (`marketcache follow`); `list` one listing
+    # followers' heartbeats (`marketcache follow`); `list` one listing (the live tails in it)
     beats = listings(counts[("info",)])
     assert not records(counts[("info",)]) and len(beats) == 1 and "FOLLOW" in beats[0], beats
     assert len(counts[("info",)]) == 4, counts[("info",)]
     assert not records(counts[("list",)]) and len(listings(counts[("list",)])) == 1
     assert len(counts[("list",)]) == 3, counts[("list",)]
-    # one symbol: one listing and one GET per year record (4 + 2 years)
+    # one symbol: a listing of its years, one of its live tails, a GET per year record (4 + 2)
     one = counts[("info", "AAAUSDT")]
-    assert len(listings(one)) == 1 and len(records(one)) == 6, one
-    assert len(one) <= 1 + 6 + 3, one
+    assert len(listings(one)) == 2 and len(records(one)) == 6, one
+    assert all("prefix=cache%2FAAAUSDT%2F" in p for p in listings(one)), one
+    assert len(one) <= 2 + 6 + 3, one
 
 
 def test_copy_to_a_bucket_and_back_round_trips(s3_url: str, s3_server: str, tmp_path: Path) -> None:

@@ -317,13 +317,14 @@ class DataManager:
                 last = stored[-1].end_date if stored else None
                 if last is not None:  # the live tail's bars after the years' last
                     live = live[live["timestamp"] > pd.Timestamp(last)]
+                first_live = iso(live["timestamp"].iloc[0]) if len(live) else None
                 if len(live):
                     last = iso(live["timestamp"].iloc[-1])
                 rows.append(
                     {
                         "symbol": sym,
                         "timeframe": tf,
-                        "first": stored[0].start_date if stored else None,
+                        "first": stored[0].start_date if stored else first_live,
                         "last": last,
                         "rows": sum(r.rows for r in recs) + len(live),
                         "quality": min((r.score for r in recs if r.scored), default=None),

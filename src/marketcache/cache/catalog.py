@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from marketcache.config.schema import Settings
 
 
+def _no_years() -> dict[str, Any]:
+    """A timeframe entry of `data_info` for a series that only has a live tail."""
+    return {"years": [], "rows": 0, "size_bytes": 0, "start": None, "end": None,
+            "quality_min": None, "quality_mean": None}  # fmt: skip
+
+
 class Catalog:
     def __init__(self, backend: StorageBackend, settings: Settings, *, lock_wait: float) -> None:
         self.backend = backend
@@ -198,8 +204,10 @@ class Catalog:
         }
 
     def data_info(self, sym: str, timeframe: str | None = None) -> dict[str, Any]:
-        """Per timeframe and year: rows, range, provider, quality, gaps, size."""
+        """Per timeframe and year: rows, range, provider, quality, gaps, size; and the bars a
+        live tail holds past the years (`live`: rows, start, end), counted in the totals."""
         out: dict[str, Any] = {"symbol": sym, "timeframes": {}}
+        tails = self._tails(sym, timeframe)  # before the records: a fold moves bars on
         for key, rec in self.records(sym, timeframe):
             entry = out["timeframes"].setdefault(key.timeframe, {"years": []})
             if isinstance(rec, CorruptFile):
@@ -231,4 +239,26 @@ class Catalog:
             scores = [y["quality"] for y in good]
             entry["quality_min"] = min(scores, default=None)
             entry["quality_mean"] = round(sum(scores) / len(scores), 4) if scores else None
+        for tf, stamps in tails.items():
+            entry = out["timeframes"].setdefault(tf, _no_years())
+            after = [t for t in stamps if entry["end"] is None or t > entry["end"]]
+            if not after:
+                continue  # folded meanwhile, or a fold a crash cut short: the years hold them
+            entry["live"] = {"rows": len(after), "start": after[0], "end": after[-1]}
+            entry["rows"] += len(after)
+            entry["start"] = entry["start"] or after[0]
+            entry["end"] = after[-1]
         return out
+
+    def _tails(self, sym: str, timeframe: str | None) -> dict[str, list[str]]:
+        """The bar times (ISO, sorted) of each live tail of the symbol in scope."""
+        from marketcache.storage.tail import open_tail, tail_series
+
+        found = {}
+        for _, tf in tail_series(self.backend, sym):
+            if timeframe not in (None, tf):
+                continue
+            tail = open_tail(self.backend, sym, tf).read()
+            if len(tail):
+                found[tf] = list(tail["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S"))
+        return found

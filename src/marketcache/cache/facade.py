@@ -278,10 +278,16 @@ class UnifiedCache:
         return last_stored(self.series(symbol, timeframe))
 
     def list_symbols(self) -> list[str]:
-        return [s for s in self.backend.symbols() if self.backend.timeframes(s)]
+        """The symbols with a stored year or a live tail (a series a follower started is
+        listed before its first fold)."""
+        stored = {s for s in self.backend.symbols() if self.backend.timeframes(s)}
+        return sorted(stored | {s for s, _ in self.backend.listed_tails()})
 
     def list_timeframes(self, symbol: str) -> list[str]:
-        return self.backend.timeframes(normalize_symbol(symbol))
+        """The symbol's timeframes with a stored year or a live tail, shortest first."""
+        sym = normalize_symbol(symbol)
+        found = set(self.backend.timeframes(sym)) | {t for _, t in self.backend.listed_tails(sym)}
+        return sorted(found, key=lambda t: parse_timeframe(t).minutes)
 
     def list_years(self, symbol: str, timeframe: str) -> list[int]:
         return self.series(symbol, timeframe).years()
@@ -317,14 +323,21 @@ class UnifiedCache:
     ) -> list[Freshness]:
         """How fresh every series in scope is (`max_age` e.g. "36h": stale when the first bar
         due after the newest stored one closed longer ago); reads the records only."""
+        from marketcache.cache.tail import last_stored, live_series
+        from marketcache.core.frames import iso
         from marketcache.core.freshness import parse_age
 
         age = parse_age(max_age) if max_age else None
-        return [
-            self.series(s, t).freshness(max_age=age)
-            for s in ([symbol] if symbol else self.list_symbols())
-            for t in ([timeframe] if timeframe else self.list_timeframes(s))
-        ]
+        sym = normalize_symbol(symbol) if symbol else None
+        live = live_series(self.backend, sym)
+        found = []
+        for s in [sym] if sym else self.list_symbols():
+            for t in [parse_timeframe(timeframe).name] if timeframe else self.list_timeframes(s):
+                series = self.series(s, t)
+                # a followed series is as fresh as its live tail, not as its last fold
+                last = last_stored(series) if (s, t) in live else None
+                found.append(series.freshness(max_age=age, last=iso(last) if last else None))
+        return found
 
     def get_stats(self) -> dict[str, Any]:
         return self.catalog.stats()

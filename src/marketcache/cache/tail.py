@@ -243,7 +243,9 @@ def live_series(
     from marketcache.storage.tail import tail_series
 
     return {
-        (s, t) for s, t in tail_series(backend) if symbol in (None, s) and timeframe in (None, t)
+        (s, t)
+        for s, t in tail_series(backend, symbol)
+        if symbol in (None, s) and timeframe in (None, t)
     }
 
 

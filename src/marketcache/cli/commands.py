@@ -211,8 +211,11 @@ def list_(
             )
         ctx.out.listing(f"{sym} timeframes", rows)
     else:
-        for y in detail["timeframes"][tf]["years"]:
+        entry = detail["timeframes"][tf]
+        for y in entry["years"]:
             rows.append({k: y.get(k) for k in ("year", "rows", "start", "end", "quality", "error")})
+        if live := entry.get("live"):  # the follower's bars not folded into a year yet
+            rows.append({"year": "live", **live, "quality": None, "error": None})
         ctx.out.listing(f"{sym} {tf} years", rows)
     return 0
 

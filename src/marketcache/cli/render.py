@@ -172,7 +172,8 @@ class Renderer:
                     {"symbol": detail["symbol"], "timeframe": tf,
                      **{k: v for k, v in y.items() if k != "missing_ranges"}}
                     for tf, entry in detail["timeframes"].items()
-                    for y in entry["years"]
+                    for y in [*entry["years"], *([{"year": "live", **entry["live"]}]
+                                                 if entry.get("live") else [])]
                 ]
             )  # fmt: skip
             return
@@ -197,6 +198,9 @@ class Renderer:
                     str(y["gaps"] + len(y["missing_ranges"])),  # holes in and around the data
                     size(y["size_bytes"]),
                 )
+            if live := entry.get("live"):  # bars a follower stored, not folded into a year yet
+                table.add_row(tf, "live", f"{live['rows']:,}", short(live["start"]),
+                              short(live["end"]), "live tail", "-", "-", "-")  # fmt: skip
             table.add_row(
                 tf, "all", f"{entry['rows']:,}", short(entry["start"]), short(entry["end"]),
                 "", f"min {score(entry['quality_min'])}", "", size(entry["size_bytes"]),

@@ -233,9 +233,8 @@ class Follower:
         if event.kind == "reconnect":
             with self._lock:
                 self.reconnects += 1
-                for key in event.series:  # only the series that connection carried
-                    if (state := self.series.get(key)) is not None:
-                        state.reconnects += 1
+                for key in set(event.series) & set(self.series):  # that connection's only
+                    self.series[key].reconnects += 1
         self._emit(event.kind, conn=event.conn, **event.detail)
 
     def take_polled(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> None:

@@ -174,6 +174,13 @@ class StorageBackend:
         found = {k.timeframe for k in self.keys(symbol)}
         return [tf for tf in TIMEFRAMES if tf in found]
 
+    def listed_tails(self, symbol: str | None = None) -> list[tuple[str, str]]:
+        """The (symbol, timeframe)s with a live tail, for `list`: as fresh as `symbols` and
+        `timeframes` are (a backend that lists them from a short-lived listing uses it too)."""
+        from marketcache.storage.tail import tail_series
+
+        return tail_series(self, symbol)
+
     def years(self, symbol: str, timeframe: str) -> list[int]:
         return [k.year for k in self.keys(symbol, timeframe)]
 

@@ -31,12 +31,16 @@ def open_tail(backend: PostgresBackend, symbol: str, timeframe: str) -> PgTail:
     )
 
 
-def tail_series(backend: PostgresBackend) -> list[tuple[str, str]]:
+def tail_series(backend: PostgresBackend, symbol: str | None = None) -> list[tuple[str, str]]:
+    if backend._absent():  # a read never creates the schema
+        return []
+    only = sql.SQL("WHERE symbol = %s") if symbol else sql.SQL("")
     with backend._sql_errors(f"{backend.location} {backend.schema}.{TAIL_TABLE}"):
         rows = backend.conn.execute(
-            sql.SQL("SELECT DISTINCT symbol, timeframe FROM {s}.{t} ORDER BY 1, 2").format(
-                s=sql.Identifier(backend.schema), t=sql.Identifier(TAIL_TABLE)
-            )
+            sql.SQL("SELECT DISTINCT symbol, timeframe FROM {s}.{t} {w} ORDER BY 1, 2").format(
+                s=sql.Identifier(backend.schema), t=sql.Identifier(TAIL_TABLE), w=only
+            ),
+            (symbol,) if symbol else None,
         ).fetchall()
     return [(str(s), str(t)) for s, t in rows]
 

@@ -15,7 +15,7 @@ live in a module of their own (`TAILS`: files/tail.py, objects/tail.py, pg_tail.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from marketcache.core.columns import BASE_COLUMNS
 from marketcache.errors import CorruptFile
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from marketcache.storage.backend import StorageBackend
 
 TAIL_NAME = "live.tail.csv"
 HEADER = (",".join(BASE_COLUMNS) + "\n").encode("ascii")
@@ -34,6 +33,17 @@ TAILS = {
     "object": "marketcache.storage.objects.tail",
     "postgresql": "marketcache.storage.pg_tail",
 }
+
+
+class StorageBackend(Protocol):
+    """What this module needs of a backend (`storage.backend.StorageBackend`, which asks
+    this module for its tails, so it is not imported here)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def location(self) -> str: ...
 
 
 def _kept_by(backend: StorageBackend) -> Any:
@@ -52,9 +62,10 @@ def open_tail(backend: StorageBackend, symbol: str, timeframe: str) -> SeriesTai
     return tail
 
 
-def tail_series(backend: StorageBackend) -> list[tuple[str, str]]:
-    """Every (symbol, timeframe) that has a live tail on `backend`, sorted."""
-    found: list[tuple[str, str]] = _kept_by(backend).tail_series(backend)
+def tail_series(backend: StorageBackend, symbol: str | None = None) -> list[tuple[str, str]]:
+    """Every (symbol, timeframe) that has a live tail on `backend` (only `symbol`'s, normalised,
+    when given), sorted."""
+    found: list[tuple[str, str]] = _kept_by(backend).tail_series(backend, symbol)
     return found
 
 

@@ -26,11 +26,11 @@ def open_tail(backend: FileBackend, symbol: str, timeframe: str) -> FileTail:
     return FileTail(backend.layout.timeframe_dir(symbol, timeframe) / TAIL_NAME)
 
 
-def tail_series(backend: FileBackend) -> list[tuple[str, str]]:
+def tail_series(backend: FileBackend, symbol: str | None = None) -> list[tuple[str, str]]:
     layout = backend.layout
     return [
         (sym, tf)
-        for sym in layout.symbols()
+        for sym in ([symbol] if symbol else layout.symbols())
         for tf in layout.timeframes(sym)
         if (layout.timeframe_dir(sym, tf) / TAIL_NAME).is_file()
     ]

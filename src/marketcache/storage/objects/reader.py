@@ -27,6 +27,7 @@ from marketcache.storage.layout import (
 )
 from marketcache.storage.objects.lease import Leases
 from marketcache.storage.objects.store import open_store
+from marketcache.storage.tail import TAIL_NAME
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,6 +140,9 @@ class ObjectReader(StorageBackend):
             if len(parts) != 3 or parts[1] not in TIMEFRAMES:
                 continue
             symbol = decode_symbol(parts[0])
+            if parts[2] == TAIL_NAME and "tail" in kinds and symbol is not None:
+                found.add(Key(symbol, parts[1], 0))  # a live tail: year 0
+                continue
             parsed = year_file(parts[2])
             if symbol is None or parsed is None or parsed[1] not in kinds:
                 continue
@@ -158,21 +162,27 @@ class ObjectReader(StorageBackend):
         return [k for k in self._scan(prefix) if timeframe in (None, k.timeframe)]
 
     def _all_keys(self) -> list[Key]:
-        """Every committed year, from one listing reused for a few seconds (`list` asks for
-        the symbols, then each symbol's timeframes); a write of this process drops it. A
-        writer never plans from it: `years` and `keys` of a series list afresh."""
+        """Every committed year and live tail (year 0), from one listing reused for a few
+        seconds (`list` asks for the symbols, then each symbol's timeframes); a write of this
+        process drops it. A writer never plans from it: `years` and `keys` of a series list
+        afresh."""
         import time
 
         if self._root_listing is None or time.monotonic() - self._root_listing[0] > LISTING_TTL:
-            self._root_listing = (time.monotonic(), self._scan(""))
+            self._root_listing = (time.monotonic(), self._scan("", ("meta", "tail")))
         return self._root_listing[1]
 
     def symbols(self) -> list[str]:
-        return sorted({k.symbol for k in self._all_keys()})
+        return sorted({k.symbol for k in self._all_keys() if k.year})
 
     def timeframes(self, symbol: str) -> list[str]:
-        found = {k.timeframe for k in self._all_keys() if k.symbol == symbol}
+        found = {k.timeframe for k in self._all_keys() if k.year and k.symbol == symbol}
         return [tf for tf in TIMEFRAMES if tf in found]
+
+    def listed_tails(self, symbol: str | None = None) -> list[tuple[str, str]]:
+        return sorted(
+            {k.series for k in self._all_keys() if not k.year and symbol in (None, k.symbol)}
+        )
 
     def raw_years(self, symbol: str, timeframe: str) -> list[int]:
         keys = self._scan(self._series(symbol, timeframe), ("meta", "data"))

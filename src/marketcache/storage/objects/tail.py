@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from marketcache.core.symbols import decode_symbol
-from marketcache.core.timeframes import TIMEFRAMES
+from marketcache.core.symbols import encode_symbol
 from marketcache.storage.objects.store import Meta, ObjectStore
 from marketcache.storage.tail import (
     HEADER,
@@ -36,15 +35,10 @@ def open_tail(backend: ObjectBackend, symbol: str, timeframe: str) -> ObjectTail
     return ObjectTail(backend.store, name, lambda: backend.leases.check(lease))
 
 
-def tail_series(backend: ObjectBackend) -> list[tuple[str, str]]:
-    found = set()
-    for name in backend.store.listing():
-        parts = name.split("/")
-        if len(parts) == 3 and parts[2] == TAIL_NAME and parts[1] in TIMEFRAMES:
-            symbol = decode_symbol(parts[0])
-            if symbol is not None:
-                found.add((symbol, parts[1]))
-    return sorted(found)
+def tail_series(backend: ObjectBackend, symbol: str | None = None) -> list[tuple[str, str]]:
+    """A listing made now (writers plan from it; `list` uses `listed_tails`)."""
+    prefix = f"{encode_symbol(symbol)}/" if symbol else ""
+    return sorted({k.series for k in backend._scan(prefix, ("tail",))})
 
 
 class ObjectTail(SeriesTail):
