@@ -49,7 +49,7 @@ def live(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> UnifiedCa
     return cache
 
 
-LEASE = "settings: {lease_seconds: 3}"
+LEASE = "settings: {lease_seconds: 6}"  # short, yet a loaded machine renews it in time
 
 
 def location(cache: UnifiedCache) -> str:
