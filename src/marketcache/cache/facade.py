@@ -322,14 +322,15 @@ class UnifiedCache:
         max_age: str | None = None,
     ) -> list[Freshness]:
         """How fresh every series in scope is (`max_age` e.g. "36h": stale when the first bar
-        due after the newest stored one closed longer ago); reads the records only."""
-        from marketcache.cache.tail import last_stored, live_series
+        due after the newest stored one closed longer ago); reads the records, and the live
+        tail of a followed series (its last bar is the newest stored)."""
+        from marketcache.cache.tail import last_stored
         from marketcache.core.frames import iso
         from marketcache.core.freshness import parse_age
 
         age = parse_age(max_age) if max_age else None
         sym = normalize_symbol(symbol) if symbol else None
-        live = live_series(self.backend, sym)
+        live = set(self.backend.listed_tails(sym))  # the listing `list_symbols` uses too
         found = []
         for s in [sym] if sym else self.list_symbols():
             for t in [parse_timeframe(timeframe).name] if timeframe else self.list_timeframes(s):
