@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -395,6 +396,40 @@ def test_a_writer_paused_between_its_claim_and_its_data_cannot_overwrite_the_nex
     assert got["close"].tolist() == newer["close"].tolist(), "the newer commit stands, whole"
     one_data_object_per_record(s3_url, ".csv.gz")
     assert UnifiedCache(s3_url, settings=settings()).cleanup_leftovers() == []
+
+
+def test_a_commit_renewing_the_lease_as_its_renewal_thread_does_keeps_it() -> None:
+    """`check` renews a lease a third gone while the holder's thread may be renewing it too:
+    the two renewals take turns, so neither finds the etag the other just wrote 'changed by
+    another writer' (three S3 trials lost their own lease that way on a loaded machine)."""
+    from marketcache.storage.objects.lease import Leases
+    from marketcache.storage.objects.store import open_store
+
+    leases = Leases(open_store("memory://renewal-race/cache", {}), 3)
+    name = "_metadata/locks/r.lease"
+    with leases.hold(name, wait=5, what="r"):
+        leases.check(name)
+        held = leases._held.held(name)
+        assert held is not None
+        barrier = threading.Barrier(8)
+
+        def renew() -> None:
+            barrier.wait()
+            for _ in range(25):
+                leases._renew(name, held)
+
+        threads = [threading.Thread(target=renew) for _ in range(8)]
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads switch between reading the etag and the put
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(switch)
+        assert not held.lost
+        leases.check(name)  # still this holder's: no LeaseLost
 
 
 def test_a_paused_populate_re_plans_from_the_newer_commit_and_loses_nothing(

@@ -57,6 +57,9 @@ class _Held:
     lost: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    # the renewal thread and `check` both renew: one at a time, or the second's If-Match
+    # (the etag the first just replaced) fails and the lease reads as taken by another writer
+    renewing: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Leases:
@@ -151,15 +154,18 @@ class Leases:
         held.confirmed = True
 
     def _renew(self, name: str, held: _Held) -> None:
-        try:
-            held.etag = self.store.put(name, self._body(), if_match=held.etag)
-            held.renewed = time.monotonic()
-        except Conflict:
-            held.lost = True
-        except StorageError as exc:  # a network hiccup: the next renewal may get through
-            log.warning("cannot renew the lease %s: %s", name, exc)
-            if time.monotonic() - held.renewed > self.seconds:
+        with held.renewing:
+            if held.lost:
+                return
+            try:
+                held.etag = self.store.put(name, self._body(), if_match=held.etag)
+                held.renewed = time.monotonic()
+            except Conflict:
                 held.lost = True
+            except StorageError as exc:  # a network hiccup: the next renewal may get through
+                log.warning("cannot renew the lease %s: %s", name, exc)
+                if time.monotonic() - held.renewed > self.seconds:
+                    held.lost = True
 
     def _renew_loop(self, name: str, held: _Held) -> None:
         while not held.stop.wait(self.seconds / 3) and not held.lost:
